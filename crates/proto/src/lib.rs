@@ -1,0 +1,1 @@
+//! nvmf-proto (stub)
