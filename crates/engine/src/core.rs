@@ -1,0 +1,878 @@
+//! Per-core event loop: one io_uring, the connections it owns, their buffers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::{
+    CloseReason, ConnInfo, ConnIo, CoreStats, EngineConfig, EngineError, Flow, Handler,
+    HandlerFactory, Mode,
+};
+
+const K_RECV: u64 = 1;
+const K_SEND: u64 = 2;
+const K_STORAGE: u64 = 3;
+const K_WAKE: u64 = 4;
+const K_CANCEL: u64 = 5;
+const KIND_SHIFT: u32 = 56;
+const IORING_ENTER_GETEVENTS: u32 = 1;
+const IDX_MASK: u64 = (1 << 32) - 1;
+
+#[inline]
+fn ud(kind: u64, idx: u32) -> u64 {
+    (kind << KIND_SHIFT) | idx as u64
+}
+
+/// Max bytes in one send SQE.
+const MAX_SEND_CHUNK: usize = 1 << 30;
+/// Grace period for in-flight ops after a forced shutdown close.
+const FORCED_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) struct NewConn {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener_id: Option<u64>,
+}
+
+pub(crate) enum Command {
+    Accepted {
+        conn: NewConn,
+        factory: Arc<dyn HandlerFactory>,
+    },
+    Connect {
+        conn: NewConn,
+        make: Box<dyn FnOnce(&ConnInfo) -> Box<dyn Handler> + Send>,
+    },
+    RemoveListener {
+        id: u64,
+        ack: mpsc::Sender<()>,
+    },
+    Shutdown {
+        deadline: Instant,
+    },
+}
+
+// ---------------------------------------------------------------- stats
+
+#[derive(Default, Clone, Copy)]
+struct LocalStats {
+    busy_loops: u64,
+    idle_loops: u64,
+    enters: u64,
+    connections: u64,
+    connections_total: u64,
+    bytes_rx: u64,
+    bytes_tx: u64,
+    recv_ops: u64,
+    send_ops: u64,
+    storage_ops: u64,
+}
+
+const NSTAT: usize = 10;
+
+pub(crate) struct CoreShared {
+    core_index: usize,
+    cpu: Option<usize>,
+    v: [AtomicU64; NSTAT],
+}
+
+impl CoreShared {
+    pub(crate) fn new(core_index: usize, cpu: Option<usize>) -> Self {
+        CoreShared {
+            core_index,
+            cpu,
+            v: Default::default(),
+        }
+    }
+    fn publish(&self, s: &LocalStats) {
+        let a = [
+            s.busy_loops,
+            s.idle_loops,
+            s.enters,
+            s.connections,
+            s.connections_total,
+            s.bytes_rx,
+            s.bytes_tx,
+            s.recv_ops,
+            s.send_ops,
+            s.storage_ops,
+        ];
+        for (d, x) in self.v.iter().zip(a) {
+            d.store(x, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn snapshot(&self) -> CoreStats {
+        let g = |i: usize| self.v[i].load(Ordering::Relaxed);
+        CoreStats {
+            core_index: self.core_index,
+            cpu: self.cpu,
+            busy_loops: g(0),
+            idle_loops: g(1),
+            enters: g(2),
+            connections: g(3),
+            connections_total: g(4),
+            bytes_rx: g(5),
+            bytes_tx: g(6),
+            recv_ops: g(7),
+            send_ops: g(8),
+            storage_ops: g(9),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- buffers
+
+/// Fixed-capacity receive buffer: `buf[start..end]` holds unconsumed bytes,
+/// `buf[end..]` is where the next recv lands.
+pub(crate) struct RxBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl RxBuf {
+    fn new(cap: usize) -> Self {
+        RxBuf {
+            buf: vec![0u8; cap],
+            start: 0,
+            end: 0,
+        }
+    }
+    #[inline]
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+    #[inline]
+    pub(crate) fn consume(&mut self, n: usize) {
+        assert!(
+            n <= self.end - self.start,
+            "consume({n}) beyond rx data ({})",
+            self.end - self.start
+        );
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+    #[inline]
+    fn is_full_unconsumed(&self) -> bool {
+        self.start == 0 && self.end == self.buf.len()
+    }
+    /// Move the partial remainder to the front when the free tail is under half.
+    /// Only called while no recv is in flight.
+    #[inline]
+    fn compact(&mut self) {
+        if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 2 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+}
+
+struct StorageOp {
+    slot: u32,
+    token: u64,
+}
+
+/// The ring plus what handlers need to submit through it.
+pub(crate) struct SubmitCtx {
+    ring: IoUring,
+    storage: Vec<StorageOp>,
+    storage_free: Vec<u32>,
+    pub(crate) now_ms: u64,
+    pub(crate) core_index: usize,
+    storage_ops: u64,
+}
+
+impl SubmitCtx {
+    #[inline]
+    fn push(&mut self, e: &squeue::Entry) {
+        loop {
+            // SAFETY: every SQE built by the engine references memory that stays
+            // valid until its CQE (conn buffers are only freed when no op is in flight).
+            if unsafe { self.ring.submission().push(e) }.is_ok() {
+                return;
+            }
+            // SQ full: hand what we have to the kernel and retry.
+            if let Err(err) = self.ring.submit() {
+                if err.raw_os_error() != Some(libc::EBUSY)
+                    && err.raw_os_error() != Some(libc::EINTR)
+                {
+                    tracing::error!("io_uring submit failed: {err}");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn push_storage(&mut self, e: squeue::Entry, slot: u32, token: u64) {
+        let idx = match self.storage_free.pop() {
+            Some(i) => {
+                self.storage[i as usize] = StorageOp { slot, token };
+                i
+            }
+            None => {
+                self.storage.push(StorageOp { slot, token });
+                (self.storage.len() - 1) as u32
+            }
+        };
+        self.storage_ops += 1;
+        self.push(&e.user_data(ud(K_STORAGE, idx)));
+    }
+}
+
+// ---------------------------------------------------------------- connections
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Open,
+    /// Handler asked to close after flush: no more recv.
+    Draining(CloseReason),
+    /// Socket shut down; waiting for in-flight ops before on_closed.
+    Closing(CloseReason),
+}
+
+struct Conn {
+    fd: OwnedFd,
+    info: ConnInfo,
+    handler: Box<dyn Handler>,
+    rx: RxBuf,
+    tx_acc: Vec<u8>,
+    tx_fly: Vec<u8>,
+    tx_off: usize,
+    recv_fly: bool,
+    send_fly: bool,
+    storage_fly: u32,
+    state: State,
+    dirty: bool,
+    rerun_recv: bool,
+}
+
+impl Conn {
+    #[inline]
+    fn tx_pending(&self) -> usize {
+        (self.tx_fly.len() - self.tx_off) + self.tx_acc.len()
+    }
+    #[inline]
+    fn live(&self) -> bool {
+        !matches!(self.state, State::Closing(_))
+    }
+    #[inline]
+    fn call<R>(
+        &mut self,
+        sq: &mut SubmitCtx,
+        slot: u32,
+        f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> R,
+    ) -> R {
+        let Conn {
+            handler,
+            rx,
+            tx_acc,
+            info,
+            storage_fly,
+            rerun_recv,
+            ..
+        } = self;
+        let mut io = ConnIo {
+            rx,
+            tx: tx_acc,
+            info,
+            sq,
+            slot,
+            storage_inflight: storage_fly,
+            rerun_recv,
+        };
+        f(handler.as_mut(), &mut io)
+    }
+    /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
+    fn hard_close(&mut self, sq: &mut SubmitCtx, slot: u32, reason: CloseReason) {
+        if !self.live() {
+            return;
+        }
+        self.state = State::Closing(reason);
+        self.tx_acc = Vec::new();
+        // SAFETY: plain syscall on an fd we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        if self.recv_fly {
+            sq.push(
+                &opcode::AsyncCancel::new(ud(K_RECV, slot))
+                    .build()
+                    .user_data(ud(K_CANCEL, slot)),
+            );
+        }
+        if self.send_fly {
+            sq.push(
+                &opcode::AsyncCancel::new(ud(K_SEND, slot))
+                    .build()
+                    .user_data(ud(K_CANCEL, slot)),
+            );
+        }
+    }
+    fn apply(&mut self, sq: &mut SubmitCtx, slot: u32, flow: Flow) {
+        match flow {
+            Flow::Continue => {}
+            Flow::CloseAfterFlush => {
+                if self.state == State::Open {
+                    self.state = State::Draining(CloseReason::Handler);
+                }
+            }
+            Flow::CloseNow => self.hard_close(sq, slot, CloseReason::Handler),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- ring setup
+
+fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str, bool)> {
+    let want = std::env::var("NVMF_ENGINE_RING").unwrap_or_default();
+    let cq = entries.saturating_mul(4);
+    let mut last_err = None;
+    for variant in ["defer", "coop", "plain"] {
+        if !want.is_empty() && want != variant {
+            continue;
+        }
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_submit_all();
+        match variant {
+            "defer" => {
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
+            }
+            "coop" => {
+                b.setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
+            }
+            _ => {}
+        }
+        match b.build(entries) {
+            Ok(r) => {
+                return Ok((r, variant, variant != "plain"));
+            }
+            Err(e) => {
+                tracing::debug!("io_uring setup variant {variant} failed: {e}");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unknown NVMF_ENGINE_RING variant",
+        )
+    }))
+}
+
+// ---------------------------------------------------------------- core
+
+struct Core {
+    sq: SubmitCtx,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    dirty: Vec<u32>,
+    dirty_next: Vec<u32>,
+    cqes: Vec<(u64, i32)>,
+    cfg: EngineConfig,
+    idx: usize,
+    wake_fd: RawFd,
+    wake_buf: &'static mut u64,
+    cmd_rx: mpsc::Receiver<Command>,
+    shutdown_deadline: Option<Instant>,
+    forced_at: Option<Instant>,
+    stats: LocalStats,
+    shared: Arc<CoreShared>,
+    epoch: Instant,
+    next_tick_ms: u64,
+    taskrun_flag: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_core(
+    idx: usize,
+    cpu: Option<usize>,
+    cfg: EngineConfig,
+    cmd_rx: mpsc::Receiver<Command>,
+    wake_fd: RawFd,
+    shared: Arc<CoreShared>,
+    epoch: Instant,
+    ready: mpsc::SyncSender<Result<(), EngineError>>,
+) {
+    if let Some(c) = cpu {
+        if let Err(err) = crate::pin_current_thread(c) {
+            let _ = ready.send(Err(EngineError::Pin { core: c, err }));
+            return;
+        }
+    }
+    let (ring, variant, taskrun_flag) = match build_ring(cfg.ring_entries) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::IoUringSetup(e)));
+            return;
+        }
+    };
+    tracing::debug!(core = idx, ?cpu, variant, mode = %cfg.mode, "engine core started");
+    let mut core = Core {
+        sq: SubmitCtx {
+            ring,
+            storage: Vec::new(),
+            storage_free: Vec::new(),
+            now_ms: epoch.elapsed().as_millis() as u64,
+            core_index: idx,
+            storage_ops: 0,
+        },
+        conns: Vec::new(),
+        free: Vec::new(),
+        dirty: Vec::new(),
+        dirty_next: Vec::new(),
+        cqes: Vec::with_capacity(512),
+        idx,
+        wake_fd,
+        wake_buf: Box::leak(Box::new(0u64)),
+        cmd_rx,
+        shutdown_deadline: None,
+        forced_at: None,
+        stats: LocalStats::default(),
+        shared,
+        epoch,
+        next_tick_ms: 0,
+        taskrun_flag,
+        cfg,
+    };
+    core.next_tick_ms = core.sq.now_ms + core.cfg.tick_ms;
+    core.arm_wake();
+    if let Err(e) = core.sq.ring.submit() {
+        let _ = ready.send(Err(EngineError::IoUringSetup(e)));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    core.run();
+}
+
+impl Core {
+    fn arm_wake(&mut self) {
+        let e = opcode::Read::new(
+            types::Fd(self.wake_fd),
+            self.wake_buf as *mut u64 as *mut u8,
+            8,
+        )
+        .build()
+        .user_data(ud(K_WAKE, 0));
+        self.sq.push(&e);
+    }
+
+    #[inline]
+    fn mark(dirty: &mut Vec<u32>, c: &mut Conn, slot: u32) {
+        if !c.dirty {
+            c.dirty = true;
+            dirty.push(slot);
+        }
+    }
+
+    fn run(&mut self) {
+        let poll = self.cfg.mode == Mode::Poll;
+        let mut ts = types::Timespec::new();
+        loop {
+            let now_ms = self.epoch.elapsed().as_millis() as u64;
+            self.sq.now_ms = now_ms;
+
+            // 1. completions
+            self.cqes.clear();
+            {
+                let mut cq = self.sq.ring.completion();
+                cq.sync();
+                for c in &mut cq {
+                    self.cqes.push((c.user_data(), c.result()));
+                }
+            }
+            let n = self.cqes.len();
+            if n > 0 {
+                self.stats.busy_loops += 1;
+                for i in 0..n {
+                    let (u, r) = self.cqes[i];
+                    self.dispatch(u, r);
+                }
+            } else {
+                self.stats.idle_loops += 1;
+            }
+
+            // 2. ticks
+            if now_ms >= self.next_tick_ms {
+                self.next_tick_ms = now_ms + self.cfg.tick_ms;
+                self.tick();
+            }
+
+            // 3. flush tx / re-arm recv / finalize closes
+            let rerun = self.flush();
+
+            // 4. shutdown progress
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.stats.connections == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                match self.forced_at {
+                    None if now >= deadline => {
+                        self.force_close_all();
+                        self.forced_at = Some(now);
+                        self.flush();
+                    }
+                    Some(t) if now >= t + FORCED_GRACE => {
+                        tracing::warn!(
+                            core = self.idx,
+                            "leaking {} connections with ops that never completed",
+                            self.stats.connections
+                        );
+                        for c in self.conns.drain(..).flatten() {
+                            std::mem::forget(c);
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+
+            // 5. one enter per iteration
+            let pending_sqes = !self.sq.ring.submission().is_empty();
+            if poll || rerun || !self.dirty.is_empty() || !self.sq.ring.completion().is_empty() {
+                // never sleep
+                let need =
+                    pending_sqes || !self.taskrun_flag || self.sq.ring.submission().taskrun();
+                if need {
+                    self.stats.enters += 1;
+                    let to_submit = self.sq.ring.submission().len() as u32;
+                    // SAFETY: no extra argument.
+                    let r = unsafe {
+                        self.sq.ring.submitter().enter::<libc::sigset_t>(
+                            to_submit,
+                            0,
+                            IORING_ENTER_GETEVENTS,
+                            None,
+                        )
+                    };
+                    if let Err(e) = r {
+                        self.enter_error(e);
+                    }
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                let now_ms = self.epoch.elapsed().as_millis() as u64;
+                let mut wait_ms = self.next_tick_ms.saturating_sub(now_ms).max(1);
+                if self.shutdown_deadline.is_some() {
+                    wait_ms = wait_ms.min(5);
+                }
+                ts = ts
+                    .sec(wait_ms / 1000)
+                    .nsec(((wait_ms % 1000) * 1_000_000) as u32);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.stats.enters += 1;
+                if let Err(e) = self.sq.ring.submitter().submit_with_args(1, &args) {
+                    self.enter_error(e);
+                }
+            }
+        }
+        self.stats.connections = 0;
+        self.stats.storage_ops = self.sq.storage_ops;
+        self.shared.publish(&self.stats);
+        tracing::debug!(core = self.idx, "engine core stopped");
+    }
+
+    fn enter_error(&mut self, e: io::Error) {
+        match e.raw_os_error() {
+            Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+            _ => {
+                tracing::error!(core = self.idx, "io_uring_enter: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, u: u64, res: i32) {
+        let kind = u >> KIND_SHIFT;
+        let idx = (u & IDX_MASK) as u32;
+        match kind {
+            K_RECV => {
+                let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+                    return;
+                };
+                c.recv_fly = false;
+                Self::mark(&mut self.dirty, c, idx);
+                if res > 0 {
+                    self.stats.bytes_rx += res as u64;
+                    self.stats.recv_ops += 1;
+                    if c.state == State::Open {
+                        c.rx.end += res as usize;
+                        let f = c.call(&mut self.sq, idx, |h, io| h.on_recv(io));
+                        c.apply(&mut self.sq, idx, f);
+                    }
+                } else if res == 0 {
+                    c.hard_close(&mut self.sq, idx, CloseReason::PeerClosed);
+                } else {
+                    let e = -res;
+                    if e != libc::EAGAIN && e != libc::EINTR && e != libc::ENOBUFS {
+                        let reason = if e == libc::ECANCELED {
+                            CloseReason::PeerClosed
+                        } else {
+                            CloseReason::Error(e)
+                        };
+                        c.hard_close(&mut self.sq, idx, reason);
+                    }
+                }
+            }
+            K_SEND => {
+                let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
+                    return;
+                };
+                c.send_fly = false;
+                Self::mark(&mut self.dirty, c, idx);
+                if res > 0 {
+                    self.stats.bytes_tx += res as u64;
+                    self.stats.send_ops += 1;
+                    c.tx_off += res as usize;
+                    if c.tx_off >= c.tx_fly.len() {
+                        c.tx_fly.clear();
+                        c.tx_off = 0;
+                    }
+                } else {
+                    let e = -res;
+                    if e != libc::EAGAIN && e != libc::EINTR && e != libc::ENOBUFS {
+                        c.hard_close(&mut self.sq, idx, CloseReason::Error(e.max(1)));
+                    }
+                }
+            }
+            K_STORAGE => {
+                let op = &self.sq.storage[idx as usize];
+                let (slot, token) = (op.slot, op.token);
+                self.sq.storage_free.push(idx);
+                let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+                    return;
+                };
+                c.storage_fly -= 1;
+                Self::mark(&mut self.dirty, c, slot);
+                if c.live() {
+                    let f = c.call(&mut self.sq, slot, |h, io| h.on_storage(io, token, res));
+                    c.apply(&mut self.sq, slot, f);
+                }
+            }
+            K_WAKE => {
+                self.arm_wake();
+                self.commands();
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        for (slot, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            if c.live() {
+                let slot = slot as u32;
+                let f = c.call(&mut self.sq, slot, |h, io| h.on_tick(io));
+                c.apply(&mut self.sq, slot, f);
+                Self::mark(&mut self.dirty, c, slot);
+            }
+        }
+        self.stats.storage_ops = self.sq.storage_ops;
+        self.shared.publish(&self.stats);
+    }
+
+    /// Returns true if some handler asked for another on_recv (do not sleep).
+    fn flush(&mut self) -> bool {
+        let mut rerun_any = false;
+        let max_tx = self.cfg.send_buf_max_bytes;
+        let mut list = std::mem::take(&mut self.dirty);
+        for &slot in &list {
+            let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            c.dirty = false;
+            if c.rerun_recv && c.state == State::Open {
+                c.rerun_recv = false;
+                let f = c.call(&mut self.sq, slot, |h, io| h.on_recv(io));
+                c.apply(&mut self.sq, slot, f);
+                if c.rerun_recv {
+                    rerun_any = true;
+                    Self::mark(&mut self.dirty_next, c, slot);
+                }
+            }
+            match c.state {
+                State::Closing(reason) => {
+                    if !c.recv_fly && !c.send_fly && c.storage_fly == 0 {
+                        let mut c = self.conns[slot as usize].take().unwrap();
+                        c.handler.on_closed(reason);
+                        drop(c);
+                        self.free.push(slot);
+                        self.stats.connections -= 1;
+                    }
+                    continue;
+                }
+                State::Open | State::Draining(_) => {}
+            }
+            // tx
+            if !c.send_fly {
+                if c.tx_off >= c.tx_fly.len() && !c.tx_acc.is_empty() {
+                    std::mem::swap(&mut c.tx_fly, &mut c.tx_acc);
+                    c.tx_acc.clear();
+                    c.tx_off = 0;
+                }
+                if c.tx_off < c.tx_fly.len() {
+                    let len = (c.tx_fly.len() - c.tx_off).min(MAX_SEND_CHUNK);
+                    // SAFETY: tx_fly is not touched until the send completes.
+                    let p = unsafe { c.tx_fly.as_ptr().add(c.tx_off) };
+                    let e = opcode::Send::new(types::Fd(c.fd.as_raw_fd()), p, len as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(ud(K_SEND, slot));
+                    self.sq.push(&e);
+                    c.send_fly = true;
+                }
+            }
+            match c.state {
+                State::Draining(reason) => {
+                    if !c.send_fly && c.storage_fly == 0 {
+                        c.hard_close(&mut self.sq, slot, reason);
+                        // finalize on the next pass once the cancelled recv returns
+                        Self::mark(&mut self.dirty_next, c, slot);
+                    }
+                }
+                State::Open => {
+                    if !c.recv_fly && c.tx_pending() <= max_tx {
+                        if c.rx.is_full_unconsumed() {
+                            tracing::debug!(core = self.idx, peer = %c.info.peer, "rx buffer full, closing");
+                            c.hard_close(&mut self.sq, slot, CloseReason::RxOverflow);
+                            Self::mark(&mut self.dirty_next, c, slot);
+                            continue;
+                        }
+                        c.rx.compact();
+                        let cap = c.rx.buf.len();
+                        let len = (cap - c.rx.end).min(u32::MAX as usize);
+                        // SAFETY: rx.buf[end..] is not touched until the recv completes.
+                        let p = unsafe { c.rx.buf.as_mut_ptr().add(c.rx.end) };
+                        let e = opcode::Recv::new(types::Fd(c.fd.as_raw_fd()), p, len as u32)
+                            .build()
+                            .user_data(ud(K_RECV, slot));
+                        self.sq.push(&e);
+                        c.recv_fly = true;
+                    }
+                }
+                State::Closing(_) => {}
+            }
+        }
+        list.clear();
+        // Connections marked during this pass (by handlers) go to the next one.
+        self.dirty = list;
+        std::mem::swap(&mut self.dirty, &mut self.dirty_next);
+        rerun_any
+    }
+
+    fn commands(&mut self) {
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Command::Accepted { conn, factory } => {
+                    self.register(conn, |info| factory.create(info))
+                }
+                Command::Connect { conn, make } => self.register(conn, |info| Some(make(info))),
+                Command::RemoveListener { id, ack } => {
+                    for (slot, c) in self.conns.iter_mut().enumerate() {
+                        let Some(c) = c else { continue };
+                        if c.info.listener_id == Some(id) && c.live() {
+                            c.hard_close(&mut self.sq, slot as u32, CloseReason::ListenerRemoved);
+                            Self::mark(&mut self.dirty, c, slot as u32);
+                        }
+                    }
+                    let _ = ack.send(());
+                }
+                Command::Shutdown { deadline } => {
+                    if self.shutdown_deadline.is_none() {
+                        self.shutdown_deadline = Some(deadline);
+                        for (slot, c) in self.conns.iter_mut().enumerate() {
+                            let Some(c) = c else { continue };
+                            let slot = slot as u32;
+                            if c.state == State::Open {
+                                let f = c.call(&mut self.sq, slot, |h, io| h.on_shutdown(io));
+                                match f {
+                                    Flow::CloseAfterFlush => {
+                                        c.state = State::Draining(CloseReason::Shutdown)
+                                    }
+                                    Flow::CloseNow => {
+                                        c.hard_close(&mut self.sq, slot, CloseReason::Shutdown)
+                                    }
+                                    Flow::Continue => {}
+                                }
+                                Self::mark(&mut self.dirty, c, slot);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, nc: NewConn, make: impl FnOnce(&ConnInfo) -> Option<Box<dyn Handler>>) {
+        if self.shutdown_deadline.is_some()
+            || self.stats.connections as usize >= self.cfg.max_connections_per_core
+        {
+            tracing::debug!(core = self.idx, peer = %nc.peer, "refusing connection (limit or shutdown)");
+            return;
+        }
+        let info = ConnInfo {
+            peer: nc.peer,
+            local: nc.local,
+            core: self.idx,
+            listener_id: nc.listener_id,
+        };
+        let Some(handler) = make(&info) else { return };
+        let conn = Conn {
+            fd: nc.fd,
+            info,
+            handler,
+            rx: RxBuf::new(self.cfg.recv_buf_bytes),
+            tx_acc: Vec::new(),
+            tx_fly: Vec::new(),
+            tx_off: 0,
+            recv_fly: false,
+            send_fly: false,
+            storage_fly: 0,
+            state: State::Open,
+            dirty: false,
+            rerun_recv: false,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.conns[s as usize] = Some(conn);
+                s
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.stats.connections += 1;
+        self.stats.connections_total += 1;
+        let c = self.conns[slot as usize].as_mut().unwrap();
+        let f = c.call(&mut self.sq, slot, |h, io| h.on_tick(io));
+        c.apply(&mut self.sq, slot, f);
+        Self::mark(&mut self.dirty, c, slot);
+        self.shared.publish(&self.stats);
+    }
+
+    fn force_close_all(&mut self) {
+        for (slot, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            if c.live() {
+                c.hard_close(&mut self.sq, slot as u32, CloseReason::Shutdown);
+            }
+            Self::mark(&mut self.dirty, c, slot as u32);
+        }
+    }
+}
