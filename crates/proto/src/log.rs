@@ -39,7 +39,7 @@ impl GetLogPageCmd {
     }
     /// Build the SQE; `len` must be a non-zero multiple of 4.
     pub fn to_sqe(&self, cid: u16) -> Sqe {
-        debug_assert!(self.len >= 4 && self.len % 4 == 0);
+        debug_assert!(self.len >= 4 && self.len.is_multiple_of(4));
         let numd = self.len / 4 - 1;
         let mut s = Sqe::new(admin::GET_LOG_PAGE, cid, self.nsid);
         s.sgl1 = Sgl::transport(self.len as u32);

@@ -335,7 +335,7 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
         if pdo < hdr_end || pdo > PDO_MAX.max(hdr_end) || pdo + dd > plen {
             return Err(PduError::field(off::PDO, "PDO outside the PDU"));
         }
-        if cfg.rx_data_align > 4 && pdo % cfg.rx_data_align as usize != 0 {
+        if cfg.rx_data_align > 4 && !pdo.is_multiple_of(cfg.rx_data_align as usize) {
             return Err(PduError::field(off::PDO, "PDO not aligned to the negotiated PDA"));
         }
         if pdo + dd == plen {
