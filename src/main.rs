@@ -1,1 +1,46 @@
-fn main() {}
+//! `nvmf`: NVMe over TCP in user space. One binary for the target
+//! (`nvmf target`), the host tools (`discover`, `identify`, `read`, `write`,
+//! `perf`) and live management (`ctl`).
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "nvmf", version, about = "NVMe over TCP in user space: target, host tools and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve namespaces over NVMe/TCP (no arguments: a 1 GiB RAM namespace on 127.0.0.1:4420).
+    Target(cli::target::TargetArgs),
+    /// Print a discovery controller's log page.
+    Discover(cli::host::DiscoverArgs),
+    /// Show Identify Controller / Namespace data of a subsystem.
+    Identify(cli::host::IdentifyArgs),
+    /// Read logical blocks to a file (or stdout).
+    Read(cli::host::ReadArgs),
+    /// Write logical blocks from a file (or stdin).
+    Write(cli::host::WriteArgs),
+    /// Load generator (spdk_nvme_perf / fio style) with latency histograms.
+    Perf(cli::perf::PerfArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Target(a) => cli::target::run(a),
+        Cmd::Discover(a) => cli::host::discover(a),
+        Cmd::Identify(a) => cli::host::identify(a),
+        Cmd::Read(a) => cli::host::read(a),
+        Cmd::Write(a) => cli::host::write(a),
+        Cmd::Perf(a) => cli::perf::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("nvmf: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,5 @@
+//! Subcommands. Each file owns its clap argument structs and a `run` function.
+
+pub mod host;
+pub mod perf;
+pub mod target;
