@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::{
-    CloseReason, ConnInfo, ConnIo, CoreStats, EngineConfig, EngineError, Flow, Handler,
-    HandlerFactory, Mode,
+    CloseReason, ConnInfo, ConnIo, CoreStats, EngineConfig, EngineError, Flow, Handler, HandlerFactory, MakeHandler,
+    Mode,
 };
 
 const K_RECV: u64 = 1;
@@ -42,21 +42,10 @@ pub(crate) struct NewConn {
 }
 
 pub(crate) enum Command {
-    Accepted {
-        conn: NewConn,
-        factory: Arc<dyn HandlerFactory>,
-    },
-    Connect {
-        conn: NewConn,
-        make: Box<dyn FnOnce(&ConnInfo) -> Box<dyn Handler> + Send>,
-    },
-    RemoveListener {
-        id: u64,
-        ack: mpsc::Sender<()>,
-    },
-    Shutdown {
-        deadline: Instant,
-    },
+    Accepted { conn: NewConn, factory: Arc<dyn HandlerFactory> },
+    Connect { conn: NewConn, make: MakeHandler },
+    RemoveListener { id: u64, ack: mpsc::Sender<()> },
+    Shutdown { deadline: Instant },
 }
 
 // ---------------------------------------------------------------- stats
@@ -85,11 +74,7 @@ pub(crate) struct CoreShared {
 
 impl CoreShared {
     pub(crate) fn new(core_index: usize, cpu: Option<usize>) -> Self {
-        CoreShared {
-            core_index,
-            cpu,
-            v: Default::default(),
-        }
+        CoreShared { core_index, cpu, v: Default::default() }
     }
     fn publish(&self, s: &LocalStats) {
         let a = [
@@ -139,11 +124,7 @@ pub(crate) struct RxBuf {
 
 impl RxBuf {
     fn new(cap: usize) -> Self {
-        RxBuf {
-            buf: vec![0u8; cap],
-            start: 0,
-            end: 0,
-        }
+        RxBuf { buf: vec![0u8; cap], start: 0, end: 0 }
     }
     #[inline]
     pub(crate) fn data(&self) -> &[u8] {
@@ -151,11 +132,7 @@ impl RxBuf {
     }
     #[inline]
     pub(crate) fn consume(&mut self, n: usize) {
-        assert!(
-            n <= self.end - self.start,
-            "consume({n}) beyond rx data ({})",
-            self.end - self.start
-        );
+        assert!(n <= self.end - self.start, "consume({n}) beyond rx data ({})", self.end - self.start);
         self.start += n;
         if self.start == self.end {
             self.start = 0;
@@ -204,9 +181,7 @@ impl SubmitCtx {
             }
             // SQ full: hand what we have to the kernel and retry.
             if let Err(err) = self.ring.submit() {
-                if err.raw_os_error() != Some(libc::EBUSY)
-                    && err.raw_os_error() != Some(libc::EINTR)
-                {
+                if err.raw_os_error() != Some(libc::EBUSY) && err.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring submit failed: {err}");
                 }
             }
@@ -266,30 +241,9 @@ impl Conn {
         !matches!(self.state, State::Closing(_))
     }
     #[inline]
-    fn call<R>(
-        &mut self,
-        sq: &mut SubmitCtx,
-        slot: u32,
-        f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> R,
-    ) -> R {
-        let Conn {
-            handler,
-            rx,
-            tx_acc,
-            info,
-            storage_fly,
-            rerun_recv,
-            ..
-        } = self;
-        let mut io = ConnIo {
-            rx,
-            tx: tx_acc,
-            info,
-            sq,
-            slot,
-            storage_inflight: storage_fly,
-            rerun_recv,
-        };
+    fn call<R>(&mut self, sq: &mut SubmitCtx, slot: u32, f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> R) -> R {
+        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, .. } = self;
+        let mut io = ConnIo { rx, tx: tx_acc, info, sq, slot, storage_inflight: storage_fly, rerun_recv };
         f(handler.as_mut(), &mut io)
     }
     /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
@@ -302,18 +256,10 @@ impl Conn {
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
         if self.recv_fly {
-            sq.push(
-                &opcode::AsyncCancel::new(ud(K_RECV, slot))
-                    .build()
-                    .user_data(ud(K_CANCEL, slot)),
-            );
+            sq.push(&opcode::AsyncCancel::new(ud(K_RECV, slot)).build().user_data(ud(K_CANCEL, slot)));
         }
         if self.send_fly {
-            sq.push(
-                &opcode::AsyncCancel::new(ud(K_SEND, slot))
-                    .build()
-                    .user_data(ud(K_CANCEL, slot)),
-            );
+            sq.push(&opcode::AsyncCancel::new(ud(K_SEND, slot)).build().user_data(ud(K_CANCEL, slot)));
         }
     }
     fn apply(&mut self, sq: &mut SubmitCtx, slot: u32, flow: Flow) {
@@ -343,14 +289,10 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str, bool)> {
         b.setup_cqsize(cq).setup_submit_all();
         match variant {
             "defer" => {
-                b.setup_single_issuer()
-                    .setup_defer_taskrun()
-                    .setup_taskrun_flag();
+                b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
             }
             "coop" => {
-                b.setup_single_issuer()
-                    .setup_coop_taskrun()
-                    .setup_taskrun_flag();
+                b.setup_single_issuer().setup_coop_taskrun().setup_taskrun_flag();
             }
             _ => {}
         }
@@ -364,12 +306,7 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str, bool)> {
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unknown NVMF_ENGINE_RING variant",
-        )
-    }))
+    Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown NVMF_ENGINE_RING variant")))
 }
 
 // ---------------------------------------------------------------- core
@@ -460,13 +397,9 @@ pub(crate) fn run_core(
 
 impl Core {
     fn arm_wake(&mut self) {
-        let e = opcode::Read::new(
-            types::Fd(self.wake_fd),
-            self.wake_buf as *mut u64 as *mut u8,
-            8,
-        )
-        .build()
-        .user_data(ud(K_WAKE, 0));
+        let e = opcode::Read::new(types::Fd(self.wake_fd), self.wake_buf as *mut u64 as *mut u8, 8)
+            .build()
+            .user_data(ud(K_WAKE, 0));
         self.sq.push(&e);
     }
 
@@ -545,19 +478,13 @@ impl Core {
             let pending_sqes = !self.sq.ring.submission().is_empty();
             if poll || rerun || !self.dirty.is_empty() || !self.sq.ring.completion().is_empty() {
                 // never sleep
-                let need =
-                    pending_sqes || !self.taskrun_flag || self.sq.ring.submission().taskrun();
+                let need = pending_sqes || !self.taskrun_flag || self.sq.ring.submission().taskrun();
                 if need {
                     self.stats.enters += 1;
                     let to_submit = self.sq.ring.submission().len() as u32;
                     // SAFETY: no extra argument.
                     let r = unsafe {
-                        self.sq.ring.submitter().enter::<libc::sigset_t>(
-                            to_submit,
-                            0,
-                            IORING_ENTER_GETEVENTS,
-                            None,
-                        )
+                        self.sq.ring.submitter().enter::<libc::sigset_t>(to_submit, 0, IORING_ENTER_GETEVENTS, None)
                     };
                     if let Err(e) = r {
                         self.enter_error(e);
@@ -571,9 +498,7 @@ impl Core {
                 if self.shutdown_deadline.is_some() {
                     wait_ms = wait_ms.min(5);
                 }
-                ts = ts
-                    .sec(wait_ms / 1000)
-                    .nsec(((wait_ms % 1000) * 1_000_000) as u32);
+                ts = ts.sec(wait_ms / 1000).nsec(((wait_ms % 1000) * 1_000_000) as u32);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.stats.enters += 1;
                 if let Err(e) = self.sq.ring.submitter().submit_with_args(1, &args) {
@@ -620,11 +545,7 @@ impl Core {
                 } else {
                     let e = -res;
                     if e != libc::EAGAIN && e != libc::EINTR && e != libc::ENOBUFS {
-                        let reason = if e == libc::ECANCELED {
-                            CloseReason::PeerClosed
-                        } else {
-                            CloseReason::Error(e)
-                        };
+                        let reason = if e == libc::ECANCELED { CloseReason::PeerClosed } else { CloseReason::Error(e) };
                         c.hard_close(&mut self.sq, idx, reason);
                     }
                 }
@@ -778,9 +699,7 @@ impl Core {
     fn commands(&mut self) {
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             match cmd {
-                Command::Accepted { conn, factory } => {
-                    self.register(conn, |info| factory.create(info))
-                }
+                Command::Accepted { conn, factory } => self.register(conn, |info| factory.create(info)),
                 Command::Connect { conn, make } => self.register(conn, |info| Some(make(info))),
                 Command::RemoveListener { id, ack } => {
                     for (slot, c) in self.conns.iter_mut().enumerate() {
@@ -801,12 +720,8 @@ impl Core {
                             if c.state == State::Open {
                                 let f = c.call(&mut self.sq, slot, |h, io| h.on_shutdown(io));
                                 match f {
-                                    Flow::CloseAfterFlush => {
-                                        c.state = State::Draining(CloseReason::Shutdown)
-                                    }
-                                    Flow::CloseNow => {
-                                        c.hard_close(&mut self.sq, slot, CloseReason::Shutdown)
-                                    }
+                                    Flow::CloseAfterFlush => c.state = State::Draining(CloseReason::Shutdown),
+                                    Flow::CloseNow => c.hard_close(&mut self.sq, slot, CloseReason::Shutdown),
                                     Flow::Continue => {}
                                 }
                                 Self::mark(&mut self.dirty, c, slot);
@@ -819,18 +734,11 @@ impl Core {
     }
 
     fn register(&mut self, nc: NewConn, make: impl FnOnce(&ConnInfo) -> Option<Box<dyn Handler>>) {
-        if self.shutdown_deadline.is_some()
-            || self.stats.connections as usize >= self.cfg.max_connections_per_core
-        {
+        if self.shutdown_deadline.is_some() || self.stats.connections as usize >= self.cfg.max_connections_per_core {
             tracing::debug!(core = self.idx, peer = %nc.peer, "refusing connection (limit or shutdown)");
             return;
         }
-        let info = ConnInfo {
-            peer: nc.peer,
-            local: nc.local,
-            core: self.idx,
-            listener_id: nc.listener_id,
-        };
+        let info = ConnInfo { peer: nc.peer, local: nc.local, core: self.idx, listener_id: nc.listener_id };
         let Some(handler) = make(&info) else { return };
         let conn = Conn {
             fd: nc.fd,

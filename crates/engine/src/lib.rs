@@ -91,9 +91,7 @@ pub enum EngineError {
     InvalidCoreList(String),
     #[error("invalid engine configuration: {0}")]
     InvalidConfig(String),
-    #[error(
-        "io_uring setup failed (is io_uring disabled? see /proc/sys/kernel/io_uring_disabled): {0}"
-    )]
+    #[error("io_uring setup failed (is io_uring disabled? see /proc/sys/kernel/io_uring_disabled): {0}")]
     IoUringSetup(io::Error),
     #[error("cannot pin thread to core {core}: {err}")]
     Pin { core: usize, err: io::Error },
@@ -123,9 +121,9 @@ impl FromStr for Mode {
         match s.trim().to_ascii_lowercase().as_str() {
             "poll" => Ok(Mode::Poll),
             "interrupt" => Ok(Mode::Interrupt),
-            other => Err(EngineError::InvalidConfig(format!(
-                "unknown mode {other:?} (expected \"poll\" or \"interrupt\")"
-            ))),
+            other => {
+                Err(EngineError::InvalidConfig(format!("unknown mode {other:?} (expected \"poll\" or \"interrupt\")")))
+            }
         }
     }
 }
@@ -158,13 +156,9 @@ pub fn parse_core_list(s: &str) -> Result<Vec<usize>, EngineError> {
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(format!("{t:?} is not a core number")));
         }
-        let v: usize = t
-            .parse()
-            .map_err(|_| bad(format!("{t:?} is not a core number")))?;
+        let v: usize = t.parse().map_err(|_| bad(format!("{t:?} is not a core number")))?;
         if v >= MAX_CORE_ID {
-            return Err(bad(format!(
-                "core {v} out of range (must be < {MAX_CORE_ID})"
-            )));
+            return Err(bad(format!("core {v} out of range (must be < {MAX_CORE_ID})")));
         }
         Ok(v)
     };
@@ -199,10 +193,7 @@ pub fn parse_core_list(s: &str) -> Result<Vec<usize>, EngineError> {
 /// Pin the calling thread to one CPU (`sched_setaffinity`).
 pub fn pin_current_thread(core: usize) -> io::Result<()> {
     if core >= MAX_CORE_ID {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "core id out of range",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "core id out of range"));
     }
     // SAFETY: cpu_set_t is plain data; CPU_SET stays within bounds (core < 1024).
     unsafe {
@@ -389,17 +380,8 @@ impl ConnIo<'_> {
     ///
     /// # Safety
     /// `buf` must stay valid and untouched until `on_storage(token)` is called.
-    pub unsafe fn submit_read(
-        &mut self,
-        fd: RawFd,
-        offset: u64,
-        buf: *mut u8,
-        len: u32,
-        token: u64,
-    ) {
-        let e = io_uring::opcode::Read::new(io_uring::types::Fd(fd), buf, len)
-            .offset(offset)
-            .build();
+    pub unsafe fn submit_read(&mut self, fd: RawFd, offset: u64, buf: *mut u8, len: u32, token: u64) {
+        let e = io_uring::opcode::Read::new(io_uring::types::Fd(fd), buf, len).offset(offset).build();
         self.sq.push_storage(e, self.slot, token);
         *self.storage_inflight += 1;
     }
@@ -407,34 +389,22 @@ impl ConnIo<'_> {
     ///
     /// # Safety
     /// `buf` must stay valid and untouched until `on_storage(token)` is called.
-    pub unsafe fn submit_write(
-        &mut self,
-        fd: RawFd,
-        offset: u64,
-        buf: *const u8,
-        len: u32,
-        token: u64,
-    ) {
-        let e = io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf, len)
-            .offset(offset)
-            .build();
+    pub unsafe fn submit_write(&mut self, fd: RawFd, offset: u64, buf: *const u8, len: u32, token: u64) {
+        let e = io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf, len).offset(offset).build();
         self.sq.push_storage(e, self.slot, token);
         *self.storage_inflight += 1;
     }
     /// fsync / fdatasync `fd` through the core's ring.
     pub fn submit_fsync(&mut self, fd: RawFd, datasync: bool, token: u64) {
-        let flags = if datasync {
-            io_uring::types::FsyncFlags::DATASYNC
-        } else {
-            io_uring::types::FsyncFlags::empty()
-        };
-        let e = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
-            .flags(flags)
-            .build();
+        let flags = if datasync { io_uring::types::FsyncFlags::DATASYNC } else { io_uring::types::FsyncFlags::empty() };
+        let e = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd)).flags(flags).build();
         self.sq.push_storage(e, self.slot, token);
         *self.storage_inflight += 1;
     }
 }
+
+/// Closure creating the handler of an outbound connection on its core.
+pub type MakeHandler = Box<dyn FnOnce(&ConnInfo) -> Box<dyn Handler> + Send>;
 
 /// Creates handlers for accepted connections.
 pub trait HandlerFactory: Send + Sync + 'static {
@@ -494,13 +464,7 @@ impl CoreHandle {
         self.tx.send(cmd).map_err(|_| EngineError::ShuttingDown)?;
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
-        unsafe {
-            libc::write(
-                self.wake_fd.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        unsafe { libc::write(self.wake_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
         Ok(())
     }
 }
@@ -530,11 +494,8 @@ impl Engine {
     /// Spawn the core threads (pinned), each creating its own io_uring.
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
         cfg.validate()?;
-        let cpus: Vec<Option<usize>> = if cfg.cores.is_empty() {
-            vec![None]
-        } else {
-            cfg.cores.iter().map(|c| Some(*c)).collect()
-        };
+        let cpus: Vec<Option<usize>> =
+            if cfg.cores.is_empty() { vec![None] } else { cfg.cores.iter().map(|c| Some(*c)).collect() };
         let epoch = Instant::now();
         let mut cores = Vec::with_capacity(cpus.len());
         let mut ready_rx = Vec::new();
@@ -556,12 +517,7 @@ impl Engine {
                 .name(format!("nvmf-core{idx}"))
                 .spawn(move || core::run_core(idx, cpu, c2, rx, efd, sh2, epoch, rtx))
                 .map_err(EngineError::Io)?;
-            cores.push(CoreHandle {
-                tx,
-                wake_fd,
-                shared,
-                thread: Mutex::new(Some(th)),
-            });
+            cores.push(CoreHandle { tx, wake_fd, shared, thread: Mutex::new(Some(th)) });
             ready_rx.push(rrx);
         }
         let mut err = None;
@@ -572,9 +528,7 @@ impl Engine {
                     err.get_or_insert(e);
                 }
                 Err(_) => {
-                    err.get_or_insert(EngineError::InvalidConfig(
-                        "core thread died during start".into(),
-                    ));
+                    err.get_or_insert(EngineError::InvalidConfig("core thread died during start".into()));
                 }
             }
         }
@@ -602,11 +556,7 @@ impl Engine {
 
     /// Bind `addr` and start an acceptor thread; accepted sockets (TCP_NODELAY)
     /// are handed to cores round-robin, where `factory.create` makes the handler.
-    pub fn listen(
-        &self,
-        addr: SocketAddr,
-        factory: Arc<dyn HandlerFactory>,
-    ) -> Result<ListenerId, EngineError> {
+    pub fn listen(&self, addr: SocketAddr, factory: Arc<dyn HandlerFactory>) -> Result<ListenerId, EngineError> {
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
@@ -621,12 +571,7 @@ impl Engine {
             .name(format!("nvmf-accept{id}"))
             .spawn(move || acceptor(listener, id, stop2, inner, factory))
             .map_err(EngineError::Io)?;
-        self.inner.listeners.lock().unwrap().push(ListenerEntry {
-            id,
-            stop,
-            fd,
-            thread: Some(th),
-        });
+        self.inner.listeners.lock().unwrap().push(ListenerEntry { id, stop, fd, thread: Some(th) });
         Ok(ListenerId { id, local })
     }
 
@@ -634,17 +579,10 @@ impl Engine {
     /// accepted through it. Returns once the listener socket is closed and every
     /// core has started closing the connections (peers see EOF promptly; the
     /// handlers' `on_closed` runs once in-flight ops drain).
-    pub fn remove_listener(
-        &self,
-        id: ListenerId,
-        close_connections: bool,
-    ) -> Result<(), EngineError> {
+    pub fn remove_listener(&self, id: ListenerId, close_connections: bool) -> Result<(), EngineError> {
         let entry = {
             let mut l = self.inner.listeners.lock().unwrap();
-            let pos = l
-                .iter()
-                .position(|e| e.id == id.id)
-                .ok_or(EngineError::NoSuchListener(id.id))?;
+            let pos = l.iter().position(|e| e.id == id.id).ok_or(EngineError::NoSuchListener(id.id))?;
             l.remove(pos)
         };
         stop_listener(entry);
@@ -652,12 +590,7 @@ impl Engine {
             let mut acks = Vec::new();
             for c in &self.inner.cores {
                 let (atx, arx) = mpsc::channel();
-                if c.send(Command::RemoveListener {
-                    id: id.id,
-                    ack: atx,
-                })
-                .is_ok()
-                {
+                if c.send(Command::RemoveListener { id: id.id, ack: atx }).is_ok() {
                     acks.push(arx);
                 }
             }
@@ -671,12 +604,7 @@ impl Engine {
     /// Outbound connection (host side), owned by core `core_index`. The TCP
     /// connect happens synchronously on the calling thread (errors are returned
     /// here); the handler is then created on the owning core by `make`.
-    pub fn connect(
-        &self,
-        core_index: usize,
-        addr: SocketAddr,
-        make: Box<dyn FnOnce(&ConnInfo) -> Box<dyn Handler> + Send>,
-    ) -> Result<(), EngineError> {
+    pub fn connect(&self, core_index: usize, addr: SocketAddr, make: MakeHandler) -> Result<(), EngineError> {
         self.connect_timeout(core_index, addr, Duration::from_secs(10), make)
     }
 
@@ -686,31 +614,19 @@ impl Engine {
         core_index: usize,
         addr: SocketAddr,
         timeout: Duration,
-        make: Box<dyn FnOnce(&ConnInfo) -> Box<dyn Handler> + Send>,
+        make: MakeHandler,
     ) -> Result<(), EngineError> {
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        let core = self
-            .inner
-            .cores
-            .get(core_index)
-            .ok_or(EngineError::NoSuchCore(core_index))?;
+        let core = self.inner.cores.get(core_index).ok_or(EngineError::NoSuchCore(core_index))?;
         let s = TcpStream::connect_timeout(&addr, timeout)?;
         s.set_nodelay(true)?;
         let local = s.local_addr()?;
         let peer = s.peer_addr()?;
         // SAFETY: into_raw_fd transfers ownership.
         let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
-        core.send(Command::Connect {
-            conn: NewConn {
-                fd,
-                peer,
-                local,
-                listener_id: None,
-            },
-            make,
-        })
+        core.send(Command::Connect { conn: NewConn { fd, peer, local, listener_id: None }, make })
     }
 
     /// Graceful shutdown: stop accepting, call `on_shutdown` on each connection,
@@ -722,19 +638,14 @@ impl Engine {
 
     /// Per-core counters.
     pub fn stats(&self) -> Vec<CoreStats> {
-        self.inner
-            .cores
-            .iter()
-            .map(|c| c.shared.snapshot())
-            .collect()
+        self.inner.cores.iter().map(|c| c.shared.snapshot()).collect()
     }
 
     fn stop_all(&self, timeout: Duration) {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
-        let entries: Vec<ListenerEntry> =
-            std::mem::take(&mut *self.inner.listeners.lock().unwrap());
+        let entries: Vec<ListenerEntry> = std::mem::take(&mut *self.inner.listeners.lock().unwrap());
         for e in entries {
             stop_listener(e);
         }
@@ -784,8 +695,7 @@ fn acceptor(
             Ok(v) => v,
             Err(e) => {
                 match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                         tracing::warn!("accept: {e}; backing off");
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -809,12 +719,7 @@ fn acceptor(
         // SAFETY: ownership transfer.
         let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
         let _ = inner.cores[idx].send(Command::Accepted {
-            conn: NewConn {
-                fd,
-                peer,
-                local,
-                listener_id: Some(id),
-            },
+            conn: NewConn { fd, peer, local, listener_id: Some(id) },
             factory: factory.clone(),
         });
     }
