@@ -19,6 +19,7 @@ pub mod cqe;
 pub mod digest;
 pub mod fabrics;
 pub mod features;
+pub mod fuzz;
 pub mod identify;
 pub mod log;
 pub mod opcodes;

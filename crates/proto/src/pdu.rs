@@ -23,8 +23,9 @@ pub const TERM_HLEN: usize = 24;
 /// Most error data bytes a TermReq carries (the offending header).
 pub const TERM_DATA_LEN_MAX: usize = 128;
 pub const DIGEST_LEN: usize = 4;
-/// Largest PDO the spec allows: (31 + 1) * 4.
-pub const PDO_MAX: usize = 128;
+/// Largest data alignment a receiver may ask for: (31 + 1) * 4 bytes. PDO
+/// itself is one byte, so padding never exceeds 255 - header.
+pub const PDA_BYTES_MAX: usize = 128;
 
 /// PDU types (common header byte 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,7 +333,7 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
         return Err(PduError::field(off::PLEN, "PDU type carries no data"));
     }
     if has_data {
-        if pdo < hdr_end || pdo > PDO_MAX.max(hdr_end) || pdo + dd > plen {
+        if pdo < hdr_end || pdo + dd > plen {
             return Err(PduError::field(off::PDO, "PDO outside the PDU"));
         }
         if cfg.rx_data_align > 4 && !pdo.is_multiple_of(cfg.rx_data_align as usize) {

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with the Rust toolchain:
+# formatting and lints, unit/property/fuzz-corpus tests, then the kernel
+# interop harness (installs qemu and a Debian 6.12 guest image on first run).
+# Prints one closing line "N passed, M failed" and exits non-zero on failure.
+#
+# Env: NVMF_SKIP_INTEROP=1 skips the qemu harness (for quick local runs).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==== %s\n' "$*"; }
+passed=0 failed=0
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release"
+cargo build --release --workspace --bins
+
+step "cargo test (unit, property, fuzz corpus, loopback end-to-end)"
+log=$(mktemp)
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+p=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^passed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+f=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^failed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+rm -f "$log"
+passed=$((passed + p)) failed=$((failed + f))
+[ "$rc" -eq 0 ] || [ "$f" -gt 0 ] || failed=$((failed + 1)) # a build failure counts
+
+if [ "${NVMF_SKIP_INTEROP:-0}" != 1 ]; then
+    step "kernel interop harness (qemu, Linux 6.12 host and target)"
+    bash tests/interop/setup.sh
+    log=$(mktemp)
+    set +e
+    NVMF_BIN=$PWD/target/release/nvmf bash tests/interop/run.sh 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n1 || true)
+    rm -f "$log"
+    if [ -n "$line" ]; then
+        passed=$((passed + $(echo "$line" | awk '{print $1}')))
+        failed=$((failed + $(echo "$line" | awk '{print $3}')))
+    fi
+    [ "$rc" -eq 0 ] || [ -n "$line" ] || failed=$((failed + 1))
+fi
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
