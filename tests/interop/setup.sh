@@ -270,7 +270,8 @@ build_image() {
         printf '[debug]\nloglevel=0\ntls=0\nnl=0\n\n[authenticate]\nkeyrings=.nvme\n\n[authenticate.client]\n\n[authenticate.server]\n' >"$ST/etc/tlshd.conf"
     fi
     install -m 0755 "$LAB_DIR/guest/init" "$ST/init"
-    install -D -m 0644 "$LAB_DIR/guest/nvmet.sh" "$ST/usr/share/lab/nvmet.sh"
+    mkdir -p "$ST/usr/share/lab"
+    for p in "$LAB_DIR"/guest/*.sh; do install -m 0644 "$p" "$ST/usr/share/lab/"; done
     printf 'LAB_SUITE=%s\nLAB_KVER=%s\nLAB_KERNEL_PKG=%s\n' "$SUITE" "$KVER" "$KPKG" >"$ST/etc/lab/build.env"
     for s in "${WANT[@]}"; do case ${s%%=*} in nvme-cli | fio | busybox-static | ktls-utils | keyutils | libnvme* | e2fsprogs) echo "$s" ;; esac; done >"$ST/etc/lab/packages"
 

@@ -30,8 +30,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MEM=${NVMF_INTEROP_MEM:-1024}
 SMP=${NVMF_INTEROP_SMP:-2}
 NAME=${NVMF_INTEROP_NAME:-default}
-GUESTFWD=${NVMF_INTEROP_GUESTFWD:-4420:4420 8009:8009}
-HOSTFWD=${NVMF_INTEROP_HOSTFWD:-14420:4420 18009:8009}
+# ${VAR-default}: a set but empty variable means "no forwards" (the harness sets
+# exactly the ports it uses, never the default 4420/8009 that others may hold).
+GUESTFWD=${NVMF_INTEROP_GUESTFWD-4420:4420 8009:8009}
+HOSTFWD=${NVMF_INTEROP_HOSTFWD-14420:4420 18009:8009}
 GUESTFWD=${GUESTFWD//,/ } HOSTFWD=${HOSTFWD//,/ }   # commas work as separators too
 HOST_ADDR=10.0.2.100   # where the guest sees host services (guestfwd)
 GUEST_ADDR=10.0.2.15   # guest eth0 (hostfwd target)
@@ -68,7 +70,7 @@ mk_initrd() { # DIR MODE [SCRIPT]
     rm -rf "$x"; mkdir -p "$x/lab/files" "$x/usr/share/lab"
     # current guest-side files override the image's copies (no rebuild needed)
     install -m 0755 "$LAB_DIR/guest/init" "$x/init"
-    install -m 0644 "$LAB_DIR/guest/nvmet.sh" "$x/usr/share/lab/nvmet.sh"
+    local h; for h in "$LAB_DIR"/guest/*.sh; do install -m 0644 "$h" "$x/usr/share/lab/"; done
     if [ -n "$script" ]; then
         [ -f "$script" ] || die "no such script: $script"
         install -m 0755 "$script" "$x/lab/script"
@@ -118,7 +120,7 @@ qemu_cmd() {
         done
     fi
     # shellcheck disable=SC2054  # commas are qemu option syntax
-    Q=(qemu-system-x86_64 -name nvmf-interop -nodefaults -no-user-config -display none
+    Q=(qemu-system-x86_64 -name "nvmf-interop-$NAME" -nodefaults -no-user-config -display none
         -m "$MEM" -smp "$SMP" -no-reboot
         -kernel "$LAB_IMAGE/vmlinuz" -initrd "$d/initrd"
         -append "console=ttyS0,115200 panic=-1 mitigations=off random.trust_cpu=on ${NVMF_INTEROP_APPEND:-}"
@@ -238,8 +240,8 @@ cmd_start() {
         return $rc
     fi
     log "ready: accel=$accel pid=$pid after $((($(date +%s%N) - t0) / 1000000))ms"
-    log "host->guest: $(for p in $HOSTFWD; do printf '127.0.0.1:%s->guest:%s ' "${p%%:*}" "${p#*:}"; done)"
-    log "guest->host: $(for p in $GUESTFWD; do printf '%s:%s->127.0.0.1:%s ' "$HOST_ADDR" "${p%%:*}" "${p#*:}"; done)"
+    [ -z "$HOSTFWD" ] || log "host->guest: $(for p in $HOSTFWD; do printf '127.0.0.1:%s->guest:%s ' "${p%%:*}" "${p#*:}"; done)"
+    [ -z "$GUESTFWD" ] || log "guest->host: $(for p in $GUESTFWD; do printf '%s:%s->127.0.0.1:%s ' "$HOST_ADDR" "${p%%:*}" "${p#*:}"; done)"
     log "logs: $STATE/console.log (kernel) $STATE/out.log (script)"
 }
 

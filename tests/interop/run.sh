@@ -1,0 +1,753 @@
+#!/usr/bin/env bash
+# run.sh - nvmf's kernel interop suite: the nvmf target against the Linux 6.12
+# NVMe/TCP host (nvme-cli, fio in a qemu guest) and the nvmf host CLI against the
+# Linux kernel target (nvmet-tcp in a qemu guest).
+#
+#   tests/interop/run.sh [FILTER...]     run the cases whose name contains a FILTER
+#   tests/interop/run.sh --list          list the cases
+#
+# One line per case: "PASS name (Ns)", "FAIL name (Ns)" + the tail of its log, or
+# "SKIP name (reason)"; last line "N passed, M failed". Exit 1 if anything failed.
+#
+# Env: NVMF_BIN            nvmf binary (default <repo>/target/release/nvmf; built with
+#                          `cargo build --release` if that default is missing)
+#      NVMF_INTEROP_CACHE  image/cache dir (default ~/.cache/nvmf-interop; setup.sh)
+#      NVMF_INTEROP_LOGDIR logs (default tests/interop/.run/<timestamp>, .run/latest)
+#      NVMF_INTEROP_SETUP  1 (default): run setup.sh first (idempotent, ~5 s when cached)
+#      NVMF_INTEROP_REF=1  also run the target-side guest checks against the kernel
+#                          target inside the guest (validates the checks themselves)
+#      NVMF_INTEROP_FIO_RUNTIME (20), NVMF_INTEROP_PERF_RUNTIME (20) seconds
+# Every host-side address is 127.0.0.1; the guest only reaches forwarded ports.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+export PATH=$PATH:/usr/sbin:/sbin
+
+FIO_RUNTIME=${NVMF_INTEROP_FIO_RUNTIME:-20}
+PERF_RUNTIME=${NVMF_INTEROP_PERF_RUNTIME:-20}
+SUBNQN_A=nqn.2026-11.io.nvmf:a
+SUBNQN_B=nqn.2026-11.io.nvmf:b
+SUBNQN_FILE=nqn.2026-11.io.nvmf:file
+SUBNQN_RESTRICTED=nqn.2026-11.io.nvmf:restricted
+ALLOWED_HOSTNQN=nqn.2026-11.io.nvmf:host:allowed
+KT_NQN1=nqn.2026-11.io.nvmf:kernel-target:one
+KT_NQN2=nqn.2026-11.io.nvmf:kernel-target:two
+KT_SERIAL=NVMFINTEROPSN
+KT_MODEL=nvmf-interop-kernel-target
+
+# ------------------------------------------------------------------ case table
+# name | group | nvmf subcommands needed | timeout (s) | function
+CASES=(
+    "kernel-loopback|target||240|c_kernel_loopback"
+    "guestfwd|target||60|c_guestfwd"
+    "target-discover|target|target:--config|90|c_target_discover"
+    "target-connect-queues|target|target:--config|120|c_target_connect_queues"
+    "target-connect-digests|target|target:--config|150|c_target_connect_digests"
+    "target-identify|target|target:--config|90|c_target_identify"
+    "target-fio-verify|target|target:--config|240|c_target_fio"
+    "target-pattern-ram|target|target:--config|90|c_target_pattern_ram"
+    "target-file-backend|target|target:--listen,--discovery-listen,--subsystem,--namespace|150|c_target_file_backend"
+    "target-fs|target|target:--config|180|c_target_fs"
+    "target-disconnect-clean|target|target:--config|90|c_target_disconnect_clean"
+    "target-unknown-nqn|target|target:--config|90|c_target_unknown_nqn"
+    "target-allow-host|target|target:--listen,--discovery-listen,--subsystem,--namespace,--allow-host|90|c_target_allow_host"
+    "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
+    "kernel-hostfwd-icreq|host||60|c_kernel_hostfwd"
+    "host-discover|host|discover:--output-format|60|c_host_discover"
+    "host-identify|host|identify:--namespace,--output-format|90|c_host_identify"
+    "host-rw-64m|host|write:--namespace-id,--start-block,--block-count,--data read:--namespace-id,--start-block,--block-count,--data|240|c_host_rw"
+    "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format|120|c_host_perf_plain"
+    "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--hdr-digest,--data-digest|120|c_host_perf_digest"
+    "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--reconnect-delay,--ctrl-loss-tmo|180|c_host_reconnect"
+)
+REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
+    target-fio-verify target-pattern-ram target-fs target-disconnect-clean
+    target-unknown-nqn target-kill-mid-io)
+
+# ------------------------------------------------------------------ helpers
+say() { printf '%s\n' "$*"; }
+ts() { date +%H:%M:%S; }
+# Log lines for a case log go to stdout of the case (captured in its log file).
+step() { printf '\n[%s] === %s\n' "$(ts)" "$*"; }
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# listening PORT: true once something listens on 127.0.0.1:PORT (or 0.0.0.0:PORT).
+# Reads /proc/net/tcp instead of connecting: a probe connection would show up in
+# the target's log as a broken connection.
+listening() {
+    local hex; hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" 'NR > 1 && $4 == "0A" && ($2 == "0100007F" p || $2 == "00000000" p) { f = 1 } END { exit !f }' /proc/net/tcp
+}
+
+# ------------------------------------------------------------------ nvmf binary
+NVMF=${NVMF_BIN:-}
+NVMF_HELP=
+nvmf_prepare() {
+    if [ -z "$NVMF" ]; then
+        NVMF=$REPO/target/release/nvmf
+        if [ ! -x "$NVMF" ]; then
+            say "[interop] $NVMF missing: cargo build --release (log: $LOGROOT/cargo-build.log)"
+            (cd "$REPO" && timeout 3000 cargo build --release) >"$LOGROOT/cargo-build.log" 2>&1 ||
+                { say "[interop] cargo build --release failed:"; tail -n 20 "$LOGROOT/cargo-build.log"; }
+        fi
+    fi
+    case $NVMF in /*) ;; *) NVMF=$REPO/$NVMF ;; esac
+    if [ -x "$NVMF" ]; then
+        # a private copy: a concurrent `cargo build` must not swap it mid-run
+        cp "$NVMF" "$STATE/nvmf" && NVMF=$STATE/nvmf
+        NVMF_HELP=$(timeout 10 "$NVMF" help 2>&1 || true)
+        say "[interop] nvmf: $NVMF ($(nvmf_cmds | tr '\n' ' '))"
+    else
+        say "[interop] nvmf: $NVMF not available"
+    fi
+}
+# subcommands listed by `nvmf help` (clap: "  name   description" lines)
+nvmf_cmds() {
+    printf '%s\n' "$NVMF_HELP" | awk '/^[A-Za-z]+:/ { sec = $1 } sec == "Commands:" && /^  [a-z]/ { print $1 }'
+}
+has_cmd() { nvmf_cmds | grep -qx "$1"; }
+# has_flags CMD FLAG,FLAG..: `nvmf CMD --help` mentions every FLAG (cached per CMD)
+has_flags() {
+    local f h=$STATE/help.$1
+    [ -e "$h" ] || timeout 10 "$NVMF" "$1" --help >"$h" 2>&1 || true
+    for f in ${2//,/ }; do grep -qE -- "(^|[^a-z-])$f([^a-z-]|$)" "$h" || { echo "$f"; return 1; }; done
+}
+
+# ------------------------------------------------------------------ VM handling
+VM=("$HERE/vm.sh")
+# vm_env GROUP: environment of the group's VM instance
+vm_env() {
+    local g=$1
+    case $g in
+    target)
+        export NVMF_INTEROP_NAME=nvmf-target NVMF_INTEROP_SMP=4 NVMF_INTEROP_HOSTFWD=
+        export NVMF_INTEROP_GUESTFWD="$(cat "$STATE/target.guestfwd" 2>/dev/null)"
+        ;;
+    host)
+        export NVMF_INTEROP_NAME=nvmf-host NVMF_INTEROP_SMP=2 NVMF_INTEROP_GUESTFWD=
+        export NVMF_INTEROP_HOSTFWD="$(cat "$STATE/host.hostfwd" 2>/dev/null)"
+        ;;
+    esac
+}
+# vm_boot GROUP: (re)start the group's VM; guest setup script from $STATE/GROUP.boot.sh
+vm_boot() {
+    local g=$1 args=()
+    vm_env "$g"
+    "${VM[@]}" stop >/dev/null 2>&1 || true
+    local f
+    if [ "$g" = target ]; then for f in "$STATE"/files/*; do args+=(-f "$f"); done; fi
+    timeout 200 "${VM[@]}" start -t 150 "${args[@]}" "$STATE/$g.boot.sh"
+}
+vm_down() { vm_env "$1"; timeout 60 "${VM[@]}" stop >/dev/null 2>&1 || true; }
+
+# gexec GROUP TIMEOUT CASE_SCRIPT [VAR=VALUE...]: run cases/CASE_SCRIPT in the
+# group's VM with the variables exported. On a timeout or lost agent the VM is
+# marked dirty and rebooted before the next case (a hung guest command would
+# otherwise block every later exec).
+gexec() {
+    local g=$1 t=$2 script=$3 kv rc=0
+    shift 3
+    vm_env "$g"
+    {
+        for kv in "$@"; do
+            printf "export %s='%s'\n" "${kv%%=*}" "$(printf '%s' "${kv#*=}" | sed "s/'/'\\\\''/g")"
+        done
+        cat "$HERE/cases/$script"
+    } >"$STATE/exec.sh"
+    "${VM[@]}" exec -t "$t" "$STATE/exec.sh" || rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 125 ]; then
+        echo "[interop] guest exec rc=$rc: VM marked for reboot"
+        touch "$STATE/$g.dirty"
+    fi
+    return "$rc"
+}
+# gsh GROUP TIMEOUT: run stdin as a guest script (small inline commands)
+gsh() {
+    local rc=0
+    vm_env "$1"
+    "${VM[@]}" exec -t "$2" - || rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 125 ]; then touch "$STATE/$1.dirty"; fi
+    return "$rc"
+}
+
+# ------------------------------------------------------------------ nvmf target processes
+# tstart NAME ARGS...: start `nvmf target ARGS` in the background, stderr+stdout to
+# $LOGROOT/NAME.log (appended across restarts), pid in $STATE/NAME.pid, exit status
+# in $STATE/NAME.rc when it ends. Waits until every --listen/--discovery-listen/config
+# port listens (30 s), else fails.
+tstart() {
+    local name=$1 p
+    shift
+    rm -f "$STATE/$name.rc" "$STATE/$name.pid"
+    printf '\n===== %s: nvmf target %s\n' "$(ts)" "$*" >>"$LOGROOT/$name.log"
+    (
+        "$NVMF" target "$@" </dev/null >>"$LOGROOT/$name.log" 2>&1 &
+        echo $! >"$STATE/$name.pid"
+        rc=0; wait $! || rc=$?
+        echo "$rc" >"$STATE/$name.rc"
+    ) </dev/null >/dev/null 2>&1 &
+    for _ in $(seq 100); do [ -s "$STATE/$name.pid" ] && break; sleep 0.05; done
+    for _ in $(seq 300); do
+        local all=1
+        for p in $(cat "$STATE/$name.ports"); do listening "$p" || all=0; done
+        [ $all = 1 ] && { echo "[interop] $name (pid $(cat "$STATE/$name.pid")) listening on $(cat "$STATE/$name.ports")"; return 0; }
+        [ -e "$STATE/$name.rc" ] && break
+        sleep 0.1
+    done
+    echo "[interop] $name did not come up (rc=$(cat "$STATE/$name.rc" 2>/dev/null || echo running)); log tail:"
+    tail -n 20 "$LOGROOT/$name.log"
+    tstop "$name" >/dev/null 2>&1 || true
+    return 1
+}
+talive() { [ ! -e "$STATE/$1.rc" ] && [ -s "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# tneed NAME: fail the case unless target NAME runs
+tneed() {
+    talive "$1" && return 0
+    echo "nvmf target '$1' is not running (rc=$(cat "$STATE/$1.rc" 2>/dev/null || echo '?')); log tail:"
+    tail -n 30 "$LOGROOT/$1.log" 2>/dev/null
+    return 1
+}
+# tstop NAME [SIG]: signal the target, wait (15 s) for its exit status, print it
+tstop() {
+    local name=$1 sig=${2:-TERM} pid
+    pid=$(cat "$STATE/$name.pid" 2>/dev/null) || return 0
+    if [ ! -e "$STATE/$name.rc" ]; then
+        kill "-$sig" "$pid" 2>/dev/null || true
+        for _ in $(seq 150); do [ -e "$STATE/$name.rc" ] && break; sleep 0.1; done
+        if [ ! -e "$STATE/$name.rc" ]; then
+            echo "[interop] $name (pid $pid) ignored SIG$sig for 15 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do [ -e "$STATE/$name.rc" ] && break; sleep 0.1; done
+        fi
+    fi
+    cat "$STATE/$name.rc" 2>/dev/null || echo 137
+}
+# log_errors NAME: print ERROR / panic lines of a target log
+log_errors() { grep -nE '(^|[^A-Za-z])ERROR([^A-Za-z]|$)|panicked|RUST_BACKTRACE' "$LOGROOT/$1.log" || true; }
+
+# ------------------------------------------------------------------ group: target
+target_setup() {
+    local pa pd pf pfd ph phd pg
+    pa=$(free_port) pd=$(free_port) pf=$(free_port) pfd=$(free_port)
+    ph=$(free_port) phd=$(free_port) pg=$(free_port)
+    cat >"$STATE/target.env" <<EOF
+PA=$pa PD=$pd PF=$pf PFD=$pfd PH=$ph PHD=$phd PG=$pg
+EOF
+    # Guest port == host port: the guest dials 10.0.2.100:P for host 127.0.0.1:P, so
+    # the trsvcid a discovery log reports for 127.0.0.1:P is usable as is in the guest.
+    echo "$pa:$pa $pd:$pd $pf:$pf $ph:$ph $pg:$pg" >"$STATE/target.guestfwd"
+    # host-made patterns, copied into the guest at boot (the host compares files with them)
+    mkdir -p "$STATE/files"
+    head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
+    head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8b"
+    printf '#!/bin/sh\necho "guest up: $(uname -r), $(nproc) vCPUs"\n' >"$STATE/target.boot.sh"
+
+    # TOML for the main target (schema agreed with the target engineers; see README):
+    # two subsystems, three namespaces: RAM 512 B, RAM 4 KiB blocks, null 1 TiB.
+    echo "$pa $pd" >"$STATE/t1.ports"
+    cat >"$STATE/t1.toml" <<EOF
+# nvmf target config used by tests/interop/run.sh (target-* cases)
+[[listener]]
+addr = "127.0.0.1:$pa"
+
+[discovery]
+listen = ["127.0.0.1:$pd"]
+
+[[subsystem]]
+nqn = "$SUBNQN_A"
+allow_any_host = true
+[[subsystem.namespace]]
+kind = "ram"
+size = "256MiB"
+block_size = 512
+
+[[subsystem]]
+nqn = "$SUBNQN_B"
+allow_any_host = true
+[[subsystem.namespace]]
+kind = "ram"
+size = "64MiB"
+block_size = 4096
+[[subsystem.namespace]]
+kind = "null"
+size = "1TiB"
+block_size = 512
+EOF
+    echo "$pf $pfd" >"$STATE/t2.ports"
+    echo "$ph $phd" >"$STATE/t3.ports"
+    truncate -s 64M "$STATE/file-ns.img"
+    if [ -n "${NEED_TARGETS:-}" ]; then
+        # each target failing to start only fails the cases that use it (tneed)
+        tstart t1 --config "$STATE/t1.toml" || true
+        tstart t2 --listen "127.0.0.1:$pf" --discovery-listen "127.0.0.1:$pfd" \
+            --subsystem "$SUBNQN_FILE" --namespace "file:$STATE/file-ns.img" || true
+        tstart t3 --listen "127.0.0.1:$ph" --discovery-listen "127.0.0.1:$phd" \
+            --subsystem "$SUBNQN_RESTRICTED" --namespace ram:64MiB \
+            --allow-host "$ALLOWED_HOSTNQN" || true
+    fi
+    vm_boot target
+}
+target_teardown() {
+    vm_down target
+    local t; for t in t1 t2 t3; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
+    return 0
+}
+tenv() { # load the port variables
+    # shellcheck disable=SC1091
+    . "$STATE/target.env"
+}
+G=10.0.2.100   # host services as seen from the guest
+
+c_kernel_loopback() {
+    # The same guest checks as the target-* cases, against the in-guest kernel target
+    # (127.0.0.1:4420 inside the guest): proves the checks and the guest tooling.
+    local kt="$SUBNQN_A:256:512 $SUBNQN_B:64:4096"
+    step "kernel target in the guest"
+    gexec target 60 ktarget.sh "KT_SUBSYS=$kt" "KT_PORTS=4420"
+    step "discover"
+    gexec target 60 discover.sh TADDR=127.0.0.1 DPORT=4420 "EXP_NQNS=$SUBNQN_A $SUBNQN_B" \
+        EXP_TRSVCID=4420 EXP_TRADDR=127.0.0.1
+    step "identify"
+    gexec target 60 identify.sh TADDR=127.0.0.1 PORT=4420 \
+        "NQNS=$SUBNQN_A:1:268435456:512 $SUBNQN_B:1:67108864:4096"
+    step "pattern"
+    gexec target 60 pattern.sh TADDR=127.0.0.1 PORT=4420 NQN=$SUBNQN_A PAT=/lab/files/pat8 SEEK_MB=3 MODE=write
+    step "fio (5 s)"
+    gexec target 120 fio.sh TADDR=127.0.0.1 PORT=4420 NQN=$SUBNQN_A RUNTIME=5 SIZE=64M
+    step "clear the kernel target"
+    gexec target 30 ktarget.sh KT_SUBSYS= KT_PORTS=
+}
+
+c_guestfwd() {
+    # The port plumbing of the target cases: a host listener on 127.0.0.1:PG is
+    # reached from the guest as 10.0.2.100:PG (guest port == host port).
+    tenv
+    local tok; tok=guestfwd-$RANDOM$RANDOM
+    timeout 40 python3 -c '
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); s.settimeout(35)
+c, _ = s.accept(); c.sendall((sys.argv[2] + "\n").encode()); c.close()' "$PG" "$tok" &
+    local lp=$!
+    for _ in $(seq 50); do listening "$PG" && break; sleep 0.1; done
+    local out
+    out=$(printf 'nc -w 5 %s %s </dev/null\n' "$G" "$PG" | gsh target 30) || true
+    wait "$lp" || true
+    echo "guest read: '$out' (want '$tok')"
+    [ "$out" = "$tok" ]
+}
+
+c_target_discover() {
+    tenv; tneed t1 || return 1
+    # The discovery log reports the target's own listener, 127.0.0.1:PA; the guest
+    # reaches the same port as 10.0.2.100:PA. Asserted per subsystem: an
+    # "nvme subsystem" entry, trtype tcp, traddr 127.0.0.1, trsvcid PA.
+    gexec target 60 discover.sh TADDR=$G DPORT="$PD" "EXP_NQNS=$SUBNQN_A $SUBNQN_B" \
+        EXP_TRSVCID="$PA" EXP_TRADDR=127.0.0.1
+}
+c_target_connect_queues() {
+    tenv; tneed t1 || return 1
+    gexec target 100 connect.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A MODE=queues
+}
+c_target_connect_digests() {
+    tenv; tneed t1 || return 1
+    gexec target 130 connect.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A MODE=digests
+}
+c_target_identify() {
+    tenv; tneed t1 || return 1
+    gexec target 80 identify.sh TADDR=$G PORT="$PA" \
+        "NQNS=$SUBNQN_A:1:268435456:512 $SUBNQN_B:1:67108864:4096 $SUBNQN_B:2:1099511627776:512"
+}
+c_target_fio() {
+    tenv; tneed t1 || return 1
+    gexec target $((FIO_RUNTIME + 150)) fio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A \
+        RUNTIME="$FIO_RUNTIME" SIZE=128M
+}
+c_target_pattern_ram() {
+    tenv; tneed t1 || return 1
+    gexec target 80 pattern.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A PAT=/lab/files/pat8 SEEK_MB=5 MODE=write
+}
+c_target_file_backend() {
+    tenv; tneed t2 || return 1
+    local img=$STATE/file-ns.img rc
+    step "guest writes pat8b at 4 MiB of the file-backed namespace"
+    gexec target 80 pattern.sh TADDR=$G PORT="$PF" NQN=$SUBNQN_FILE PAT=/lab/files/pat8b SEEK_MB=4 MODE=write
+    step "host side: the same bytes are in $img"
+    cmp <(dd if="$img" bs=1M skip=4 count=8 status=none) "$STATE/files/pat8b"
+    echo "cmp: bytes 4..12 MiB of the backing file == pattern ($(sha256sum <"$STATE/files/pat8b" | cut -c1-16))"
+    step "restart the target (SIGTERM must exit 0)"
+    rc=$(tstop t2 TERM)
+    echo "exit status after SIGTERM: $rc"
+    [ "$rc" = 0 ] || { tail -n 20 "$LOGROOT/t2.log"; return 1; }
+    cmp <(dd if="$img" bs=1M skip=4 count=8 status=none) "$STATE/files/pat8b"
+    tstart t2 --listen "127.0.0.1:$PF" --discovery-listen "127.0.0.1:$PFD" \
+        --subsystem "$SUBNQN_FILE" --namespace "file:$img"
+    step "reconnect: the pattern is still there"
+    gexec target 80 pattern.sh TADDR=$G PORT="$PF" NQN=$SUBNQN_FILE PAT=/lab/files/pat8b SEEK_MB=4 MODE=read
+}
+c_target_fs() {
+    tenv; tneed t1 || return 1
+    gexec target 160 fs.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NFILES=24
+}
+c_target_disconnect_clean() {
+    tenv; tneed t1 || return 1
+    gexec target 80 disconnect.sh TADDR=$G PORT="$PA" "NQNS=$SUBNQN_A $SUBNQN_B"
+    talive t1 || { echo "t1 died"; return 1; }
+    # Everything so far was legal host behaviour: no ERROR (or panic) in the logs.
+    local t bad=0
+    for t in t1 t2; do
+        [ -e "$LOGROOT/$t.log" ] || continue
+        if [ -n "$(log_errors "$t")" ]; then echo "ERROR lines in $t.log:"; log_errors "$t" | head -n 20; bad=1; fi
+        echo "$t.log: $(wc -l <"$LOGROOT/$t.log") lines, $(log_errors "$t" | wc -l) ERROR/panic lines"
+    done
+    return $bad
+}
+c_target_unknown_nqn() {
+    tenv; tneed t1 || return 1
+    gexec target 80 negative.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A MODE=unknown-nqn
+    talive t1
+}
+c_target_allow_host() {
+    tenv; tneed t3 || return 1
+    gexec target 80 negative.sh TADDR=$G PORT="$PH" NQN=$SUBNQN_RESTRICTED MODE=allow-host \
+        ALLOWED=$ALLOWED_HOSTNQN
+    talive t3
+}
+# socat_pids PORT: the guestfwd socat processes (children of our qemu) for host PORT
+socat_pids() {
+    local qpid p
+    qpid=$(cat "$NVMF_INTEROP_STATE/qemu.pid" 2>/dev/null) || return 0
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)" = "$qpid" ] || continue
+        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "socat .*TCP4:127.0.0.1:$1\b" && echo "$p"
+    done
+    return 0
+}
+c_target_kill_mid_io() {
+    tenv; tneed t1 || return 1
+    vm_env target
+    NVMF_INTEROP_STATE=$LAB_CACHE/vm/$NVMF_INTEROP_NAME
+    local pids
+    step "1: kill the TCP connections (guestfwd socat) under a running fio"
+    gexec target 60 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start
+    pids=$(socat_pids "$PA" | tr '\n' ' ')
+    echo "socat processes carrying 10.0.2.100:$PA: ${pids:-none}"
+    [ -n "$pids" ] || return 1
+    # shellcheck disable=SC2086
+    kill -KILL $pids
+    talive t1 || { echo "target died"; return 1; }
+    gexec target 120 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=finish
+    talive t1 || { echo "target died"; return 1; }
+    step "2: nvme disconnect while fio runs"
+    gexec target 60 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start
+    gexec target 60 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=disconnect
+    gexec target 120 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=finish
+    talive t1 || { echo "target died"; return 1; }
+    echo "target t1 (pid $(cat "$STATE/t1.pid")) still alive and serving"
+}
+
+# ------------------------------------------------------------------ group: host
+host_setup() {
+    local h1 h2
+    h1=$(free_port) h2=$(free_port)
+    echo "H1=$h1 H2=$h2" >"$STATE/host.env"
+    echo "$h1:4420 $h2:8009" >"$STATE/host.hostfwd"
+    {
+        printf 'export KT_SUBSYS="%s" KT_PORTS="4420 8009" KT_SERIAL=%s KT_MODEL=%s\n' \
+            "$KT_NQN1:128:512 $KT_NQN2:64:512" "$KT_SERIAL" "$KT_MODEL"
+        cat "$HERE/cases/ktarget.sh"
+    } >"$STATE/host.boot.sh"
+    vm_boot host
+}
+host_teardown() { vm_down host; }
+henv() {
+    # shellcheck disable=SC1091
+    . "$STATE/host.env"
+}
+# nv ARGS...: run the nvmf CLI bounded, show the command
+nv() {
+    local t=$1; shift
+    echo "+ nvmf $*" >&2
+    timeout -k 5 "$t" "$NVMF" "$@"
+}
+
+c_kernel_hostfwd() {
+    henv
+    python3 "$HERE/tools/icreq_probe.py" 127.0.0.1 "$H1" &&
+        python3 "$HERE/tools/icreq_probe.py" 127.0.0.1 "$H2" --hdgst --ddgst
+}
+c_host_discover() {
+    henv
+    local out
+    out=$(nv 30 discover -a 127.0.0.1 -s "$H2") || { echo "$out"; return 1; }
+    echo "$out"
+    grep -qF "$KT_NQN1" <<<"$out" && grep -qF "$KT_NQN2" <<<"$out" || { echo "missing a subsystem"; return 1; }
+    nv 30 discover -a 127.0.0.1 -s "$H2" --output-format json >"$STATE/disc.json" ||
+        { cat "$STATE/disc.json"; return 1; }
+    cat "$STATE/disc.json"
+    python3 "$HERE/tools/jcheck.py" nqns "$STATE/disc.json" "$KT_NQN1" "$KT_NQN2"
+}
+c_host_identify() {
+    henv
+    local g sn mn fr out
+    # the reference: nvme id-ctrl in the guest (kernel host over the guest loopback)
+    g=$(gsh host 60 <<EOF
+. /usr/share/lab/case.sh
+cleanup_all
+nconnect 127.0.0.1 4420 $KT_NQN1 >/dev/null || exit 1
+c=\$(ctrl_of $KT_NQN1) || exit 1
+nvme id-ctrl /dev/\$c >/tmp/ic || exit 1
+echo "sn=\$(field /tmp/ic sn)"; echo "mn=\$(field /tmp/ic mn)"; echo "fr=\$(field /tmp/ic fr)"
+cleanup_all
+EOF
+    ) || { echo "$g"; return 1; }
+    echo "guest nvme id-ctrl: $(tr '\n' ' ' <<<"$g")"
+    sn=$(sed -n 's/^sn=//p' <<<"$g") mn=$(sed -n 's/^mn=//p' <<<"$g") fr=$(sed -n 's/^fr=//p' <<<"$g")
+    [ -n "$sn" ] && [ -n "$mn" ] || return 1
+    out=$(nv 30 identify -a 127.0.0.1 -s "$H1" -n "$KT_NQN1") || { echo "$out"; return 1; }
+    echo "$out"
+    for v in "$sn" "$mn" "$fr"; do
+        grep -qF "$v" <<<"$out" || { echo "nvmf identify does not show '$v'"; return 1; }
+    done
+    nv 30 identify -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --output-format json >"$STATE/id.json" ||
+        { cat "$STATE/id.json"; return 1; }
+    cat "$STATE/id.json"
+    python3 "$HERE/tools/jcheck.py" values "$STATE/id.json" "$sn" "$mn" "$fr"
+    out=$(nv 30 identify -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --namespace 1) || { echo "$out"; return 1; }
+    echo "$out"
+    # 128 MiB of 512 B blocks: nsze 262144 (0x40000) somewhere in the output
+    grep -qE '262144|0x40000' <<<"$out" || { echo "namespace size 262144 blocks not shown"; return 1; }
+}
+c_host_rw() {
+    henv
+    local d=$STATE/rw blocks=$((64 << 20 >> 9)) help cnt sum g
+    mkdir -p "$d"
+    head -c $((64 << 20)) /dev/urandom >"$d/pat"
+    help=$(timeout 10 "$NVMF" write --help 2>&1 || true)
+    cnt=$blocks
+    # nvme-cli's --block-count is 0's based; follow the CLI's own help text
+    if grep -qiE "zero(e)?s?[ -]based|0's based|0-based" <<<"$help"; then cnt=$((blocks - 1)); fi
+    echo "64 MiB = $blocks blocks of 512 B; --block-count $cnt"
+    nv 120 write -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --namespace-id 1 --start-block 0 \
+        --block-count "$cnt" --data "$d/pat" || return 1
+    nv 120 read -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --namespace-id 1 --start-block 0 \
+        --block-count "$cnt" --data "$d/rb" || return 1
+    cmp "$d/pat" "$d/rb" || return 1
+    echo "read back 64 MiB: equal"
+    nv 60 read -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --namespace-id 1 --start-block 8 \
+        --block-count "$(( cnt == blocks ? 16 : 15 ))" --data - >"$d/stdout" || return 1
+    cmp "$d/stdout" <(dd if="$d/pat" bs=512 skip=8 count=16 status=none) || return 1
+    echo "--data - (stdout), 16 blocks at LBA 8: equal"
+    sum=$(sha256sum <"$d/pat" | cut -d' ' -f1)
+    g=$(printf 'dd if=/dev/kt0 bs=1M count=64 iflag=direct 2>/dev/null | sha256sum\n' | gsh host 60) || return 1
+    echo "host sha256 $sum; guest backing device /dev/kt0: $g"
+    [ "${g%% *}" = "$sum" ]
+}
+perf_check() { python3 "$HERE/tools/jcheck.py" perf "$1"; }
+host_perf() {
+    henv
+    local out=$STATE/perf-$RANDOM.json
+    nv $((PERF_RUNTIME + 60)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
+        --iodepth 32 --nr-io-queues 2 --runtime "$PERF_RUNTIME" --verify "$@" \
+        --output-format json >"$out" || { cat "$out"; return 1; }
+    cat "$out"
+    perf_check "$out"
+}
+c_host_perf_plain() { host_perf; }
+c_host_perf_digest() { host_perf -g -G; }
+c_host_reconnect() {
+    henv
+    local out=$STATE/perf-reconnect.json err=$STATE/perf-reconnect.err pid rc=0 runtime=30
+    nv $((runtime + 90)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
+        --iodepth 32 --nr-io-queues 2 --runtime "$runtime" --verify \
+        --reconnect-delay 1 --ctrl-loss-tmo 30 --output-format json >"$out" 2>"$err" &
+    pid=$!
+    sleep 6   # mid-run on purpose: perf is 30 s long
+    step "guest: unlink every subsystem from port 1 (4420): the port stops listening"
+    gsh host 30 <<EOF || true
+N=/sys/kernel/config/nvmet
+rm -f \$N/ports/1/subsystems/*; echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"
+EOF
+    sleep 4
+    step "guest: link them again"
+    gsh host 30 <<EOF || true
+N=/sys/kernel/config/nvmet
+for s in $KT_NQN1 $KT_NQN2; do ln -s \$N/subsystems/\$s \$N/ports/1/subsystems/\$s; done
+echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"; dmesg | grep nvmet | tail -n 5
+EOF
+    wait "$pid" || rc=$?
+    echo "perf rc=$rc"; cat "$out"; tail -n 20 "$err"
+    if grep -qE 'panicked|RUST_BACKTRACE' "$err"; then echo "perf panicked"; return 1; fi
+    case $rc in
+    0) perf_check "$out" ;;                      # reconnected: verify must be clean
+    124 | 137) echo "perf hung (timeout)"; return 1 ;;
+    *) [ "$rc" -lt 128 ] && echo "perf failed cleanly (rc=$rc)" ;;
+    esac || return 1
+    # and the kernel target serves new connections again
+    nv 30 discover -a 127.0.0.1 -s "$H1" >/dev/null
+}
+
+# ------------------------------------------------------------------ runner
+PASS=0 FAILN=0 SKIPN=0 SKIPPED=()
+cleanup() {
+    set +e
+    local t
+    for t in t1 t2 t3; do [ -e "${STATE:-/nonexistent}/$t.pid" ] && tstop "$t" >/dev/null 2>&1; done
+    vm_down target; vm_down host
+}
+
+case_fields() { IFS='|' read -r C_NAME C_GROUP C_NEEDS C_TIMEOUT C_FUNC <<<"$1"; }
+selected() { # NAME -> filter match
+    [ ${#FILTERS[@]} -eq 0 ] && return 0
+    local f; for f in "${FILTERS[@]}"; do [[ $1 == *$f* ]] && return 0; done
+    return 1
+}
+# skip_reason: empty if the case can run. C_NEEDS: "cmd[:--flag,--flag] ...": the
+# subcommand must be in `nvmf help` and each flag in `nvmf cmd --help`, so that
+# the suite stays usable (SKIP, not FAIL) while the CLI is still being built.
+skip_reason() {
+    local c miss
+    for c in $C_NEEDS; do
+        if [ ! -x "$NVMF" ]; then echo "nvmf binary not available"; return; fi
+        has_cmd "${c%%:*}" || { echo "nvmf has no '${c%%:*}' subcommand"; return; }
+        [[ $c == *:* ]] || continue
+        miss=$(has_flags "${c%%:*}" "${c#*:}") || { echo "nvmf ${c%%:*} has no $miss option"; return; }
+    done
+}
+
+run_case() { # runs C_* in a subshell with a watchdog; prints the verdict line
+    local log=$LOGROOT/$C_NAME.log t0=$SECONDS rc=0 pid wd
+    if [ -e "$STATE/$C_GROUP.dirty" ]; then
+        rm -f "$STATE/$C_GROUP.dirty"
+        echo "[interop] rebooting the $C_GROUP VM (previous case left it unusable)" >>"$log"
+        vm_boot "$C_GROUP" >>"$log" 2>&1 || true
+    fi
+    # The subshell runs in the background + wait so that `set -e` stays in force
+    # inside it (it is ignored in a `cmd || ...` context).
+    ( set -euo pipefail; "$C_FUNC" ) >>"$log" 2>&1 </dev/null &
+    pid=$!
+    # (no inherited stdout: a leftover sleep must not hold a CI log pipe open)
+    ( sleep "$C_TIMEOUT"; echo "[interop] case timeout (${C_TIMEOUT}s)" >>"$log"; kill -TERM "$pid" 2>/dev/null ) >/dev/null 2>&1 &
+    wd=$!
+    wait "$pid" || rc=$?
+    kill "$wd" 2>/dev/null || true
+    wait "$wd" 2>/dev/null || true
+    if [ $rc = 0 ]; then
+        say "PASS $C_NAME ($((SECONDS - t0))s)"; PASS=$((PASS + 1))
+    else
+        say "FAIL $C_NAME ($((SECONDS - t0))s, rc=$rc, log $log)"; FAILN=$((FAILN + 1))
+        tail -n 25 "$log" | sed 's/^/    | /'
+    fi
+}
+
+main() {
+    FILTERS=()
+    local a
+    for a in "$@"; do
+        case $a in
+        --list) for a in "${CASES[@]}"; do case_fields "$a"; printf '%-26s group=%-7s needs=%s\n' "$C_NAME" "$C_GROUP" "${C_NEEDS:--}"; done; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) FILTERS+=("$a") ;;
+        esac
+    done
+    LOGROOT=${NVMF_INTEROP_LOGDIR:-$HERE/.run/$(date +%Y%m%d-%H%M%S)}
+    mkdir -p "$LOGROOT"
+    [ -n "${NVMF_INTEROP_LOGDIR:-}" ] || ln -sfn "$(basename "$LOGROOT")" "$HERE/.run/latest"
+    LOGROOT=$(cd "$LOGROOT" && pwd)
+    STATE=$LOGROOT/state
+    mkdir -p "$STATE"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    local t0=$SECONDS
+    say "[interop] logs: $LOGROOT"
+
+    if [ "${NVMF_INTEROP_SETUP:-1}" = 1 ]; then
+        if ! NVMF_INTEROP_SMOKE=0 timeout 1800 "$HERE/setup.sh" >"$LOGROOT/setup.log" 2>&1; then
+            say "FAIL setup (log $LOGROOT/setup.log)"; tail -n 30 "$LOGROOT/setup.log" | sed 's/^/    | /'
+            say "0 passed, 1 failed"; exit 1
+        fi
+        say "[interop] setup: ok ($((SECONDS - t0))s)"
+    fi
+    nvmf_prepare
+
+    if [ "${NVMF_INTEROP_REF:-0}" = 1 ]; then ref_mode; fi
+    [ "${NVMF_INTEROP_REF:-0}" = only ] && { ref_mode; say "$PASS passed, $FAILN failed"; [ "$FAILN" = 0 ]; return; }
+
+    local group entry reason runnable
+    for group in target host; do
+        runnable=() NEED_TARGETS=
+        for entry in "${CASES[@]}"; do
+            case_fields "$entry"
+            [ "$C_GROUP" = "$group" ] && selected "$C_NAME" || continue
+            reason=$(skip_reason)
+            if [ -n "$reason" ]; then
+                say "SKIP $C_NAME ($reason)"; SKIPN=$((SKIPN + 1)); continue
+            fi
+            runnable+=("$entry")
+            [[ $C_NEEDS == target* ]] && NEED_TARGETS=1
+        done
+        [ ${#runnable[@]} -gt 0 ] || continue
+        local g0=$SECONDS
+        if ! "${group}_setup" >"$LOGROOT/$group-setup.log" 2>&1; then
+            say "[interop] $group setup failed (log $LOGROOT/$group-setup.log)"
+            tail -n 25 "$LOGROOT/$group-setup.log" | sed 's/^/    | /'
+            for entry in "${runnable[@]}"; do
+                case_fields "$entry"; say "FAIL $C_NAME (group setup failed)"; FAILN=$((FAILN + 1))
+            done
+            "${group}_teardown" >>"$LOGROOT/$group-setup.log" 2>&1 || true
+            continue
+        fi
+        say "[interop] $group group ready ($((SECONDS - g0))s)"
+        for entry in "${runnable[@]}"; do case_fields "$entry"; run_case; done
+        "${group}_teardown" >>"$LOGROOT/$group-setup.log" 2>&1 || true
+        say "[interop] $group group done ($((SECONDS - g0))s)"
+    done
+    say "[interop] total $((SECONDS - t0))s; $SKIPN skipped; logs in $LOGROOT"
+    say "$PASS passed, $FAILN failed"
+    [ "$FAILN" = 0 ]
+}
+
+# Reference mode: the target-side guest checks against the in-guest kernel target.
+# Not part of the default run (the kernel-loopback case covers the essentials).
+ref_mode() {
+    local name t0
+    say "[interop] reference mode: target checks against the kernel target in the guest"
+    NEED_TARGETS= target_setup >"$LOGROOT/ref-setup.log" 2>&1 || { say "FAIL ref-setup"; FAILN=$((FAILN + 1)); return; }
+    # the kernel target gets the t1 layout on guest port 4420
+    gexec target 60 ktarget.sh "KT_SUBSYS=$SUBNQN_A:256:512 $SUBNQN_B:64:4096" KT_PORTS=4420 >>"$LOGROOT/ref-setup.log" 2>&1
+    for name in "${REF_CASES[@]}"; do
+        selected "ref-$name" || continue
+        t0=$SECONDS
+        if ref_case "$name" >"$LOGROOT/ref-$name.log" 2>&1; then
+            say "PASS ref-$name ($((SECONDS - t0))s)"; PASS=$((PASS + 1))
+        else
+            say "FAIL ref-$name ($((SECONDS - t0))s, log $LOGROOT/ref-$name.log)"; FAILN=$((FAILN + 1))
+            tail -n 15 "$LOGROOT/ref-$name.log" | sed 's/^/    | /'
+        fi
+    done
+    target_teardown >>"$LOGROOT/ref-setup.log" 2>&1
+}
+ref_case() {
+    local L=127.0.0.1
+    case $1 in
+    target-discover) gexec target 60 discover.sh TADDR=$L DPORT=4420 "EXP_NQNS=$SUBNQN_A $SUBNQN_B" EXP_TRSVCID=4420 EXP_TRADDR=$L ;;
+    target-connect-queues) gexec target 100 connect.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A MODE=queues ;;
+    target-connect-digests) gexec target 130 connect.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A MODE=digests ;;
+    target-identify) gexec target 80 identify.sh TADDR=$L PORT=4420 "NQNS=$SUBNQN_A:1:268435456:512 $SUBNQN_B:1:67108864:4096" ;;
+    target-fio-verify) gexec target $((FIO_RUNTIME + 150)) fio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A RUNTIME="$FIO_RUNTIME" SIZE=128M ;;
+    target-pattern-ram) gexec target 80 pattern.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A PAT=/lab/files/pat8 SEEK_MB=5 MODE=write ;;
+    target-fs) gexec target 160 fs.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NFILES=24 ;;
+    target-disconnect-clean) gexec target 80 disconnect.sh TADDR=$L PORT=4420 "NQNS=$SUBNQN_A $SUBNQN_B" ;;
+    target-unknown-nqn) gexec target 80 negative.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A MODE=unknown-nqn ;;
+    target-kill-mid-io)
+        gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start &&
+            gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=disconnect &&
+            gexec target 120 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=finish ;;
+    esac
+}
+
+main "$@"
