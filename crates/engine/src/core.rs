@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::{
-    CloseReason, ConnInfo, ConnIo, CoreStats, EngineConfig, EngineError, Flow, Handler, HandlerFactory, MakeHandler,
-    Mode,
+    CloseReason, ConnInfo, ConnIo, CoreSender, CoreStats, EngineConfig, EngineError, Flow, Handler, HandlerFactory,
+    MakeHandler, Mode,
 };
 
 const K_RECV: u64 = 1;
@@ -45,6 +45,7 @@ pub(crate) enum Command {
     Accepted { conn: NewConn, factory: Arc<dyn HandlerFactory> },
     Connect { conn: NewConn, make: MakeHandler },
     RemoveListener { id: u64, ack: mpsc::Sender<()> },
+    Wake { slot: u32, id: u64 },
     Shutdown { deadline: Instant },
 }
 
@@ -167,6 +168,7 @@ pub(crate) struct SubmitCtx {
     storage_free: Vec<u32>,
     pub(crate) now_ms: u64,
     pub(crate) core_index: usize,
+    pub(crate) sender: CoreSender,
     storage_ops: u64,
 }
 
@@ -216,6 +218,7 @@ enum State {
 }
 
 struct Conn {
+    id: u64,
     fd: OwnedFd,
     info: ConnInfo,
     handler: Box<dyn Handler>,
@@ -242,8 +245,8 @@ impl Conn {
     }
     #[inline]
     fn call<R>(&mut self, sq: &mut SubmitCtx, slot: u32, f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> R) -> R {
-        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, .. } = self;
-        let mut io = ConnIo { rx, tx: tx_acc, info, sq, slot, storage_inflight: storage_fly, rerun_recv };
+        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, id, .. } = self;
+        let mut io = ConnIo { rx, tx: tx_acc, info, sq, slot, conn_id: *id, storage_inflight: storage_fly, rerun_recv };
         f(handler.as_mut(), &mut io)
     }
     /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
@@ -321,6 +324,7 @@ struct Core {
     cfg: EngineConfig,
     idx: usize,
     wake_fd: RawFd,
+    next_conn_id: u64,
     wake_buf: &'static mut u64,
     cmd_rx: mpsc::Receiver<Command>,
     shutdown_deadline: Option<Instant>,
@@ -338,7 +342,7 @@ pub(crate) fn run_core(
     cpu: Option<usize>,
     cfg: EngineConfig,
     cmd_rx: mpsc::Receiver<Command>,
-    wake_fd: RawFd,
+    sender: CoreSender,
     shared: Arc<CoreShared>,
     epoch: Instant,
     ready: mpsc::SyncSender<Result<(), EngineError>>,
@@ -349,6 +353,7 @@ pub(crate) fn run_core(
             return;
         }
     }
+    let wake_fd = sender.wake_fd();
     let (ring, variant, taskrun_flag) = match build_ring(cfg.ring_entries) {
         Ok(r) => r,
         Err(e) => {
@@ -365,6 +370,7 @@ pub(crate) fn run_core(
             now_ms: epoch.elapsed().as_millis() as u64,
             core_index: idx,
             storage_ops: 0,
+            sender,
         },
         conns: Vec::new(),
         free: Vec::new(),
@@ -373,6 +379,7 @@ pub(crate) fn run_core(
         cqes: Vec::with_capacity(512),
         idx,
         wake_fd,
+        next_conn_id: 1,
         wake_buf: Box::leak(Box::new(0u64)),
         cmd_rx,
         shutdown_deadline: None,
@@ -711,6 +718,15 @@ impl Core {
                     }
                     let _ = ack.send(());
                 }
+                Command::Wake { slot, id } => {
+                    if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) {
+                        if c.id == id && c.live() {
+                            let f = c.call(&mut self.sq, slot, |h, io| h.on_wake(io));
+                            c.apply(&mut self.sq, slot, f);
+                            Self::mark(&mut self.dirty, c, slot);
+                        }
+                    }
+                }
                 Command::Shutdown { deadline } => {
                     if self.shutdown_deadline.is_none() {
                         self.shutdown_deadline = Some(deadline);
@@ -740,7 +756,10 @@ impl Core {
         }
         let info = ConnInfo { peer: nc.peer, local: nc.local, core: self.idx, listener_id: nc.listener_id };
         let Some(handler) = make(&info) else { return };
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
         let conn = Conn {
+            id,
             fd: nc.fd,
             info,
             handler,

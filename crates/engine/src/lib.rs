@@ -321,6 +321,11 @@ pub trait Handler {
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow;
     /// The connection is gone (peer closed, error, engine shutdown, or the handler asked). Release resources.
     fn on_closed(&mut self, reason: CloseReason);
+    /// A [`ConnWaker`] of this connection was woken (from any thread).
+    fn on_wake(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        let _ = io;
+        Flow::Continue
+    }
     /// Engine is shutting down gracefully: finish or fail in-flight work; return CloseAfterFlush when done.
     fn on_shutdown(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let _ = io;
@@ -335,6 +340,7 @@ pub struct ConnIo<'a> {
     pub(crate) info: &'a ConnInfo,
     pub(crate) sq: &'a mut core::SubmitCtx,
     pub(crate) slot: u32,
+    pub(crate) conn_id: u64,
     pub(crate) storage_inflight: &'a mut u32,
     pub(crate) rerun_recv: &'a mut bool,
 }
@@ -367,6 +373,10 @@ impl ConnIo<'_> {
     #[inline]
     pub fn core_index(&self) -> usize {
         self.sq.core_index
+    }
+    /// A handle that makes the owning core call [`Handler::on_wake`] from any thread.
+    pub fn waker(&self) -> ConnWaker {
+        ConnWaker { core: self.sq.sender.clone(), slot: self.slot, id: self.conn_id }
     }
     /// Ask the engine to call [`Handler::on_recv`] again at the end of this loop
     /// iteration even if no new bytes arrive (e.g. after the handler freed a
@@ -452,20 +462,59 @@ pub struct CoreStats {
     pub storage_ops: u64,
 }
 
-struct CoreHandle {
+/// Channel into a core plus its eventfd (the core keeps a read armed on it).
+#[derive(Clone)]
+pub(crate) struct CoreSender {
     tx: mpsc::Sender<Command>,
-    wake_fd: OwnedFd,
+    wake: Arc<OwnedFd>,
+}
+
+impl CoreSender {
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.tx.send(cmd).map_err(|_| EngineError::ShuttingDown)?;
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        Ok(())
+    }
+}
+
+/// Wakes one connection's handler from any thread: the owning core calls
+/// [`Handler::on_wake`] soon after (one channel send + one eventfd write per call;
+/// meant for cross-thread submission, e.g. a host application thread handing
+/// work to the core that owns the queue). Waking a closed connection is a no-op.
+#[derive(Clone)]
+pub struct ConnWaker {
+    core: CoreSender,
+    slot: u32,
+    id: u64,
+}
+
+impl ConnWaker {
+    /// Returns false if the engine has shut down.
+    pub fn wake(&self) -> bool {
+        self.core.send(Command::Wake { slot: self.slot, id: self.id }).is_ok()
+    }
+}
+
+impl fmt::Debug for ConnWaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnWaker").field("slot", &self.slot).field("id", &self.id).finish()
+    }
+}
+
+struct CoreHandle {
+    sender: CoreSender,
     shared: Arc<CoreShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl CoreHandle {
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
-        self.tx.send(cmd).map_err(|_| EngineError::ShuttingDown)?;
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
-        unsafe { libc::write(self.wake_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-        Ok(())
+        self.sender.send(cmd)
     }
 }
 
@@ -506,8 +555,10 @@ impl Engine {
                 return Err(EngineError::Io(io::Error::last_os_error()));
             }
             // SAFETY: fresh fd we own.
-            let wake_fd = unsafe { OwnedFd::from_raw_fd(efd) };
+            let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
             let (tx, rx) = mpsc::channel::<Command>();
+            let sender = CoreSender { tx, wake };
+            let s2 = sender.clone();
             let shared = Arc::new(CoreShared::new(idx, *cpu));
             let (rtx, rrx) = mpsc::sync_channel::<Result<(), EngineError>>(1);
             let c2 = cfg.clone();
@@ -515,9 +566,9 @@ impl Engine {
             let cpu = *cpu;
             let th = std::thread::Builder::new()
                 .name(format!("nvmf-core{idx}"))
-                .spawn(move || core::run_core(idx, cpu, c2, rx, efd, sh2, epoch, rtx))
+                .spawn(move || core::run_core(idx, cpu, c2, rx, s2, sh2, epoch, rtx))
                 .map_err(EngineError::Io)?;
-            cores.push(CoreHandle { tx, wake_fd, shared, thread: Mutex::new(Some(th)) });
+            cores.push(CoreHandle { sender, shared, thread: Mutex::new(Some(th)) });
             ready_rx.push(rrx);
         }
         let mut err = None;

@@ -1,1 +1,344 @@
-fn main() {}
+//! Loopback TCP request/response benchmark, the Rust twin of bench/pingpong.c,
+//! plus an engine-based server to measure the engine's overhead over raw syscalls.
+//!
+//! ```text
+//! nvmf-pingpong s PORT REQ RESP MODE                     raw server (MODE b = blocking, p = busy-poll)
+//! nvmf-pingpong c PORT REQ RESP MODE SECONDS [QD]        raw client
+//! nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] engine server
+//! options: --json (client output as one JSON object), --host IP (default 127.0.0.1)
+//! ```
+//! The server answers every complete REQ-byte request with RESP bytes. The client at
+//! QD 1 measures per-op latency (avg, min, p50, p99, p99.9, max); at QD > 1 it keeps QD
+//! requests in flight and reports ops/s.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nvmf_engine::{CloseReason, ConnInfo, ConnIo, Engine, EngineConfig, Flow, Handler, HandlerFactory, Mode};
+
+const BUFSZ: usize = 1 << 22;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  nvmf-pingpong s PORT REQ RESP b|p\n  nvmf-pingpong c PORT REQ RESP b|p SECONDS [QD] [--json]\n  \
+         nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N]\noptions: --host IP"
+    );
+    std::process::exit(2)
+}
+
+struct Io {
+    fd: i32,
+    poll: bool,
+}
+
+impl Io {
+    /// recv; 0 on EOF/reset.
+    #[inline]
+    fn recv(&self, b: &mut [u8]) -> usize {
+        loop {
+            let flags = if self.poll { libc::MSG_DONTWAIT } else { 0 };
+            // SAFETY: valid buffer.
+            let r = unsafe { libc::recv(self.fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), flags) };
+            if r >= 0 {
+                return r as usize;
+            }
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if e == libc::EAGAIN || e == libc::EINTR {
+                continue;
+            }
+            if e == libc::ECONNRESET {
+                return 0;
+            }
+            eprintln!("recv: {}", std::io::Error::from_raw_os_error(e));
+            std::process::exit(1);
+        }
+    }
+    #[inline]
+    fn send_all(&self, mut b: &[u8]) {
+        while !b.is_empty() {
+            let flags = libc::MSG_NOSIGNAL | if self.poll { libc::MSG_DONTWAIT } else { 0 };
+            // SAFETY: valid buffer.
+            let r = unsafe { libc::send(self.fd, b.as_ptr() as *const libc::c_void, b.len(), flags) };
+            if r > 0 {
+                b = &b[r as usize..];
+                continue;
+            }
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if r < 0 && (e == libc::EAGAIN || e == libc::EINTR) {
+                continue;
+            }
+            eprintln!("send: {}", std::io::Error::from_raw_os_error(e));
+            std::process::exit(1);
+        }
+    }
+    fn send_n(&self, sb: &[u8], mut tot: usize) {
+        while tot > 0 {
+            let c = tot.min(sb.len());
+            self.send_all(&sb[..c]);
+            tot -= c;
+        }
+    }
+}
+
+fn raw_server(addr: SocketAddr, req: usize, resp: usize, poll: bool) {
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| {
+        eprintln!("bind: {e}");
+        std::process::exit(1)
+    });
+    let mut rb = vec![0xa5u8; BUFSZ];
+    let sb = vec![0x5au8; BUFSZ];
+    for s in l.incoming() {
+        let Ok(s) = s else { continue };
+        s.set_nodelay(true).unwrap();
+        let io = Io { fd: s.as_raw_fd(), poll };
+        let mut have = 0usize;
+        loop {
+            let r = io.recv(&mut rb);
+            if r == 0 {
+                break;
+            }
+            have += r;
+            let n = have / req;
+            have %= req;
+            if n > 0 {
+                io.send_n(&sb, n * resp);
+            }
+        }
+    }
+}
+
+struct Report {
+    req: usize,
+    resp: usize,
+    mode: &'static str,
+    qd: usize,
+    ops: u64,
+    secs: f64,
+    lat: Option<[f64; 6]>, // avg min p50 p99 p99.9 max (us)
+}
+
+impl Report {
+    fn print(&self, json: bool) {
+        let ops_s = self.ops as f64 / self.secs;
+        if json {
+            let mut s = format!(
+                "{{\"req\":{},\"resp\":{},\"mode\":\"{}\",\"qd\":{},\"ops\":{},\"seconds\":{:.3},\"ops_per_s\":{:.0},\"mib_s_resp\":{:.1},\"mib_s_req\":{:.1}",
+                self.req,
+                self.resp,
+                self.mode,
+                self.qd,
+                self.ops,
+                self.secs,
+                ops_s,
+                ops_s * self.resp as f64 / 1048576.0,
+                ops_s * self.req as f64 / 1048576.0
+            );
+            if let Some(l) = self.lat {
+                s += &format!(
+                    ",\"avg_us\":{:.2},\"min_us\":{:.2},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p99_9_us\":{:.2},\"max_us\":{:.2}",
+                    l[0], l[1], l[2], l[3], l[4], l[5]
+                );
+            }
+            s += "}";
+            println!("{s}");
+        } else if let Some(l) = self.lat {
+            println!(
+                "req={} resp={} mode={} qd=1 ops={} ops/s={:.0} avg_us={:.2} min_us={:.2} p50_us={:.2} p99_us={:.2} p99.9_us={:.2} max_us={:.2}",
+                self.req, self.resp, self.mode, self.ops, ops_s, l[0], l[1], l[2], l[3], l[4], l[5]
+            );
+        } else {
+            println!(
+                "req={} resp={} mode={} qd={} ops={} ops/s={:.0} MiB/s(resp)={:.1} MiB/s(req)={:.1}",
+                self.req,
+                self.resp,
+                self.mode,
+                self.qd,
+                self.ops,
+                ops_s,
+                ops_s * self.resp as f64 / 1048576.0,
+                ops_s * self.req as f64 / 1048576.0
+            );
+        }
+    }
+}
+
+fn client(addr: SocketAddr, req: usize, resp: usize, poll: bool, secs: f64, qd: usize, json: bool) {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| {
+        eprintln!("connect: {e}");
+        std::process::exit(1)
+    });
+    s.set_nodelay(true).unwrap();
+    let io = Io { fd: s.as_raw_fd(), poll };
+    let mut rb = vec![0xa5u8; BUFSZ];
+    let sb = vec![0x5au8; BUFSZ];
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let mut ops = 0u64;
+    let mode = if poll { "poll" } else { "block" };
+    if qd <= 1 {
+        let cap = 20_000_000usize;
+        let mut lat: Vec<u64> = Vec::with_capacity(1 << 20);
+        loop {
+            let st = Instant::now();
+            if st >= end {
+                break;
+            }
+            io.send_n(&sb, req);
+            let mut got = 0;
+            while got < resp {
+                let want = (resp - got).min(rb.len());
+                let r = io.recv(&mut rb[..want]);
+                if r == 0 {
+                    eprintln!("eof");
+                    std::process::exit(1);
+                }
+                got += r;
+            }
+            let e = st.elapsed().as_nanos() as u64;
+            if lat.len() < cap {
+                lat.push(e);
+            }
+            ops += 1;
+        }
+        let el = t0.elapsed().as_secs_f64();
+        lat.sort_unstable();
+        let n = lat.len();
+        if n == 0 {
+            eprintln!("no ops");
+            std::process::exit(1);
+        }
+        let sum: f64 = lat.iter().map(|x| *x as f64).sum();
+        let at = |q: f64| lat[((n as f64 * q) as usize).min(n - 1)] as f64 / 1e3;
+        let l = [sum / n as f64 / 1e3, lat[0] as f64 / 1e3, at(0.5), at(0.99), at(0.999), lat[n - 1] as f64 / 1e3];
+        Report { req, resp, mode, qd: 1, ops, secs: el, lat: Some(l) }.print(json);
+    } else {
+        io.send_n(&sb, qd * req);
+        let mut have = 0usize;
+        loop {
+            let r = io.recv(&mut rb);
+            if r == 0 {
+                break;
+            }
+            have += r;
+            let n = have / resp;
+            have %= resp;
+            ops += n as u64;
+            if Instant::now() >= end {
+                break;
+            }
+            if n > 0 {
+                io.send_n(&sb, n * req);
+            }
+        }
+        let el = t0.elapsed().as_secs_f64();
+        Report { req, resp, mode, qd, ops, secs: el, lat: None }.print(json);
+    }
+}
+
+// ------------------------------------------------------------------ engine server
+
+struct Answer {
+    req: usize,
+    resp: usize,
+    have: usize,
+    pattern: Arc<Vec<u8>>,
+}
+
+impl Handler for Answer {
+    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        let r = io.rx().len();
+        io.consume(r);
+        self.have += r;
+        let n = self.have / self.req;
+        self.have %= self.req;
+        let mut tot = n * self.resp;
+        while tot > 0 {
+            let c = tot.min(self.pattern.len());
+            io.tx().extend_from_slice(&self.pattern[..c]);
+            tot -= c;
+        }
+        Flow::Continue
+    }
+    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _token: u64, _result: i32) -> Flow {
+        Flow::Continue
+    }
+    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
+        Flow::Continue
+    }
+    fn on_closed(&mut self, _reason: CloseReason) {}
+}
+
+struct AnswerFactory {
+    req: usize,
+    resp: usize,
+    pattern: Arc<Vec<u8>>,
+}
+
+impl HandlerFactory for AnswerFactory {
+    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        Some(Box::new(Answer { req: self.req, resp: self.resp, have: 0, pattern: self.pattern.clone() }))
+    }
+}
+
+fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>) {
+    let cfg = EngineConfig { cores: core.into_iter().collect(), mode, ..Default::default() };
+    let eng = Engine::start(cfg).unwrap_or_else(|e| {
+        eprintln!("engine: {e}");
+        std::process::exit(1)
+    });
+    let f = Arc::new(AnswerFactory { req, resp, pattern: Arc::new(vec![0x5au8; 1 << 20]) });
+    let l = eng.listen(addr, f).unwrap_or_else(|e| {
+        eprintln!("listen: {e}");
+        std::process::exit(1)
+    });
+    eprintln!("engine server on {} mode={mode} core={core:?}", l.local_addr());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() {
+    let mut pos: Vec<String> = Vec::new();
+    let mut json = false;
+    let mut host: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut core = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--host" => host = args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage()),
+            "--core" => core = Some(args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage())),
+            "-h" | "--help" => usage(),
+            _ => pos.push(a),
+        }
+    }
+    if pos.len() < 5 {
+        usage();
+    }
+    let num = |i: usize| -> usize { pos[i].parse().unwrap_or_else(|_| usage()) };
+    let port = num(1) as u16;
+    let (req, resp) = (num(2), num(3));
+    if req == 0 || resp == 0 {
+        usage();
+    }
+    let addr = SocketAddr::new(host, port);
+    let poll = pos[4].starts_with('p');
+    match pos[0].as_str() {
+        "s" | "server" => raw_server(addr, req, resp, poll),
+        "c" | "client" => {
+            if pos.len() < 6 {
+                usage();
+            }
+            let secs: f64 = pos[5].parse().unwrap_or_else(|_| usage());
+            let qd = if pos.len() > 6 { num(6) } else { 1 };
+            client(addr, req, resp, poll, secs, qd.max(1), json);
+        }
+        "e" | "engine" => {
+            let mode: Mode = pos[4].parse().unwrap_or_else(|_| usage());
+            engine_server(addr, req, resp, mode, core);
+        }
+        _ => usage(),
+    }
+}
