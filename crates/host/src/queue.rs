@@ -1,0 +1,783 @@
+//! Sans-IO NVMe/TCP host queue: one TCP connection carrying one NVMe queue
+//! (admin or I/O), seen from the host.
+//!
+//! [`HostQueue`] is a pure state machine. It never touches a socket or a clock:
+//!
+//! * bytes the controller sent go in through [`HostQueue::receive`], which
+//!   returns how many bytes it consumed (whole PDUs only; leave the rest
+//!   buffered and call again when more arrive);
+//! * bytes for the controller accumulate in an internal output buffer that
+//!   the driver moves to its socket with [`HostQueue::output`] /
+//!   [`HostQueue::consume_output`] (blocking driver) or
+//!   [`HostQueue::move_output_to`] (an `nvmf_engine::Handler`, whose
+//!   `io.rx()` and `io.tx()` cannot be borrowed at the same time);
+//! * finished commands are popped with [`HostQueue::pop_completion`];
+//! * time is passed in (`now_ms`, any monotonic milliseconds) to
+//!   [`HostQueue::submit`] and [`HostQueue::on_tick`].
+//!
+//! # Lifecycle
+//!
+//! [`HostQueue::new`] queues the ICReq in the output. Once the ICResp has
+//! been received and validated, [`HostQueue::is_ready`] turns true and
+//! commands may be submitted (the first one on a fresh connection is a
+//! Fabrics Connect, which the driver builds with `nvmf_proto::fabrics`).
+//! When the queue fails (a malformed PDU from the controller, a C2HTermReq,
+//! or the driver reporting the connection lost through
+//! [`HostQueue::fail`]) every outstanding command is completed once with
+//! [`Fate::Unknown`], and the queue refuses further work.
+//!
+//! # Buffers without per-I/O allocation
+//!
+//! A command's data buffer is a caller-owned `Vec<u8>` moved in with the
+//! [`Request`] and handed back in its [`Completion`] (also when the submit is
+//! refused, inside [`SubmitError`]). The transfer length is `buf.len()`, so a
+//! driver keeps a pool of `Vec`s with enough capacity and only `resize`s them.
+//! The queue itself allocates only in [`HostQueue::new`]: command slots, the
+//! completion ring (one entry per slot) and the output buffer (which grows to
+//! its high-water mark and is then reused).
+//!
+//! # Example: a blocking loop
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use nvmf_host::queue::{HostQueue, QueueConfig, Request};
+//! use nvmf_proto::{opcodes::io, Sqe};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut sock = std::net::TcpStream::connect("127.0.0.1:4420")?;
+//! let mut q = HostQueue::new(QueueConfig::io(1, 32));
+//! let mut rx = vec![0u8; 1 << 20];
+//! let mut rx_len = 0;
+//! // ... IC exchange and Connect as in nvmf_host::controller ...
+//! let cid = q.submit(Request::read(Sqe::rw(io::READ, 0, 1, 0, 8), vec![0; 4096]), 0).map_err(|e| e.kind)?;
+//! loop {
+//!     sock.write_all(q.output())?;
+//!     q.clear_output();
+//!     if let Some(c) = q.pop_completion() {
+//!         assert_eq!(c.cid, cid);
+//!         println!("status {}", c.status());
+//!         break;
+//!     }
+//!     let n = sock.read(&mut rx[rx_len..])?;
+//!     rx_len += n;
+//!     let used = q.receive(&rx[..rx_len])?;
+//!     rx.copy_within(used..rx_len, 0);
+//!     rx_len -= used;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Limits
+//!
+//! | what | bound |
+//! | --- | --- |
+//! | [`QueueConfig::queue_depth`] | `1..=`[`QUEUE_DEPTH_MAX`] outstanding commands |
+//! | data per command | [`QueueConfig::transfer_len_max_bytes`] (`<=` [`TRANSFER_LEN_MAX_BYTES`]) |
+//! | largest PDU accepted | transfer limit + header, digests and padding ([`HostQueue::rx_pdu_len_max`]) |
+//! | ICResp | PFV 0, MAXH2CDATA `>=` 4096, CPDA `<=` 31, digests exactly as asked |
+//! | per-command timeout | [`QueueConfig::command_timeout_ms`] or [`Request::timeout_ms`]; reported once by [`HostQueue::on_tick`] |
+//! | data sent per write | never more than the command's buffer, whatever R2Ts ask for |
+
+use std::collections::VecDeque;
+
+use nvmf_proto::digest::crc32c;
+use nvmf_proto::opcodes::{admin, fctype};
+use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcReq, IcResp, TxConfig};
+use nvmf_proto::status::{generic, path, sct};
+use nvmf_proto::{Cqe, Decoded, FrameConfig, Pdu, Role, Sgl, Sqe, Status};
+
+/// Most commands one queue can have outstanding (Linux caps queue_size at 1024 too).
+pub const QUEUE_DEPTH_MAX: u16 = 1024;
+/// Largest data transfer of one command the queue accepts to configure (64 MiB).
+pub const TRANSFER_LEN_MAX_BYTES: u32 = 64 << 20;
+/// In-capsule data limit on the admin queue: an 8 KiB capsule (as Linux's
+/// NVME_TCP_ADMIN_CCSZ) minus the 64-byte SQE. It holds the 1 KiB Connect data.
+pub const ADMIN_IN_CAPSULE_DATA_MAX_BYTES: u32 = 8192 - 64;
+/// Smallest MAXH2CDATA a host accepts (Linux and SPDK reject less).
+pub const MAXH2CDATA_MIN_BYTES: u32 = 4096;
+/// Largest CPDA / HPDA value (0's based dwords: 128-byte alignment).
+pub const PDA_MAX: u8 = 31;
+/// Linux default admin command timeout (`admin_timeout`, 60 s).
+pub const ADMIN_COMMAND_TIMEOUT_MS: u64 = 60_000;
+/// Linux default I/O command timeout (`io_timeout`, 30 s).
+pub const IO_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
+/// Command identifiers: slot index in the low bits, a 4-bit generation in the
+/// high bits (as Linux does), so a late PDU for a finished command that reused
+/// its slot is recognised as unknown instead of corrupting the new command.
+const CID_INDEX_BITS: u32 = 12;
+const CID_INDEX_MASK: u16 = (1 << CID_INDEX_BITS) - 1;
+const CID_GEN_MASK: u8 = 0xf;
+const _: () = assert!(QUEUE_DEPTH_MAX as u32 <= 1 << CID_INDEX_BITS);
+
+/// Byte offsets inside received PDUs, used as FEI of "invalid header field".
+mod fei {
+    pub const FLAGS: u32 = 1;
+    pub const CCCID: u32 = 8;
+    pub const DATAL: u32 = 16;
+    pub const CQE_CID: u32 = 8 + 12;
+    pub const IC_PFV: u32 = 8;
+    pub const IC_PDA: u32 = 10;
+    pub const IC_DGST: u32 = 11;
+    pub const IC_MAXH2CDATA: u32 = 12;
+}
+
+/// Static parameters of one host queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Queue ID this connection will Connect as (0 = admin).
+    pub qid: u16,
+    /// Most outstanding commands, `1..=QUEUE_DEPTH_MAX`. The Connect SQSIZE
+    /// should be `queue_depth - 1` (0's based), as Linux does.
+    pub queue_depth: u16,
+    /// Ask for header digests (CRC32C on every PDU header).
+    pub hdr_digest: bool,
+    /// Ask for data digests (CRC32C on every PDU's data).
+    pub data_digest: bool,
+    /// HPDA sent in the ICReq: alignment we want for C2H data, 0's based dwords (`0..=31`).
+    pub hpda: u8,
+    /// MAXR2T sent in the ICReq, 0's based. We answer every R2T as soon as it
+    /// is parsed, so 0 (one at a time, like Linux) is enough.
+    pub maxr2t: u32,
+    /// Largest write payload sent inside the command capsule. Admin queue:
+    /// [`ADMIN_IN_CAPSULE_DATA_MAX_BYTES`]; I/O queues: IOCCSZ * 16 - 64 from
+    /// Identify Controller. Larger writes wait for R2Ts. A Connect always
+    /// travels in-capsule.
+    pub in_capsule_data_max_bytes: u32,
+    /// Largest data transfer of one command (bounds buffers and accepted PDU size).
+    pub transfer_len_max_bytes: u32,
+    /// Default per-command timeout (0 = none).
+    pub command_timeout_ms: u64,
+}
+
+impl QueueConfig {
+    /// Admin queue defaults: depth 32 (Linux NVME_AQ_DEPTH), 8 KiB capsule,
+    /// 1 MiB transfers, 60 s timeout, no digests.
+    pub fn admin() -> QueueConfig {
+        QueueConfig {
+            qid: 0,
+            queue_depth: 32,
+            hdr_digest: false,
+            data_digest: false,
+            hpda: 0,
+            maxr2t: 0,
+            in_capsule_data_max_bytes: ADMIN_IN_CAPSULE_DATA_MAX_BYTES,
+            transfer_len_max_bytes: 1 << 20,
+            command_timeout_ms: ADMIN_COMMAND_TIMEOUT_MS,
+        }
+    }
+    /// I/O queue defaults: no in-capsule data until the caller sets it from
+    /// Identify Controller, 1 MiB transfers, 30 s timeout, no digests.
+    pub fn io(qid: u16, queue_depth: u16) -> QueueConfig {
+        QueueConfig {
+            qid,
+            queue_depth,
+            in_capsule_data_max_bytes: 0,
+            command_timeout_ms: IO_COMMAND_TIMEOUT_MS,
+            ..QueueConfig::admin()
+        }
+    }
+}
+
+/// Direction of a command's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DataDir {
+    /// No data.
+    #[default]
+    None,
+    /// Host to controller (Write, Connect, Set Features with data...).
+    ToController,
+    /// Controller to host (Read, Identify, Get Log Page...).
+    FromController,
+}
+
+/// A command to submit. The queue fills in the SQE's CID, PSDT and SGL1.
+#[derive(Debug)]
+pub struct Request {
+    pub sqe: Sqe,
+    pub dir: DataDir,
+    /// The data buffer; its length is the transfer length. Returned in the completion.
+    pub buf: Vec<u8>,
+    /// Caller's value, returned untouched in the completion.
+    pub tag: u64,
+    /// Timeout of this command: `None` uses [`QueueConfig::command_timeout_ms`],
+    /// `Some(0)` never expires (Asynchronous Event Requests).
+    pub timeout_ms: Option<u64>,
+}
+
+impl Request {
+    /// A command without data.
+    pub fn new(sqe: Sqe) -> Request {
+        Request { sqe, dir: DataDir::None, buf: Vec::new(), tag: 0, timeout_ms: None }
+    }
+    /// A command reading `buf.len()` bytes from the controller into `buf`.
+    pub fn read(sqe: Sqe, buf: Vec<u8>) -> Request {
+        Request { dir: DataDir::FromController, buf, ..Request::new(sqe) }
+    }
+    /// A command sending `buf` to the controller.
+    pub fn write(sqe: Sqe, buf: Vec<u8>) -> Request {
+        Request { dir: DataDir::ToController, buf, ..Request::new(sqe) }
+    }
+    pub fn with_tag(mut self, tag: u64) -> Request {
+        self.tag = tag;
+        self
+    }
+    pub fn with_timeout_ms(mut self, timeout_ms: u64) -> Request {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+}
+
+/// Whether the controller's verdict on a command is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The completion's status is the controller's answer (or a transport
+    /// error detected on its data, e.g. a data digest mismatch on a read).
+    Known,
+    /// The command was handed to the transport but the queue failed before an
+    /// answer arrived: it may or may not have been executed. A write in this
+    /// state must not be retried blindly; that is the caller's policy.
+    Unknown,
+}
+
+/// A finished command. Every submitted command completes exactly once.
+#[derive(Debug)]
+pub struct Completion {
+    pub cid: u16,
+    pub tag: u64,
+    /// The controller's CQE, or a host-made one for [`Fate::Unknown`] (status
+    /// "Command Aborted By Host") and for data digest errors (status
+    /// "Transient Transport Error").
+    pub cqe: Cqe,
+    pub fate: Fate,
+    /// The request's buffer, handed back. For reads it holds the data.
+    pub buf: Vec<u8>,
+}
+
+impl Completion {
+    pub fn status(&self) -> Status {
+        self.cqe.status
+    }
+    /// Success with a known fate.
+    pub fn is_success(&self) -> bool {
+        self.fate == Fate::Known && self.cqe.status.is_success()
+    }
+}
+
+/// Why the queue stopped working. After this every call returns the error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The controller broke the protocol; we queued an H2CTermReq with this
+    /// FES/FEI (send it, then close).
+    #[error("controller protocol error: {reason} (we sent H2CTermReq FES {fes:#x} FEI {fei})")]
+    Protocol { fes: u16, fei: u32, reason: &'static str },
+    /// The controller terminated the connection with a C2HTermReq.
+    #[error("controller terminated the connection (C2HTermReq FES {fes:#x} FEI {fei})")]
+    TerminatedByController { fes: u16, fei: u32 },
+    /// The driver failed the queue (connection lost, timeout recovery, shutdown).
+    #[error("queue failed: {0}")]
+    Failed(&'static str),
+}
+
+/// Why [`HostQueue::submit`] refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitErrorKind {
+    #[error("queue not ready (ICResp not received yet)")]
+    NotReady,
+    #[error("queue failed")]
+    Failed,
+    #[error("queue full")]
+    QueueFull,
+    #[error("data transfer larger than the queue's limit")]
+    TooLarge,
+    #[error("data direction set but buffer empty")]
+    EmptyBuffer,
+}
+
+/// A refused submit; the request's buffer comes back.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct SubmitError {
+    pub kind: SubmitErrorKind,
+    pub buf: Vec<u8>,
+    pub tag: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    AwaitIcResp,
+    Ready,
+    Failed(QueueError),
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    busy: bool,
+    gen: u8,
+    dir: DataDir,
+    buf: Vec<u8>,
+    tag: u64,
+    /// Absolute deadline in the caller's milliseconds; `u64::MAX` = none.
+    deadline_ms: u64,
+    expired_reported: bool,
+    /// Write sent in the capsule: an R2T for it is a protocol error.
+    in_capsule: bool,
+    /// C2H bytes received so far (data must arrive in order).
+    received_len: u32,
+    /// H2C bytes the controller asked for with R2Ts so far.
+    requested_len: u32,
+    data_digest_error: bool,
+}
+
+/// The host side of one NVMe/TCP queue. See the [module docs](self).
+#[derive(Debug)]
+pub struct HostQueue {
+    cfg: QueueConfig,
+    state: State,
+    frame: FrameConfig,
+    tx: TxConfig,
+    maxh2cdata: u32,
+    cpda: u8,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    done: VecDeque<Completion>,
+    out: Vec<u8>,
+}
+
+impl HostQueue {
+    /// Create the queue and queue its ICReq in the output.
+    ///
+    /// Panics if the configuration is out of its documented bounds (a
+    /// programming error, not a wire condition).
+    pub fn new(cfg: QueueConfig) -> HostQueue {
+        assert!((1..=QUEUE_DEPTH_MAX).contains(&cfg.queue_depth), "queue_depth out of 1..=1024");
+        assert!(cfg.hpda <= PDA_MAX, "hpda out of 0..=31");
+        assert!(cfg.transfer_len_max_bytes <= TRANSFER_LEN_MAX_BYTES, "transfer_len_max_bytes over 64 MiB");
+        let depth = cfg.queue_depth as usize;
+        let mut q = HostQueue {
+            state: State::AwaitIcResp,
+            frame: FrameConfig::before_ic(Role::Host),
+            tx: TxConfig::default(),
+            maxh2cdata: 0,
+            cpda: 0,
+            slots: (0..depth).map(|_| Slot::default()).collect(),
+            free: (0..depth as u16).rev().collect(),
+            done: VecDeque::with_capacity(depth),
+            out: Vec::with_capacity(pdu::IC_PDU_LEN),
+            cfg,
+        };
+        let mut dg = 0;
+        if q.cfg.hdr_digest {
+            dg |= dgst::HEADER;
+        }
+        if q.cfg.data_digest {
+            dg |= dgst::DATA;
+        }
+        pdu::encode_ic_req(&mut q.out, &IcReq { pfv: 0, hpda: q.cfg.hpda, dgst: dg, maxr2t: q.cfg.maxr2t });
+        q
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+    pub fn qid(&self) -> u16 {
+        self.cfg.qid
+    }
+    /// ICResp received and accepted; commands may be submitted.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+    /// The error that failed the queue, if it failed.
+    pub fn error(&self) -> Option<&QueueError> {
+        match &self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// Commands submitted and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+    /// Free command slots.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+    /// MAXH2CDATA the controller announced (0 before ICResp).
+    pub fn maxh2cdata(&self) -> u32 {
+        self.maxh2cdata
+    }
+    /// CPDA the controller announced.
+    pub fn cpda(&self) -> u8 {
+        self.cpda
+    }
+    /// Largest PDU this queue accepts once connected.
+    pub fn rx_pdu_len_max(&self) -> usize {
+        rx_pdu_len_max(&self.cfg)
+    }
+    /// Change the in-capsule data limit (after Identify Controller told IOCCSZ).
+    pub fn set_in_capsule_data_max_bytes(&mut self, n: u32) {
+        self.cfg.in_capsule_data_max_bytes = n;
+    }
+
+    // ------------------------------------------------------------ output
+
+    /// Bytes waiting to be sent to the controller, in order.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+    /// The first `n` bytes of [`output`](Self::output) were sent.
+    pub fn consume_output(&mut self, n: usize) {
+        assert!(n <= self.out.len());
+        self.out.drain(..n);
+    }
+    /// All of [`output`](Self::output) was sent.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+    /// Move all pending output to the end of `tx` (swapping buffers when `tx`
+    /// is empty, so no bytes are copied).
+    pub fn move_output_to(&mut self, tx: &mut Vec<u8>) {
+        if tx.is_empty() {
+            std::mem::swap(tx, &mut self.out);
+        } else {
+            tx.append(&mut self.out);
+        }
+    }
+
+    // ------------------------------------------------------------ completions
+
+    /// The next finished command, if any.
+    pub fn pop_completion(&mut self) -> Option<Completion> {
+        self.done.pop_front()
+    }
+    /// Finished commands waiting to be popped.
+    pub fn completions_ready(&self) -> usize {
+        self.done.len()
+    }
+
+    // ------------------------------------------------------------ submit
+
+    /// Queue a command (CapsuleCmd, with in-capsule data when it fits) in the
+    /// output and return its CID. `now_ms` starts its timeout.
+    pub fn submit(&mut self, req: Request, now_ms: u64) -> Result<u16, SubmitError> {
+        let refuse = |kind, req: Request| Err(SubmitError { kind, buf: req.buf, tag: req.tag });
+        match self.state {
+            State::AwaitIcResp => return refuse(SubmitErrorKind::NotReady, req),
+            State::Failed(_) => return refuse(SubmitErrorKind::Failed, req),
+            State::Ready => {}
+        }
+        if req.dir != DataDir::None && req.buf.is_empty() {
+            return refuse(SubmitErrorKind::EmptyBuffer, req);
+        }
+        let len = if req.dir == DataDir::None { 0 } else { req.buf.len() };
+        if len > self.cfg.transfer_len_max_bytes as usize {
+            return refuse(SubmitErrorKind::TooLarge, req);
+        }
+        let Some(index) = self.free.pop() else {
+            return refuse(SubmitErrorKind::QueueFull, req);
+        };
+        let slot = &mut self.slots[index as usize];
+        debug_assert!(!slot.busy, "free list holds a busy slot");
+        let cid = make_cid(index, slot.gen);
+        let is_connect = req.sqe.opcode == admin::FABRICS && req.sqe.fctype() == fctype::CONNECT;
+        let in_capsule = req.dir == DataDir::ToController
+            && (len <= self.cfg.in_capsule_data_max_bytes as usize
+                || (is_connect && len <= ADMIN_IN_CAPSULE_DATA_MAX_BYTES as usize));
+        let mut sqe = req.sqe;
+        sqe.cid = cid;
+        sqe.flags = (sqe.flags & 0x3f) | (nvmf_proto::sqe::sgl::PSDT_SGL_MPTR_CONTIG << 6);
+        sqe.sgl1 = if in_capsule { Sgl::in_capsule(0, len as u32) } else { Sgl::transport(len as u32) };
+        let timeout_ms = req.timeout_ms.unwrap_or(self.cfg.command_timeout_ms);
+        *slot = Slot {
+            busy: true,
+            gen: slot.gen,
+            dir: req.dir,
+            buf: req.buf,
+            tag: req.tag,
+            deadline_ms: if timeout_ms == 0 { u64::MAX } else { now_ms.saturating_add(timeout_ms) },
+            expired_reported: false,
+            in_capsule,
+            received_len: 0,
+            requested_len: 0,
+            data_digest_error: false,
+        };
+        let data: &[u8] = if in_capsule { &slot.buf } else { &[] };
+        pdu::encode_capsule_cmd(&mut self.out, &sqe, data, &self.tx);
+        Ok(cid)
+    }
+
+    // ------------------------------------------------------------ time
+
+    /// Report commands whose timeout passed at `now_ms`: their CIDs are
+    /// appended to `expired`, each only once. The commands stay outstanding:
+    /// the driver decides (Abort, then reset the controller and
+    /// [`fail`](Self::fail) the queue). Returns how many were appended.
+    pub fn on_tick(&mut self, now_ms: u64, expired: &mut Vec<u16>) -> usize {
+        let before = expired.len();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.busy && !s.expired_reported && now_ms >= s.deadline_ms {
+                s.expired_reported = true;
+                expired.push(make_cid(i as u16, s.gen));
+            }
+        }
+        expired.len() - before
+    }
+
+    // ------------------------------------------------------------ failure
+
+    /// Fail the queue (connection lost, timeout recovery, shutdown): every
+    /// outstanding command completes with [`Fate::Unknown`]. Idempotent: the
+    /// first reason sticks.
+    pub fn fail(&mut self, reason: &'static str) -> QueueError {
+        self.fail_with(QueueError::Failed(reason))
+    }
+
+    fn fail_with(&mut self, e: QueueError) -> QueueError {
+        if let State::Failed(first) = &self.state {
+            return first.clone();
+        }
+        self.state = State::Failed(e.clone());
+        let aborted = Status::new(sct::PATH, path::ABORTED_BY_HOST);
+        for i in 0..self.slots.len() {
+            if self.slots[i].busy {
+                self.complete(i, Cqe::new(0, aborted), Fate::Unknown);
+            }
+        }
+        e
+    }
+
+    /// Queue an H2CTermReq carrying the offending header, then fail.
+    fn protocol_error(&mut self, fes_v: u16, fei_v: u32, reason: &'static str, offending: &[u8]) -> QueueError {
+        if self.error().is_none() {
+            let n = offending.len().min(pdu::TERM_DATA_LEN_MAX);
+            pdu::encode_term_req(&mut self.out, false, fes_v, fei_v, &offending[..n]);
+        }
+        self.fail_with(QueueError::Protocol { fes: fes_v, fei: fei_v, reason })
+    }
+
+    // ------------------------------------------------------------ receive
+
+    /// Parse every whole PDU at the front of `rx` and return the number of
+    /// bytes consumed. Completions become available through
+    /// [`pop_completion`](Self::pop_completion); H2CData answering R2Ts goes to
+    /// the output. On `Err` the queue has failed (an H2CTermReq may be in the
+    /// output: send it, then close the connection).
+    pub fn receive(&mut self, rx: &[u8]) -> Result<usize, QueueError> {
+        if let State::Failed(e) = &self.state {
+            return Err(e.clone());
+        }
+        let mut consumed = 0;
+        loop {
+            let buf = &rx[consumed..];
+            match pdu::decode(buf, &self.frame) {
+                Ok(Decoded::NeedMore(_)) => return Ok(consumed),
+                Ok(Decoded::Pdu(p, n)) => {
+                    let hdr = &buf[..n.min(pdu::TERM_DATA_LEN_MAX)];
+                    if let Err((fes_v, fei_v, reason)) = self.handle(p) {
+                        return Err(self.protocol_error(fes_v, fei_v, reason, hdr));
+                    }
+                    if let State::Failed(e) = &self.state {
+                        return Err(e.clone());
+                    }
+                    consumed += n;
+                }
+                Err(e) => {
+                    let hdr = &buf[..buf.len().min(pdu::TERM_DATA_LEN_MAX)];
+                    return Err(self.protocol_error(e.fes, e.fei, e.reason, hdr));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, p: Pdu<'_>) -> Result<(), (u16, u32, &'static str)> {
+        if self.state == State::AwaitIcResp {
+            return match p {
+                Pdu::IcResp(ic) => self.on_ic_resp(ic),
+                Pdu::TermReq { fes, fei, .. } => {
+                    self.fail_with(QueueError::TerminatedByController { fes, fei });
+                    Ok(())
+                }
+                _ => Err((fes::PDU_SEQUENCE_ERROR, 0, "PDU before ICResp")),
+            };
+        }
+        match p {
+            Pdu::CapsuleResp(cqe) => self.on_capsule_resp(cqe),
+            Pdu::C2HData { hdr, flags, data, data_digest_ok } => self.on_c2h_data(hdr, flags, data, data_digest_ok),
+            Pdu::R2T(hdr) => self.on_r2t(hdr),
+            Pdu::TermReq { fes, fei, .. } => {
+                self.fail_with(QueueError::TerminatedByController { fes, fei });
+                Ok(())
+            }
+            Pdu::IcResp(_) => Err((fes::PDU_SEQUENCE_ERROR, 0, "second ICResp")),
+            // The framer rejects host-to-controller PDU types for Role::Host.
+            Pdu::IcReq(_) | Pdu::CapsuleCmd { .. } | Pdu::H2CData { .. } => {
+                Err((fes::INVALID_HEADER_FIELD, 0, "PDU type not valid for a host"))
+            }
+        }
+    }
+
+    fn on_ic_resp(&mut self, ic: IcResp) -> Result<(), (u16, u32, &'static str)> {
+        if ic.pfv != 0 {
+            return Err((fes::INVALID_HEADER_FIELD, fei::IC_PFV, "ICResp PFV is not 0"));
+        }
+        if ic.cpda > PDA_MAX {
+            return Err((fes::INVALID_HEADER_FIELD, fei::IC_PDA, "ICResp CPDA over 31"));
+        }
+        let mut want = 0;
+        if self.cfg.hdr_digest {
+            want |= dgst::HEADER;
+        }
+        if self.cfg.data_digest {
+            want |= dgst::DATA;
+        }
+        if ic.dgst & (dgst::HEADER | dgst::DATA) != want {
+            return Err((fes::INVALID_HEADER_FIELD, fei::IC_DGST, "ICResp digests differ from the ICReq's"));
+        }
+        if ic.maxh2cdata < MAXH2CDATA_MIN_BYTES {
+            return Err((fes::INVALID_HEADER_FIELD, fei::IC_MAXH2CDATA, "ICResp MAXH2CDATA under 4096"));
+        }
+        self.maxh2cdata = ic.maxh2cdata;
+        self.cpda = ic.cpda;
+        self.frame = FrameConfig {
+            role: Role::Host,
+            hdgst: self.cfg.hdr_digest,
+            ddgst: self.cfg.data_digest,
+            pdu_len_max: rx_pdu_len_max(&self.cfg) as u32,
+            rx_data_align: (self.cfg.hpda as u32 + 1) * 4,
+        };
+        self.tx =
+            TxConfig { hdgst: self.cfg.hdr_digest, ddgst: self.cfg.data_digest, data_align: (ic.cpda as u32 + 1) * 4 };
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// The slot of a CID the controller names, if that command is outstanding.
+    fn lookup(&self, cid: u16) -> Option<usize> {
+        let index = (cid & CID_INDEX_MASK) as usize;
+        let s = self.slots.get(index)?;
+        (s.busy && make_cid(index as u16, s.gen) == cid).then_some(index)
+    }
+
+    fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), (u16, u32, &'static str)> {
+        let Some(i) = self.lookup(cqe.cid) else {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CQE_CID, "CapsuleResp for a CID not outstanding"));
+        };
+        let s = &self.slots[i];
+        if s.data_digest_error {
+            cqe.status = Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR);
+        } else if s.dir == DataDir::FromController && cqe.status.is_success() && s.received_len as usize != s.buf.len()
+        {
+            // Never report success for a read buffer the controller did not fill.
+            cqe.status = Status::new(sct::GENERIC, generic::DATA_TRANSFER_ERROR);
+        }
+        self.complete(i, cqe, Fate::Known);
+        Ok(())
+    }
+
+    fn on_c2h_data(
+        &mut self,
+        hdr: DataHdr,
+        pflags: u8,
+        data: &[u8],
+        digest_ok: bool,
+    ) -> Result<(), (u16, u32, &'static str)> {
+        let Some(i) = self.lookup(hdr.cccid) else {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a CID not outstanding"));
+        };
+        let s = &mut self.slots[i];
+        if s.dir != DataDir::FromController {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a command without read data"));
+        }
+        debug_assert_eq!(hdr.length as usize, data.len(), "framer checks DATAL against the payload");
+        let end = hdr.offset as u64 + hdr.length as u64;
+        if end > s.buf.len() as u64 {
+            return Err((fes::DATA_OUT_OF_RANGE, 0, "C2HData beyond the command's buffer"));
+        }
+        if hdr.offset != s.received_len {
+            return Err((fes::DATA_OUT_OF_RANGE, 0, "C2HData offset not contiguous"));
+        }
+        if pflags & flags::SUCCESS != 0 && pflags & flags::LAST_PDU == 0 {
+            return Err((fes::INVALID_HEADER_FIELD, fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
+        }
+        if digest_ok {
+            s.buf[hdr.offset as usize..end as usize].copy_from_slice(data);
+        } else {
+            // Keep receiving; the command completes with a transport error.
+            s.data_digest_error = true;
+        }
+        s.received_len = end as u32;
+        if pflags & flags::SUCCESS != 0 {
+            let mut cqe = Cqe::new(hdr.cccid, Status::SUCCESS);
+            cqe.sqid = self.cfg.qid;
+            let s = &self.slots[i];
+            if s.data_digest_error {
+                cqe.status = Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR);
+            } else if s.received_len as usize != s.buf.len() {
+                cqe.status = Status::new(sct::GENERIC, generic::DATA_TRANSFER_ERROR);
+            }
+            self.complete(i, cqe, Fate::Known);
+        }
+        Ok(())
+    }
+
+    fn on_r2t(&mut self, hdr: DataHdr) -> Result<(), (u16, u32, &'static str)> {
+        let Some(i) = self.lookup(hdr.cccid) else {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "R2T for a CID not outstanding"));
+        };
+        let s = &mut self.slots[i];
+        if s.dir != DataDir::ToController || s.in_capsule {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "R2T for a command with no data to transfer"));
+        }
+        if hdr.length == 0 {
+            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "R2T of zero length"));
+        }
+        let end = hdr.offset as u64 + hdr.length as u64;
+        if end > s.buf.len() as u64 {
+            return Err((fes::DATA_OUT_OF_RANGE, 0, "R2T beyond the command's data"));
+        }
+        if s.requested_len as u64 + hdr.length as u64 > s.buf.len() as u64 {
+            return Err((fes::R2T_LIMIT_EXCEEDED, 0, "R2Ts ask for more than the command's data"));
+        }
+        s.requested_len += hdr.length;
+        // Answer at once, split at MAXH2CDATA; LAST_PDU ends this R2T's transfer.
+        debug_assert!(self.maxh2cdata >= MAXH2CDATA_MIN_BYTES);
+        let mut off = hdr.offset;
+        while off < end as u32 {
+            let n = (end as u32 - off).min(self.maxh2cdata);
+            let last = off + n == end as u32;
+            let h = DataHdr { cccid: hdr.cccid, ttag: hdr.ttag, offset: off, length: n };
+            let chunk = &s.buf[off as usize..(off + n) as usize];
+            pdu::encode_data_pdu_header(&mut self.out, false, if last { flags::LAST_PDU } else { 0 }, &h, &self.tx);
+            self.out.extend_from_slice(chunk);
+            if self.tx.ddgst {
+                pdu::finish_data_pdu(&mut self.out, crc32c(chunk), &self.tx);
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, i: usize, mut cqe: Cqe, fate: Fate) {
+        let s = &mut self.slots[i];
+        debug_assert!(s.busy, "completing a free slot");
+        let cid = make_cid(i as u16, s.gen);
+        cqe.cid = cid;
+        let c = Completion { cid, tag: s.tag, cqe, fate, buf: std::mem::take(&mut s.buf) };
+        s.busy = false;
+        s.gen = (s.gen + 1) & CID_GEN_MASK;
+        s.dir = DataDir::None;
+        self.free.push(i as u16);
+        debug_assert!(self.done.len() < self.slots.len(), "more completions than slots");
+        self.done.push_back(c);
+    }
+}
+
+fn make_cid(index: u16, gen: u8) -> u16 {
+    index | ((gen as u16) << CID_INDEX_BITS)
+}
+
+fn rx_pdu_len_max(cfg: &QueueConfig) -> usize {
+    // Largest C2HData: header, header digest, padding up to PDO, data, data digest.
+    cfg.transfer_len_max_bytes as usize + pdu::PDA_BYTES_MAX + 2 * pdu::DIGEST_LEN + pdu::DATA_HLEN
+}
