@@ -15,3 +15,5 @@
 pub mod queue;
 
 pub use queue::{Completion, DataDir, Fate, HostQueue, QueueConfig, QueueError, Request, SubmitError};
+
+pub mod perf;
