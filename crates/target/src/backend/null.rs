@@ -1,0 +1,68 @@
+//! `null` backend: reads return zeros, writes are discarded. It has a size
+//! (so hosts see a normal namespace) but no storage: for protocol benchmarks.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use super::{check_range, Backend};
+
+/// A sized namespace without storage.
+#[derive(Debug)]
+pub struct NullBackend {
+    size_bytes: u64,
+}
+
+impl NullBackend {
+    pub fn new(size_bytes: u64) -> NullBackend {
+        NullBackend { size_bytes }
+    }
+}
+
+impl Backend for NullBackend {
+    fn kind(&self) -> &'static str {
+        "null"
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+    fn read_sync(&self, offset: u64, dst: &mut [u8]) -> Option<io::Result<()>> {
+        Some(check_range(offset, dst.len() as u64, self.size_bytes).map(|()| dst.fill(0)))
+    }
+    fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>> {
+        Some(check_range(offset, src.len() as u64, self.size_bytes))
+    }
+    fn fd(&self) -> Option<RawFd> {
+        None
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(offset, len, self.size_bytes)
+    }
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(offset, len, self.size_bytes)
+    }
+    fn flush_sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_zeros_discards_writes() {
+        let b = NullBackend::new(1 << 40);
+        assert_eq!(b.size_bytes(), 1 << 40);
+        b.write_sync(4096, &[0xab; 512]).unwrap().unwrap();
+        let mut buf = [0xffu8; 512];
+        b.read_sync(4096, &mut buf).unwrap().unwrap();
+        assert_eq!(buf, [0u8; 512]);
+        assert!(b.read_sync((1 << 40) - 256, &mut buf).unwrap().is_err());
+        assert!(b.write_sync(u64::MAX, &buf).unwrap().is_err());
+        b.write_zeroes(0, 1 << 40).unwrap();
+        b.deallocate(0, 4096).unwrap();
+        b.flush_sync().unwrap();
+        assert!(b.fd().is_none());
+        assert!(b.resize(1 << 20).is_err());
+    }
+}
