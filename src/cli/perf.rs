@@ -1,6 +1,235 @@
-//! `nvmf perf` (stub, being implemented).
-#[derive(clap::Args)]
-pub struct PerfArgs {}
-pub fn run(_a: PerfArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+//! `nvmf perf`: load generator in the spirit of spdk_nvme_perf and fio.
+//!
+//! The admin queue is brought up with the host library's blocking controller
+//! (connect, identify, number of queues); every I/O queue is then one TCP
+//! connection owned by one engine core (see `nvmf_host::perf`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nvmf_host::perf::{parse_size, PerfConfig, RwPattern};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct PerfArgs {
+    /// Target address (IP or host name).
+    #[arg(short = 'a', long, default_value = "127.0.0.1")]
+    pub traddr: String,
+    /// Target TCP port.
+    #[arg(short = 's', long, default_value_t = nvmf_proto::NVME_TCP_PORT)]
+    pub trsvcid: u16,
+    /// Subsystem NQN.
+    #[arg(short = 'n', long)]
+    pub nqn: String,
+    /// Host NQN (default: /etc/nvme/hostnqn, else one derived from the host ID).
+    #[arg(short = 'q', long)]
+    pub hostnqn: Option<String>,
+    /// Header digest (CRC32C on every PDU header).
+    #[arg(short = 'g', long = "hdr-digest")]
+    pub hdr_digest: bool,
+    /// Data digest (CRC32C on every PDU's data).
+    #[arg(short = 'G', long = "data-digest")]
+    pub data_digest: bool,
+    #[arg(long, default_value_t = 1)]
+    pub namespace_id: u32,
+    /// read | write | randread | randwrite | randrw
+    #[arg(long, default_value = "randread")]
+    pub rw: String,
+    /// Percentage of reads for randrw.
+    #[arg(long, default_value_t = 50)]
+    pub rwmixread: u8,
+    /// I/O size (4k, 128k, ...); a multiple of the namespace's block size.
+    #[arg(long, default_value = "4k")]
+    pub bs: String,
+    /// Commands in flight per queue.
+    #[arg(long, default_value_t = 32)]
+    pub iodepth: u32,
+    /// Length of the timed run, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub runtime: u64,
+    /// Number of I/O queues (TCP connections), spread over --cores.
+    #[arg(long, default_value_t = 1)]
+    pub nr_io_queues: u32,
+    /// CPUs to run the I/O threads on, one pinned thread each (e.g. 1 or 0,2-3).
+    /// Default: one unpinned thread.
+    #[arg(long)]
+    pub cores: Option<String>,
+    /// poll (busy-poll, lowest latency, 100% CPU) or interrupt (sleep when idle).
+    #[arg(long, default_value = "poll")]
+    pub mode: String,
+    /// Write a self-checking pattern and check it on every read (see docs).
+    #[arg(long)]
+    pub verify: bool,
+    /// Bytes of the namespace to use (default: all from --offset).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// First byte of the namespace to use.
+    #[arg(long, default_value = "0")]
+    pub offset: String,
+    /// normal | json
+    #[arg(long, default_value = "normal")]
+    pub output_format: String,
+    /// Seed of random offsets and of the verify pattern (default: from the clock).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Build the run configuration from the command line (no I/O).
+pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
+    let rw: RwPattern = a.rw.parse().map_err(anyhow::Error::msg)?;
+    let cores = match &a.cores {
+        Some(s) => nvmf_engine::parse_core_list(s)?,
+        None => Vec::new(),
+    };
+    let poll = match a.mode.parse::<nvmf_engine::Mode>()? {
+        nvmf_engine::Mode::Poll => true,
+        nvmf_engine::Mode::Interrupt => false,
+    };
+    let cfg = PerfConfig {
+        namespace_id: a.namespace_id,
+        rw,
+        rwmixread: a.rwmixread,
+        block_size_bytes: parse_size(&a.bs).map_err(anyhow::Error::msg).context("--bs")?,
+        iodepth: a.iodepth,
+        runtime_s: a.runtime,
+        io_queues: a.nr_io_queues,
+        cores,
+        poll,
+        verify: a.verify,
+        size_bytes: match &a.size {
+            Some(s) => parse_size(s).map_err(anyhow::Error::msg).context("--size")?,
+            None => 0,
+        },
+        offset_bytes: parse_size(&a.offset).map_err(anyhow::Error::msg).context("--offset")?,
+        header_digest: a.hdr_digest,
+        data_digest: a.data_digest,
+        seed: a.seed,
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    if !matches!(a.output_format.as_str(), "normal" | "json") {
+        bail!("--output-format must be normal or json");
+    }
+    Ok(cfg)
+}
+
+fn config_json(a: &PerfArgs, cfg: &PerfConfig) -> serde_json::Value {
+    json!({
+        "traddr": a.traddr, "trsvcid": a.trsvcid, "nqn": a.nqn,
+        "namespace_id": cfg.namespace_id, "rw": cfg.rw.to_string(), "rwmixread": cfg.rwmixread,
+        "bs": cfg.block_size_bytes, "iodepth": cfg.iodepth, "runtime_s": cfg.runtime_s,
+        "nr_io_queues": cfg.io_queues, "cores": cfg.cores, "mode": if cfg.poll { "poll" } else { "interrupt" },
+        "verify": cfg.verify, "size": cfg.size_bytes, "offset": cfg.offset_bytes,
+        "hdr_digest": cfg.header_digest, "data_digest": cfg.data_digest,
+    })
+}
+
+fn resolve(traddr: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    (traddr, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {traddr}"))?
+        .next()
+        .with_context(|| format!("no address for {traddr}"))
+}
+
+pub fn run(a: PerfArgs) -> anyhow::Result<()> {
+    let cfg = config_from_args(&a)?;
+    let addr = resolve(&a.traddr, a.trsvcid)?;
+    let admin = nvmf_host::perf::admin::AdminSession::connect(
+        addr,
+        &a.nqn,
+        a.hostnqn.as_deref(),
+        cfg.namespace_id,
+        cfg.io_queues,
+        cfg.header_digest,
+        cfg.data_digest,
+    )
+    .with_context(|| format!("admin queue bring-up with {addr}"))?;
+    let facts = admin.facts().clone();
+    let interval = admin.keep_alive_interval();
+    let mut admin = admin;
+    let mut keep_alive = || admin.keep_alive();
+    let summary = nvmf_host::perf::run::run(&cfg, addr, &facts, interval, &mut keep_alive, true)
+        .map_err(anyhow::Error::msg)?;
+    admin.disconnect();
+    if a.output_format == "json" {
+        println!("{}", summary.to_json(config_json(&a, &cfg)));
+    } else {
+        let title = format!(
+            "nvmf perf: {} bs={} iodepth={} queues={} mode={} digests={}/{} verify={} -> {addr} {}",
+            cfg.rw,
+            cfg.block_size_bytes,
+            cfg.iodepth,
+            cfg.io_queues,
+            if cfg.poll { "poll" } else { "interrupt" },
+            if cfg.header_digest { "hdr" } else { "-" },
+            if cfg.data_digest { "data" } else { "-" },
+            cfg.verify,
+            a.nqn
+        );
+        println!("{}", summary.to_text(&title));
+    }
+    if summary.errors > 0 || summary.verify_errors > 0 {
+        bail!("{} I/O error(s), {} verify error(s)", summary.errors, summary.verify_errors);
+    }
+    if summary.reads + summary.writes == 0 {
+        bail!("no I/O completed");
+    }
+    let _ = Duration::ZERO;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: PerfArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<PerfConfig> {
+        let mut v = vec!["perf"];
+        v.extend_from_slice(args);
+        let cli = Cli::try_parse_from(v)?;
+        config_from_args(&cli.a)
+    }
+
+    #[test]
+    fn flags() {
+        let c = parse(&[
+            "-n",
+            "nqn.2026-11.io.nvmf:x",
+            "--rw",
+            "randrw",
+            "--rwmixread",
+            "70",
+            "--bs",
+            "128k",
+            "--iodepth",
+            "8",
+            "--cores",
+            "0,2-3",
+            "--mode",
+            "interrupt",
+            "--verify",
+            "--size",
+            "1g",
+            "-g",
+            "-G",
+        ])
+        .unwrap();
+        assert_eq!(c.rw, RwPattern::RandRw);
+        assert_eq!(c.rwmixread, 70);
+        assert_eq!(c.block_size_bytes, 128 << 10);
+        assert_eq!(c.cores, vec![0, 2, 3]);
+        assert!(!c.poll && c.verify && c.header_digest && c.data_digest);
+        assert_eq!(c.size_bytes, 1 << 30);
+        assert!(parse(&["-n", "nqn.2026-11.io.nvmf:x", "--rw", "bogus"]).is_err());
+        assert!(parse(&["-n", "nqn.2026-11.io.nvmf:x", "--iodepth", "0"]).is_err());
+        assert!(parse(&["-n", "nqn.2026-11.io.nvmf:x", "--output-format", "xml"]).is_err());
+        assert!(parse(&["-n", "nqn.2026-11.io.nvmf:x", "--mode", "spin"]).is_err());
+    }
 }

@@ -183,14 +183,13 @@ impl PerfQueue {
             let bytes = self.setup.geometry.unit_bytes() as usize;
             debug_assert_eq!(buf.len(), bytes);
             let lba_bytes = self.setup.geometry.lba_bytes as usize;
-            let nlb0 = spec.nlb - 1;
             let req = match spec.op {
-                Op::Read => Request::read(Sqe::rw(io_op::READ, 0, self.setup.nsid, spec.slba, nlb0), buf),
+                Op::Read => Request::read(Sqe::rw(io_op::READ, 0, self.setup.nsid, spec.slba, spec.nlb), buf),
                 Op::Write => {
                     if self.setup.verify {
                         fill_io(&mut buf, lba_bytes, self.setup.verify_seed, spec.slba, spec.generation);
                     }
-                    Request::write(Sqe::rw(io_op::WRITE, 0, self.setup.nsid, spec.slba, nlb0), buf)
+                    Request::write(Sqe::rw(io_op::WRITE, 0, self.setup.nsid, spec.slba, spec.nlb), buf)
                 }
             };
             match self.queue.submit(req.with_tag(tag as u64), now_ms) {

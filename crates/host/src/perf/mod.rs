@@ -13,8 +13,10 @@
 //! Every queue (one TCP connection) lives on one engine core; its statistics
 //! are only touched by that core until the queue finishes and hands them back.
 
+pub mod admin;
 pub mod config;
 pub mod driver;
+pub mod run;
 pub mod stats;
 pub mod verify;
 pub mod workload;

@@ -1,0 +1,232 @@
+//! Admin queue of a perf run: connect, enable, identify, ask for I/O queues,
+//! keep alive, disconnect. Blocking (std `TcpStream`) over a [`HostQueue`].
+//!
+//! This is the minimum `nvmf perf` needs; it is meant to be replaced by (or
+//! wrap) the host library's general blocking controller driver once that
+//! exists, keeping [`AdminSession`]'s small interface.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use nvmf_proto::fabrics::{self, cc, csts, prop, Cap, ConnectCmd, ConnectData, PropertyCmd};
+use nvmf_proto::features::{num_queues_from, num_queues_value, FeatureCmd};
+use nvmf_proto::identify::{IdentifyCmd, IdentifyController, IdentifyNamespace, IDENTIFY_LEN};
+use nvmf_proto::opcodes::{admin, cns, fid};
+use nvmf_proto::Sqe;
+
+use super::run::ControllerFacts;
+use crate::queue::{Completion, HostQueue, QueueConfig, Request};
+
+/// Keep Alive Timeout we ask for; Keep Alive is sent every third of it.
+pub const KATO_MS: u32 = 15_000;
+/// Socket read timeout (also bounds every admin command here).
+pub const ADMIN_IO_TIMEOUT_MS: u64 = 10_000;
+/// Largest admin receive buffer (Identify data + headers).
+const ADMIN_RX_BYTES: usize = 64 << 10;
+
+/// A connected, enabled admin queue.
+#[derive(Debug)]
+pub struct AdminSession {
+    sock: TcpStream,
+    queue: HostQueue,
+    rx: Vec<u8>,
+    rx_len: usize,
+    epoch: Instant,
+    facts: ControllerFacts,
+}
+
+/// The host NQN: the given one, else /etc/nvme/hostnqn, else a UUID NQN from `hostid`.
+pub fn default_hostnqn(hostid: &[u8; 16]) -> String {
+    if let Ok(s) = std::fs::read_to_string("/etc/nvme/hostnqn") {
+        let s = s.trim();
+        if nvmf_proto::validate_nqn(s).is_ok() {
+            return s.to_string();
+        }
+    }
+    let h = hostid;
+    format!(
+        "nqn.2014-08.org.nvmexpress:uuid:{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]
+    )
+}
+
+fn random_hostid() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut id)).is_ok();
+    if !ok {
+        let t = super::stats::monotonic_ns() ^ std::process::id() as u64;
+        id[..8].copy_from_slice(&t.to_le_bytes());
+    }
+    id[6] = (id[6] & 0x0f) | 0x40; // UUID v4
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+impl AdminSession {
+    /// Connect the admin queue to `subnqn` at `addr`, enable the controller,
+    /// identify it and namespace `nsid`, and ask for `io_queues` I/O queues.
+    pub fn connect(
+        addr: SocketAddr,
+        subnqn: &str,
+        hostnqn: Option<&str>,
+        nsid: u32,
+        io_queues: u32,
+        hdr_digest: bool,
+        data_digest: bool,
+    ) -> Result<AdminSession, String> {
+        let hostid = random_hostid();
+        let hostnqn = match hostnqn {
+            Some(h) => h.to_string(),
+            None => default_hostnqn(&hostid),
+        };
+        nvmf_proto::validate_nqn(&hostnqn).map_err(|e| format!("host NQN {hostnqn:?}: {e}"))?;
+        nvmf_proto::validate_nqn(subnqn).map_err(|e| format!("subsystem NQN {subnqn:?}: {e}"))?;
+        let sock = TcpStream::connect_timeout(&addr, Duration::from_millis(ADMIN_IO_TIMEOUT_MS))
+            .map_err(|e| format!("connect: {e}"))?;
+        sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(ADMIN_IO_TIMEOUT_MS))).map_err(|e| e.to_string())?;
+        let mut qc = QueueConfig::admin();
+        qc.hdr_digest = hdr_digest;
+        qc.data_digest = data_digest;
+        qc.transfer_len_max_bytes = IDENTIFY_LEN as u32;
+        let mut s = AdminSession {
+            sock,
+            queue: HostQueue::new(qc),
+            rx: vec![0; ADMIN_RX_BYTES],
+            rx_len: 0,
+            epoch: Instant::now(),
+            facts: ControllerFacts {
+                cntlid: 0,
+                hostid,
+                hostnqn: hostnqn.clone(),
+                subnqn: subnqn.to_string(),
+                lba_bytes: 0,
+                nsze: 0,
+                in_capsule_data_bytes: 0,
+                mdts_bytes: None,
+                queue_entries_max: 0,
+                io_queues_granted: 0,
+            },
+        };
+        // IC exchange.
+        s.flush()?;
+        while !s.queue.is_ready() {
+            s.read_some()?;
+        }
+        // Connect (admin queue, dynamic controller).
+        let cmd = ConnectCmd { recfmt: 0, qid: 0, sqsize: 31, cattr: 0, kato_ms: KATO_MS };
+        let data = ConnectData {
+            hostid,
+            cntlid: fabrics::CNTLID_DYNAMIC,
+            subnqn: subnqn.to_string(),
+            hostnqn: hostnqn.clone(),
+        };
+        let c = s.command(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
+        s.facts.cntlid = c.cqe.dw0 as u16;
+        // Properties: CAP, enable, wait for ready.
+        let c = s.command(Request::new(PropertyCmd::get_sqe(0, prop::CAP, true)))?;
+        let cap = Cap::from_u64(c.cqe.result64());
+        s.facts.queue_entries_max = cap.mqes as u32 + 1;
+        s.command(Request::new(PropertyCmd::set_sqe(0, prop::CC, false, cc::LINUX_ENABLE as u64)))?;
+        let ready_by = Instant::now() + Duration::from_millis((cap.to_500ms.max(1) as u64) * 500);
+        loop {
+            let c = s.command(Request::new(PropertyCmd::get_sqe(0, prop::CSTS, false)))?;
+            let v = c.cqe.dw0;
+            if v & csts::CFS != 0 {
+                return Err("controller fatal status (CSTS.CFS) while enabling".into());
+            }
+            if v & csts::RDY != 0 {
+                break;
+            }
+            if Instant::now() > ready_by {
+                return Err("controller did not become ready (CSTS.RDY) within CAP.TO".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Identify.
+        let idc = IdentifyCmd { cns: cns::CONTROLLER, cntid: 0, csi: 0, nsid: 0 };
+        let c = s.command(Request::read(idc.to_sqe(0), vec![0; IDENTIFY_LEN]))?;
+        let ctrl = IdentifyController::parse(&c.buf).ok_or("short Identify Controller data")?;
+        s.facts.in_capsule_data_bytes = ctrl.in_capsule_data_bytes();
+        s.facts.mdts_bytes = ctrl.mdts_bytes();
+        let idn = IdentifyCmd { cns: cns::NAMESPACE, cntid: 0, csi: 0, nsid };
+        let c = s.command(Request::read(idn.to_sqe(0), vec![0; IDENTIFY_LEN]))?;
+        let ns = IdentifyNamespace::parse(&c.buf).ok_or("short Identify Namespace data")?;
+        if ns.nsze == 0 {
+            return Err(format!("namespace {nsid} does not exist (or is inactive)"));
+        }
+        s.facts.nsze = ns.nsze;
+        s.facts.lba_bytes = ns.block_size() as u64;
+        // Number of queues.
+        let want = io_queues.min(u16::MAX as u32) as u16;
+        let c = s.command(Request::new(FeatureCmd::set_sqe(0, fid::NUM_QUEUES, num_queues_value(want, want))))?;
+        let (nsq, ncq) = num_queues_from(c.cqe.dw0);
+        s.facts.io_queues_granted = nsq.min(ncq);
+        Ok(s)
+    }
+
+    pub fn facts(&self) -> &ControllerFacts {
+        &self.facts
+    }
+
+    pub fn keep_alive_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(KATO_MS as u64 / 3))
+    }
+
+    pub fn keep_alive(&mut self) -> Result<(), String> {
+        self.command(Request::new(Sqe::new(admin::KEEP_ALIVE, 0, 0))).map(|_| ())
+    }
+
+    /// Best effort: shut the controller down (CC.SHN normal) and close.
+    pub fn disconnect(mut self) {
+        let v = (cc::LINUX_ENABLE | (1 << cc::SHN_SHIFT)) as u64;
+        let _ = self.command(Request::new(PropertyCmd::set_sqe(0, prop::CC, false, v)));
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.sock.write_all(self.queue.output()).map_err(|e| format!("send: {e}"))?;
+        self.queue.clear_output();
+        Ok(())
+    }
+
+    fn read_some(&mut self) -> Result<(), String> {
+        if self.rx_len == self.rx.len() {
+            return Err("admin PDU larger than the receive buffer".into());
+        }
+        let n = self.sock.read(&mut self.rx[self.rx_len..]).map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            return Err("controller closed the admin connection".into());
+        }
+        self.rx_len += n;
+        let used = self.queue.receive(&self.rx[..self.rx_len]);
+        // A TermReq may have been queued: send it before reporting.
+        let _ = self.flush();
+        let used = used.map_err(|e| e.to_string())?;
+        self.rx.copy_within(used..self.rx_len, 0);
+        self.rx_len -= used;
+        Ok(())
+    }
+
+    /// Submit one command and wait for it; non-success status is an error.
+    fn command(&mut self, req: Request) -> Result<Completion, String> {
+        let opcode = req.sqe.opcode;
+        let cid = self.queue.submit(req, self.now_ms()).map_err(|e| format!("submit: {e}"))?;
+        self.flush()?;
+        loop {
+            if let Some(c) = self.queue.pop_completion() {
+                debug_assert_eq!(c.cid, cid, "one admin command at a time");
+                if !c.is_success() {
+                    return Err(format!("admin opcode {opcode:#04x} failed: {}", c.status().name()));
+                }
+                return Ok(c);
+            }
+            self.read_some()?;
+        }
+    }
+}

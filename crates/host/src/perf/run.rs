@@ -1,0 +1,221 @@
+//! Control thread of a perf run: engine start, one connection per I/O queue
+//! spread over the cores, progress line, keep-alive hook, result collection.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nvmf_engine::{Engine, EngineConfig, Mode};
+
+use super::config::PerfConfig;
+use super::driver::{PerfQueue, QueueProgress, QueueSetup, RunControl, CONNECT_TIMEOUT_MS};
+use super::stats::{QueueStats, Summary};
+use crate::queue::QueueConfig;
+
+/// What the admin queue bring-up learned about the controller and namespace.
+#[derive(Debug, Clone)]
+pub struct ControllerFacts {
+    pub cntlid: u16,
+    pub hostid: [u8; 16],
+    pub hostnqn: String,
+    pub subnqn: String,
+    /// Logical block size of the namespace.
+    pub lba_bytes: u64,
+    /// Namespace size in logical blocks.
+    pub nsze: u64,
+    /// In-capsule data an I/O command may carry (IOCCSZ * 16 - 64).
+    pub in_capsule_data_bytes: u32,
+    /// Largest transfer (MDTS), `None` = unlimited.
+    pub mdts_bytes: Option<u64>,
+    /// Largest I/O queue size (CAP.MQES + 1).
+    pub queue_entries_max: u32,
+    /// I/O queues the controller granted (Set Features Number of Queues).
+    pub io_queues_granted: u32,
+}
+
+/// Extra time after the timed phase for queues to drain and report before
+/// the run is declared stuck (prefill and readback are excluded: they make
+/// progress or fail through per-command timeouts).
+pub const DRAIN_GRACE_MS: u64 = 35_000;
+
+/// Run the workload; `keep_alive` is called about every `keep_alive_interval`
+/// (send a Keep Alive on the admin queue; an error ends the run).
+pub fn run(
+    cfg: &PerfConfig,
+    addr: SocketAddr,
+    facts: &ControllerFacts,
+    keep_alive_interval: Option<Duration>,
+    keep_alive: &mut dyn FnMut() -> Result<(), String>,
+    show_progress: bool,
+) -> Result<Summary, String> {
+    cfg.validate()?;
+    let geometry = cfg.geometry(facts.lba_bytes, facts.nsze)?;
+    if cfg.io_queues > facts.io_queues_granted {
+        return Err(format!(
+            "--nr-io-queues {} but the controller granted only {} I/O queues",
+            cfg.io_queues, facts.io_queues_granted
+        ));
+    }
+    if cfg.iodepth > facts.queue_entries_max {
+        return Err(format!(
+            "--iodepth {} exceeds the controller's queue size limit {} (CAP.MQES + 1)",
+            cfg.iodepth, facts.queue_entries_max
+        ));
+    }
+    if let Some(m) = facts.mdts_bytes {
+        if cfg.block_size_bytes > m {
+            return Err(format!("--bs {} exceeds the controller's MDTS of {m} bytes", cfg.block_size_bytes));
+        }
+    }
+    let unit_bytes = geometry.unit_bytes();
+    let transfer_len_max = u32::try_from(unit_bytes).map_err(|_| "--bs too large".to_string())?;
+    let seed = if cfg.seed != 0 {
+        cfg.seed
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    };
+    let verify_seed = (seed ^ (seed >> 32)) as u32 | 1;
+
+    let mut ecfg = EngineConfig {
+        cores: cfg.cores.clone(),
+        mode: if cfg.poll { Mode::Poll } else { Mode::Interrupt },
+        ..EngineConfig::default()
+    };
+    // The receive buffer must hold the largest C2HData PDU plus the next PDU's start.
+    let pdu_max = unit_bytes as usize + 256;
+    ecfg.recv_buf_bytes = ecfg.recv_buf_bytes.max(2 * pdu_max);
+    ecfg.send_buf_max_bytes = ecfg.send_buf_max_bytes.max(cfg.iodepth as usize * (pdu_max + 128));
+    let engine = Engine::start(ecfg).map_err(|e| format!("engine: {e}"))?;
+    let cores = engine.core_count();
+
+    let control = Arc::new(RunControl::default());
+    let (tx, rx) = mpsc::channel::<QueueStats>();
+    let mut progress = Vec::new();
+    for q in 0..cfg.io_queues {
+        let mut queue = QueueConfig::io((q + 1) as u16, cfg.iodepth as u16);
+        queue.hdr_digest = cfg.header_digest;
+        queue.data_digest = cfg.data_digest;
+        queue.in_capsule_data_max_bytes = facts.in_capsule_data_bytes;
+        queue.transfer_len_max_bytes = transfer_len_max;
+        let setup = QueueSetup {
+            queue_index: q,
+            queue,
+            cntlid: facts.cntlid,
+            hostid: facts.hostid,
+            hostnqn: facts.hostnqn.clone(),
+            subnqn: facts.subnqn.clone(),
+            nsid: cfg.namespace_id,
+            iodepth: cfg.iodepth,
+            geometry,
+            workload_seed: seed.wrapping_add(q as u64 * 0x1000_0001),
+            partition: geometry.queue_partition(q, cfg.io_queues),
+            rw: cfg.rw,
+            rwmixread: cfg.rwmixread,
+            verify: cfg.verify,
+            verify_seed,
+            runtime_ns: cfg.runtime_s * 1_000_000_000,
+        };
+        let p = Arc::new(QueueProgress::default());
+        progress.push(p.clone());
+        let (c, t) = (control.clone(), tx.clone());
+        let core = q as usize % cores;
+        let made = engine.connect(
+            core,
+            addr,
+            Box::new(move |info| Box::new(PerfQueue::new(setup, info.core, c, p, t)) as Box<dyn nvmf_engine::Handler>),
+        );
+        if let Err(e) = made {
+            control.stop.store(true, Ordering::Relaxed);
+            engine.shutdown(Duration::from_secs(2));
+            return Err(format!("I/O queue {} connect to {addr}: {e}", q + 1));
+        }
+    }
+    drop(tx);
+
+    let show_progress = show_progress && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_keep_alive = Instant::now();
+    let mut last_ios = 0u64;
+    // Without verify the run is bounded; with it, prefill/readback take as long
+    // as the range needs, and per-command timeouts guarantee progress or failure.
+    let deadline = (!cfg.verify).then(|| {
+        started + Duration::from_millis(CONNECT_TIMEOUT_MS + DRAIN_GRACE_MS) + Duration::from_secs(cfg.runtime_s)
+    });
+    let mut results: Vec<QueueStats> = Vec::with_capacity(cfg.io_queues as usize);
+    let mut failure: Option<String> = None;
+    while results.len() < cfg.io_queues as usize {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(s) => {
+                if s.io_errors > 0 {
+                    // One broken queue ends the timed phase of all (like spdk_nvme_perf).
+                    control.stop.store(true, Ordering::Relaxed);
+                }
+                results.push(s);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                failure = Some("queues ended without reporting".into());
+                break;
+            }
+        }
+        if let Some(iv) = keep_alive_interval {
+            if last_keep_alive.elapsed() >= iv {
+                last_keep_alive = Instant::now();
+                if let Err(e) = keep_alive() {
+                    control.stop.store(true, Ordering::Relaxed);
+                    failure = Some(format!("admin keep-alive failed: {e}"));
+                }
+            }
+        }
+        let phases: Vec<u64> = progress.iter().map(|p| p.phase.load(Ordering::Relaxed)).collect();
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            control.stop.store(true, Ordering::Relaxed);
+            failure = Some("queues did not finish in time".into());
+            break;
+        }
+        if show_progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            let dt = last_progress.elapsed().as_secs_f64();
+            last_progress = Instant::now();
+            let ios: u64 = progress.iter().map(|p| p.ios.load(Ordering::Relaxed)).sum();
+            let errors: u64 = progress.iter().map(|p| p.errors.load(Ordering::Relaxed)).sum();
+            let phase = match phases.iter().min().copied().unwrap_or(0) {
+                0 => "connecting",
+                1 => "prefill",
+                2 => "running",
+                3 => "readback",
+                _ => "done",
+            };
+            let iops = (ios.saturating_sub(last_ios)) as f64 / dt;
+            last_ios = ios;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r[{phase:>10}] {:>5.0}s  {:>10.0} IOPS  {:>9.1} MiB/s  errors {errors}   ",
+                started.elapsed().as_secs_f64(),
+                iops,
+                iops * unit_bytes as f64 / 1048576.0
+            );
+            let _ = err.flush();
+        }
+    }
+    if show_progress {
+        eprintln!();
+    }
+    control.stop.store(true, Ordering::Relaxed);
+    engine.shutdown(Duration::from_secs(2));
+    // Queues that reported during shutdown.
+    while let Ok(s) = rx.try_recv() {
+        results.push(s);
+    }
+    if let Some(f) = failure {
+        if results.len() < cfg.io_queues as usize {
+            return Err(f);
+        }
+    }
+    let pinned: Vec<usize> = cfg.cores.clone();
+    Ok(Summary::merge(&results, &pinned))
+}
