@@ -1,0 +1,246 @@
+//! Controller state shared by the queues of one controller.
+//!
+//! A controller's admin queue and I/O queues are separate TCP connections that
+//! may live on different cores, so what they share is here, behind atomics and
+//! `Mutex`es that are only touched on the control path (Connect, admin
+//! commands, ticks): never per I/O. Controller registers (CC, CSTS), keep-alive
+//! and the held AERs live in the admin queue's own state instead.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nvmf_proto::opcodes::aen;
+
+use crate::subsys::Subsystem;
+
+/// What a controller serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtrlKind {
+    Io,
+    Discovery,
+}
+
+/// Per-queue counters, written only by the queue's own core (plain relaxed
+/// load + store, no read-modify-write) and summed for SMART on request.
+#[derive(Default, Debug)]
+pub struct QueueCounters {
+    pub read_cmds: AtomicU64,
+    pub write_cmds: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+impl QueueCounters {
+    #[inline]
+    pub fn bump(c: &AtomicU64, by: u64) {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    }
+}
+
+/// Pending asynchronous events and the Changed Namespace List.
+#[derive(Default)]
+struct Events {
+    /// Async Event Configuration (feature 0x0B) bits.
+    config: u32,
+    /// Completion DW0 values waiting for an AER.
+    pending: VecDeque<u32>,
+    /// Log pages whose event was reported and not yet read (events of the
+    /// same kind are masked until then, as the spec requires).
+    masked_lids: u32,
+    changed_nsids: Vec<u32>,
+}
+
+/// Bound on undelivered events per controller.
+const EVENTS_PENDING_MAX: usize = 64;
+/// Bound on the changed-namespace list before it collapses to "all".
+const CHANGED_NS_MAX: usize = 1024;
+
+/// Shared state of one controller.
+pub struct Controller {
+    pub cntlid: u16,
+    pub kind: CtrlKind,
+    /// `None` for discovery controllers.
+    pub subsys: Option<Arc<Subsystem>>,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub port_id: u16,
+    /// I/O queues the host may create (Set Features Number of Queues).
+    pub io_queues_granted: AtomicU32,
+    /// Upper bound for io_queues_granted.
+    pub io_queues_max: u32,
+    /// Connected I/O queue IDs (index = qid).
+    io_qids: Mutex<Vec<bool>>,
+    dead: AtomicBool,
+    events: Mutex<Events>,
+    events_flag: AtomicBool,
+    queue_counters: Mutex<Vec<Arc<QueueCounters>>>,
+    /// Keep Alive Timeout in ms (0 = off); admin queue owns the timer.
+    pub kato_ms: AtomicU32,
+}
+
+impl Controller {
+    pub fn new(
+        cntlid: u16,
+        kind: CtrlKind,
+        subsys: Option<Arc<Subsystem>>,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        port_id: u16,
+        io_queues_max: u32,
+    ) -> Controller {
+        Controller {
+            cntlid,
+            kind,
+            subsys,
+            hostnqn: hostnqn.to_string(),
+            hostid,
+            port_id,
+            io_queues_granted: AtomicU32::new(io_queues_max),
+            io_queues_max,
+            io_qids: Mutex::new(vec![false; io_queues_max as usize + 1]),
+            dead: AtomicBool::new(false),
+            events: Mutex::new(Events::default()),
+            events_flag: AtomicBool::new(false),
+            queue_counters: Mutex::new(Vec::new()),
+            kato_ms: AtomicU32::new(0),
+        }
+    }
+
+    pub fn nqn(&self) -> &str {
+        match &self.subsys {
+            Some(s) => &s.nqn,
+            None => nvmf_proto::DISCOVERY_NQN,
+        }
+    }
+
+    /// Mark the controller dead: its queues close on their next tick.
+    pub fn kill(&self, why: &str) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            tracing::info!("ctrl {} ({}) torn down: {why}", self.cntlid, self.nqn());
+        }
+    }
+    #[inline]
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Claim an I/O queue ID. Err(true): out of range; Err(false): already connected.
+    pub fn claim_qid(&self, qid: u16) -> Result<(), bool> {
+        let granted = self.io_queues_granted.load(Ordering::Relaxed);
+        if qid == 0 || qid as u32 > granted {
+            return Err(true);
+        }
+        let mut q = self.io_qids.lock().unwrap();
+        match q.get_mut(qid as usize) {
+            None => Err(true),
+            Some(true) => Err(false),
+            Some(slot) => {
+                *slot = true;
+                Ok(())
+            }
+        }
+    }
+    pub fn release_qid(&self, qid: u16) {
+        if let Some(s) = self.io_qids.lock().unwrap().get_mut(qid as usize) {
+            *s = false;
+        }
+    }
+    pub fn connected_io_queues(&self) -> usize {
+        self.io_qids.lock().unwrap().iter().filter(|x| **x).count()
+    }
+
+    pub fn register_counters(&self, c: Arc<QueueCounters>) {
+        self.queue_counters.lock().unwrap().push(c);
+    }
+    pub fn unregister_counters(&self, c: &Arc<QueueCounters>) {
+        self.queue_counters.lock().unwrap().retain(|x| !Arc::ptr_eq(x, c));
+    }
+    /// (read commands, write commands, read bytes, written bytes) over all queues.
+    pub fn io_totals(&self) -> (u64, u64, u64, u64) {
+        let l = self.queue_counters.lock().unwrap();
+        l.iter().fold((0, 0, 0, 0), |a, c| {
+            (
+                a.0 + c.read_cmds.load(Ordering::Relaxed),
+                a.1 + c.write_cmds.load(Ordering::Relaxed),
+                a.2 + c.read_bytes.load(Ordering::Relaxed),
+                a.3 + c.write_bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    // ------------------------------------------------------------ events
+
+    pub fn set_event_config(&self, v: u32) {
+        self.events.lock().unwrap().config = v;
+    }
+    pub fn event_config(&self) -> u32 {
+        self.events.lock().unwrap().config
+    }
+
+    /// Queue an event if the host enabled `cfg_bit` and the same log page is
+    /// not masked. `dw0` carries the log page in bits 23:16.
+    pub fn raise_event(&self, cfg_bit: u32, dw0: u32) {
+        let lid = (dw0 >> 16) & 0xff;
+        let mut e = self.events.lock().unwrap();
+        if e.config & cfg_bit == 0 || e.pending.len() >= EVENTS_PENDING_MAX {
+            return;
+        }
+        let bit = lid_mask_bit(lid);
+        if e.masked_lids & bit != 0 {
+            return;
+        }
+        e.masked_lids |= bit;
+        e.pending.push_back(dw0);
+        self.events_flag.store(true, Ordering::Release);
+    }
+
+    /// A namespace of this controller's subsystem changed.
+    pub fn namespace_changed(&self, nsid: u32) {
+        {
+            let mut e = self.events.lock().unwrap();
+            if e.changed_nsids.len() < CHANGED_NS_MAX + 1 && !e.changed_nsids.contains(&nsid) {
+                e.changed_nsids.push(nsid);
+            }
+        }
+        self.raise_event(aen::CFG_NS_ATTR, aen::dw0(aen::TYPE_NOTICE, aen::NOTICE_NS_CHANGED, 0x04));
+        self.raise_event(aen::CFG_ANA_CHANGE, aen::dw0(aen::TYPE_NOTICE, aen::NOTICE_ANA_CHANGE, 0x0c));
+    }
+
+    /// Cheap check for the admin queue's tick.
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        self.events_flag.load(Ordering::Acquire)
+    }
+    pub fn pop_event(&self) -> Option<u32> {
+        let mut e = self.events.lock().unwrap();
+        let v = e.pending.pop_front();
+        if e.pending.is_empty() {
+            self.events_flag.store(false, Ordering::Release);
+        }
+        v
+    }
+
+    /// A log page was read: unmask its events (and, for the changed
+    /// namespace list, return and clear it unless `retain`).
+    pub fn log_page_read(&self, lid: u8, retain: bool) -> Vec<u32> {
+        let mut e = self.events.lock().unwrap();
+        let out = if lid == 0x04 { e.changed_nsids.clone() } else { Vec::new() };
+        if !retain {
+            e.masked_lids &= !lid_mask_bit(lid as u32);
+            if lid == 0x04 {
+                e.changed_nsids.clear();
+            }
+        }
+        out
+    }
+}
+
+fn lid_mask_bit(lid: u32) -> u32 {
+    match lid {
+        0x04 => 1 << 0,
+        0x0c => 1 << 1,
+        0x70 => 1 << 2,
+        _ => 1 << 3,
+    }
+}

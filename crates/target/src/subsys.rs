@@ -1,0 +1,503 @@
+//! Runtime registry: the [`Target`] built from a [`TargetConfig`], its NVM
+//! subsystems, namespaces, listeners (ports), referrals and the controllers
+//! currently connected.
+//!
+//! Everything here is control plane: guarded by `Mutex`es and touched on
+//! Connect, on management calls and on admin commands. The I/O hot path only
+//! reads [`Subsystem::ns_generation`] with a relaxed load per command and
+//! refreshes its `Arc<NsTable>` snapshot when it moved, so namespaces can be
+//! added, removed or resized live.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nvmf_proto::opcodes::aen;
+use nvmf_proto::DISCOVERY_NQN;
+
+use crate::backend::Backend;
+use crate::config::{Limits, NamespaceConfig, SubsystemConfig, TargetConfig};
+use crate::ctrl::{Controller, CtrlKind};
+
+/// Largest NSID we hand out or accept (also reported as NN / MNAN).
+pub const NSID_MAX: u32 = 1024;
+/// ANA groups a subsystem may use (ANAGRPMAX / NANAGRPID).
+pub const ANA_GROUPS_MAX: u32 = 128;
+
+/// Errors of registry changes.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no subsystem {0}")]
+    NoSuchSubsystem(String),
+    #[error("subsystem {0} already exists")]
+    SubsystemExists(String),
+    #[error("namespace {nsid} already exists in {nqn}")]
+    NamespaceExists { nqn: String, nsid: u32 },
+    #[error("no namespace {nsid} in {nqn}")]
+    NoSuchNamespace { nqn: String, nsid: u32 },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("backend: {0}")]
+    Backend(#[from] io::Error),
+}
+
+/// One namespace: a backend plus its identity.
+pub struct Namespace {
+    pub nsid: u32,
+    pub backend: Arc<dyn Backend>,
+    /// 512 or 4096.
+    pub block_size: u32,
+    /// log2(block_size).
+    pub block_shift: u32,
+    pub nguid: [u8; 16],
+    pub uuid: [u8; 16],
+    pub eui64: [u8; 8],
+    pub ana_group: u32,
+}
+
+impl Namespace {
+    /// Capacity in logical blocks (read from the backend: it may be resized).
+    pub fn size_blocks(&self) -> u64 {
+        self.backend.size_bytes() >> self.block_shift
+    }
+}
+
+/// Namespaces of one subsystem, sorted by NSID; replaced as a whole on change.
+#[derive(Default)]
+pub struct NsTable {
+    pub list: Vec<Arc<Namespace>>,
+}
+
+impl NsTable {
+    pub fn get(&self, nsid: u32) -> Option<&Arc<Namespace>> {
+        self.list.binary_search_by_key(&nsid, |n| n.nsid).ok().map(|i| &self.list[i])
+    }
+    pub fn nsids(&self) -> Vec<u32> {
+        self.list.iter().map(|n| n.nsid).collect()
+    }
+}
+
+/// Controllers of one subsystem (or of the discovery service) by CNTLID.
+#[derive(Default)]
+pub struct CtrlTable {
+    pub by_id: BTreeMap<u16, Arc<Controller>>,
+    next_cntlid: u16,
+}
+
+/// Lowest and highest dynamic controller IDs (0xFFF0.. are reserved).
+const CNTLID_MIN: u16 = 1;
+const CNTLID_MAX: u16 = 0xffef;
+
+impl CtrlTable {
+    /// Pick a free CNTLID (round robin, so a fresh controller rarely reuses the
+    /// ID of one that just went away). `None` when `max` are in use.
+    fn alloc_cntlid(&mut self, max: usize) -> Option<u16> {
+        if self.by_id.len() >= max.min((CNTLID_MAX - CNTLID_MIN + 1) as usize) {
+            return None;
+        }
+        let mut id = self.next_cntlid.clamp(CNTLID_MIN, CNTLID_MAX);
+        loop {
+            if !self.by_id.contains_key(&id) {
+                self.next_cntlid = if id == CNTLID_MAX { CNTLID_MIN } else { id + 1 };
+                return Some(id);
+            }
+            id = if id == CNTLID_MAX { CNTLID_MIN } else { id + 1 };
+        }
+    }
+}
+
+/// One NVM subsystem.
+pub struct Subsystem {
+    pub nqn: String,
+    pub serial: String,
+    pub model: String,
+    pub allow_any_host: bool,
+    allowed_hosts: Mutex<Vec<String>>,
+    /// I/O queues a controller may create.
+    pub io_queues_max: u32,
+    /// I/O queue entries (CAP.MQES + 1).
+    pub queue_depth_max: u32,
+    ns: Mutex<Arc<NsTable>>,
+    /// Bumped on every namespace change; I/O queues compare it per command.
+    pub ns_generation: AtomicU64,
+    /// ANA change count (bumped on namespace or group changes).
+    pub ana_chgcnt: AtomicU64,
+    pub ctrls: Mutex<CtrlTable>,
+    /// Stable FGUID for Identify Controller.
+    pub fguid: [u8; 16],
+}
+
+impl Subsystem {
+    pub fn namespaces(&self) -> Arc<NsTable> {
+        self.ns.lock().unwrap().clone()
+    }
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.allowed_hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+    }
+    pub fn add_allowed_host(&self, hostnqn: &str) {
+        let mut l = self.allowed_hosts.lock().unwrap();
+        if !l.iter().any(|h| h == hostnqn) {
+            l.push(hostnqn.to_string());
+        }
+    }
+    pub fn controllers(&self) -> Vec<Arc<Controller>> {
+        self.ctrls.lock().unwrap().by_id.values().cloned().collect()
+    }
+    fn replace_ns(&self, f: impl FnOnce(&mut Vec<Arc<Namespace>>)) {
+        let mut g = self.ns.lock().unwrap();
+        let mut list = g.list.clone();
+        f(&mut list);
+        list.sort_by_key(|n| n.nsid);
+        *g = Arc::new(NsTable { list });
+        self.ns_generation.fetch_add(1, Ordering::Release);
+        self.ana_chgcnt.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Tell every controller of this subsystem that `nsid` changed.
+    fn ns_changed(&self, nsid: u32) {
+        for c in self.controllers() {
+            c.namespace_changed(nsid);
+        }
+    }
+}
+
+/// One listening port as the discovery log reports it.
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub port_id: u16,
+    pub addr: SocketAddr,
+    /// Subsystem NQNs exported here; empty = all.
+    pub subsystems: Vec<String>,
+    /// A dedicated discovery listener (no I/O subsystems reachable through it).
+    pub discovery_only: bool,
+}
+
+impl Port {
+    pub fn exports(&self, nqn: &str) -> bool {
+        !self.discovery_only && (self.subsystems.is_empty() || self.subsystems.iter().any(|s| s == nqn))
+    }
+}
+
+/// A referral to another discovery service.
+#[derive(Clone, Debug)]
+pub struct Referral {
+    pub addr: SocketAddr,
+    pub port_id: u16,
+}
+
+/// The whole target: configuration limits plus the live registry.
+pub struct Target {
+    pub limits: Limits,
+    subsystems: Mutex<Vec<Arc<Subsystem>>>,
+    ports: Mutex<Vec<Port>>,
+    referrals: Mutex<Vec<Referral>>,
+    /// Discovery log generation counter.
+    disc_genctr: AtomicU64,
+    discovery_ctrls: Mutex<CtrlTable>,
+}
+
+/// Opens a namespace backend (normally [`crate::backend::open`]).
+pub type BackendOpener<'a> = &'a dyn Fn(&NamespaceConfig) -> io::Result<Arc<dyn Backend>>;
+
+impl Target {
+    /// Build the registry from a configuration (normalized or not: absent
+    /// optional fields get the documented defaults here as well).
+    pub fn new(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Arc<Target>, RegistryError> {
+        let cfg = &cfg.normalized().map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let t = Arc::new(Target {
+            limits: cfg.limits.clone(),
+            subsystems: Mutex::new(Vec::new()),
+            ports: Mutex::new(Vec::new()),
+            referrals: Mutex::new(Vec::new()),
+            disc_genctr: AtomicU64::new(1),
+            discovery_ctrls: Mutex::new(CtrlTable::default()),
+        });
+        for s in &cfg.subsystems {
+            t.add_subsystem(s, open)?;
+        }
+        for r in &cfg.discovery.referrals {
+            let addr: SocketAddr =
+                r.addr.parse().map_err(|_| RegistryError::Invalid(format!("bad referral address {:?}", r.addr)))?;
+            let n = t.referrals.lock().unwrap().len() as u16;
+            t.referrals.lock().unwrap().push(Referral { addr, port_id: r.port_id.unwrap_or(n + 1) });
+        }
+        Ok(t)
+    }
+
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        self.subsystems.lock().unwrap().clone()
+    }
+    pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.subsystems.lock().unwrap().iter().find(|s| s.nqn == nqn).cloned()
+    }
+    pub fn ports(&self) -> Vec<Port> {
+        self.ports.lock().unwrap().clone()
+    }
+    pub fn referrals(&self) -> Vec<Referral> {
+        self.referrals.lock().unwrap().clone()
+    }
+    pub fn discovery_genctr(&self) -> u64 {
+        self.disc_genctr.load(Ordering::Acquire)
+    }
+
+    /// Add a subsystem with its namespaces.
+    pub fn add_subsystem(&self, s: &SubsystemConfig, open: BackendOpener<'_>) -> Result<Arc<Subsystem>, RegistryError> {
+        nvmf_proto::validate_nqn(&s.nqn).map_err(|e| RegistryError::Invalid(format!("{}: {e}", s.nqn)))?;
+        if s.nqn == DISCOVERY_NQN {
+            return Err(RegistryError::Invalid("a subsystem cannot use the discovery NQN".into()));
+        }
+        if self.subsystem(&s.nqn).is_some() {
+            return Err(RegistryError::SubsystemExists(s.nqn.clone()));
+        }
+        let h = fnv1a(s.nqn.as_bytes());
+        let mut fguid = [0u8; 16];
+        fguid[..8].copy_from_slice(&h.to_be_bytes());
+        fguid[8..].copy_from_slice(&fnv1a(&h.to_le_bytes()).to_be_bytes());
+        let sub = Arc::new(Subsystem {
+            nqn: s.nqn.clone(),
+            serial: s.serial.clone().unwrap_or_else(|| format!("{h:016x}")),
+            model: s.model.clone().unwrap_or_else(|| "nvmf".to_string()),
+            allow_any_host: s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty()),
+            allowed_hosts: Mutex::new(s.allowed_hosts.clone()),
+            io_queues_max: s.io_queues_max.unwrap_or(u32::MAX).min(self.limits.io_queues_max).max(1),
+            queue_depth_max: s.queue_depth_max.unwrap_or(u32::MAX).min(self.limits.queue_depth_max).max(2),
+            ns: Mutex::new(Arc::new(NsTable::default())),
+            ns_generation: AtomicU64::new(0),
+            ana_chgcnt: AtomicU64::new(1),
+            ctrls: Mutex::new(CtrlTable::default()),
+            fguid,
+        });
+        let mut next_nsid = 1;
+        for n in &s.namespaces {
+            let nsid = n.nsid.unwrap_or(next_nsid);
+            Self::insert_namespace(&sub, nsid, n, open)?;
+            next_nsid = next_nsid.max(nsid + 1);
+        }
+        self.subsystems.lock().unwrap().push(sub.clone());
+        self.discovery_changed();
+        Ok(sub)
+    }
+
+    /// Remove a subsystem: its controllers are torn down.
+    pub fn remove_subsystem(&self, nqn: &str) -> Result<(), RegistryError> {
+        let sub = {
+            let mut l = self.subsystems.lock().unwrap();
+            let pos = l.iter().position(|s| s.nqn == nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
+            l.remove(pos)
+        };
+        for c in sub.controllers() {
+            c.kill("subsystem removed");
+        }
+        self.discovery_changed();
+        Ok(())
+    }
+
+    fn insert_namespace(
+        sub: &Subsystem,
+        nsid: u32,
+        n: &NamespaceConfig,
+        open: BackendOpener<'_>,
+    ) -> Result<(), RegistryError> {
+        if nsid == 0 || nsid > NSID_MAX {
+            return Err(RegistryError::Invalid(format!("nsid {nsid} out of range 1..={NSID_MAX}")));
+        }
+        if sub.namespaces().get(nsid).is_some() {
+            return Err(RegistryError::NamespaceExists { nqn: sub.nqn.clone(), nsid });
+        }
+        let block_size = n.block_size.unwrap_or(512);
+        if block_size != 512 && block_size != 4096 {
+            return Err(RegistryError::Invalid(format!("block_size {block_size} (must be 512 or 4096)")));
+        }
+        let ana_group = n.ana_group.unwrap_or(1);
+        if ana_group == 0 || ana_group > ANA_GROUPS_MAX {
+            return Err(RegistryError::Invalid(format!("ana_group {ana_group} out of range 1..={ANA_GROUPS_MAX}")));
+        }
+        let backend = open(n)?;
+        let (nguid, uuid, eui64) = namespace_ids(&sub.nqn, nsid, n)?;
+        let ns = Arc::new(Namespace {
+            nsid,
+            backend,
+            block_size,
+            block_shift: block_size.trailing_zeros(),
+            nguid,
+            uuid,
+            eui64,
+            ana_group,
+        });
+        sub.replace_ns(|l| l.push(ns));
+        Ok(())
+    }
+
+    /// Add a namespace live; connected hosts get a Namespace Attribute Changed AEN.
+    pub fn add_namespace(&self, nqn: &str, n: &NamespaceConfig, open: BackendOpener<'_>) -> Result<u32, RegistryError> {
+        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
+        let nsid = match n.nsid {
+            Some(id) => id,
+            None => (1..=NSID_MAX)
+                .find(|id| sub.namespaces().get(*id).is_none())
+                .ok_or(RegistryError::Invalid("no free nsid".into()))?,
+        };
+        Self::insert_namespace(&sub, nsid, n, open)?;
+        sub.ns_changed(nsid);
+        Ok(nsid)
+    }
+
+    /// Remove a namespace live (commands already holding it finish on it).
+    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), RegistryError> {
+        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
+        if sub.namespaces().get(nsid).is_none() {
+            return Err(RegistryError::NoSuchNamespace { nqn: nqn.into(), nsid });
+        }
+        sub.replace_ns(|l| l.retain(|n| n.nsid != nsid));
+        sub.ns_changed(nsid);
+        Ok(())
+    }
+
+    /// Resize a namespace live (where its backend allows it).
+    pub fn resize_namespace(&self, nqn: &str, nsid: u32, new_size_bytes: u64) -> Result<(), RegistryError> {
+        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
+        let ns = sub.namespaces().get(nsid).cloned().ok_or(RegistryError::NoSuchNamespace { nqn: nqn.into(), nsid })?;
+        if !new_size_bytes.is_multiple_of(ns.block_size as u64) {
+            return Err(RegistryError::Invalid("size must be a multiple of the block size".into()));
+        }
+        ns.backend.resize(new_size_bytes)?;
+        sub.replace_ns(|_| {});
+        sub.ns_changed(nsid);
+        Ok(())
+    }
+
+    /// Register a listening port (called by the server once bound).
+    pub fn add_port(&self, p: Port) {
+        self.ports.lock().unwrap().push(p);
+        self.discovery_changed();
+    }
+    /// Forget a port by its port ID.
+    pub fn remove_port(&self, port_id: u16, addr: SocketAddr) {
+        self.ports.lock().unwrap().retain(|p| !(p.port_id == port_id && p.addr == addr));
+        self.discovery_changed();
+    }
+
+    /// Bump the discovery generation counter and notify discovery controllers.
+    pub fn discovery_changed(&self) {
+        self.disc_genctr.fetch_add(1, Ordering::AcqRel);
+        let ctrls: Vec<_> = self.discovery_ctrls.lock().unwrap().by_id.values().cloned().collect();
+        for c in ctrls {
+            c.raise_event(aen::CFG_DISC_CHANGE, aen::dw0(aen::TYPE_NOTICE, aen::NOTICE_DISC_CHANGE, 0x70));
+        }
+    }
+
+    /// Create a controller (admin Connect with a dynamic CNTLID).
+    pub fn create_controller(
+        &self,
+        kind: CtrlKind,
+        subsys: Option<Arc<Subsystem>>,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        port_id: u16,
+    ) -> Option<Arc<Controller>> {
+        let max = self.limits.controllers_per_subsystem_max as usize;
+        let table = match &subsys {
+            Some(s) => &s.ctrls,
+            None => &self.discovery_ctrls,
+        };
+        let mut t = table.lock().unwrap();
+        let cntlid = t.alloc_cntlid(max)?;
+        let io_queues = subsys.as_ref().map(|s| s.io_queues_max).unwrap_or(0);
+        let c = Arc::new(Controller::new(cntlid, kind, subsys.clone(), hostnqn, hostid, port_id, io_queues));
+        t.by_id.insert(cntlid, c.clone());
+        Some(c)
+    }
+
+    /// Find a live controller for an I/O queue Connect.
+    pub fn find_controller(&self, subsys: &Subsystem, cntlid: u16, hostnqn: &str) -> Option<Arc<Controller>> {
+        let t = subsys.ctrls.lock().unwrap();
+        t.by_id.get(&cntlid).filter(|c| c.hostnqn == hostnqn && !c.is_dead()).cloned()
+    }
+
+    /// Drop a controller from its table (its queues notice `dead` and close).
+    pub fn release_controller(&self, c: &Controller) {
+        let table = match &c.subsys {
+            Some(s) => &s.ctrls,
+            None => &self.discovery_ctrls,
+        };
+        let mut t = table.lock().unwrap();
+        if let Some(cur) = t.by_id.get(&c.cntlid) {
+            if std::ptr::eq(Arc::as_ptr(cur), c) {
+                t.by_id.remove(&c.cntlid);
+            }
+        }
+    }
+
+    /// Number of live controllers (all subsystems plus discovery).
+    pub fn controller_count(&self) -> usize {
+        let n: usize = self.subsystems().iter().map(|s| s.ctrls.lock().unwrap().by_id.len()).sum();
+        n + self.discovery_ctrls.lock().unwrap().by_id.len()
+    }
+}
+
+/// FNV-1a 64: stable, dependency-free hash for derived identifiers.
+pub fn fnv1a(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn parse_hex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], RegistryError> {
+    let digits: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    if digits.len() != 2 * N {
+        return Err(RegistryError::Invalid(format!("{what} {s:?}: expected {} hex digits", 2 * N)));
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        let hex = std::str::from_utf8(&digits[2 * i..2 * i + 2]).unwrap_or("zz");
+        *o = u8::from_str_radix(hex, 16).map_err(|_| RegistryError::Invalid(format!("{what} {s:?}: not hex")))?;
+    }
+    Ok(out)
+}
+
+/// (NGUID, UUID, EUI-64).
+type NsIds = ([u8; 16], [u8; 16], [u8; 8]);
+
+/// NGUID, UUID and EUI-64 of a namespace: configured, or derived stably from
+/// the subsystem NQN and NSID (so they survive restarts).
+fn namespace_ids(nqn: &str, nsid: u32, n: &NamespaceConfig) -> Result<NsIds, RegistryError> {
+    if n.nguid.is_some() && n.uuid.is_some() && n.eui64.is_some() {
+        // Normalized configuration: the config module owns the formats.
+        return n.ids().map_err(|e| RegistryError::Invalid(e.to_string()));
+    }
+    let mut seed = nqn.as_bytes().to_vec();
+    seed.extend_from_slice(&nsid.to_le_bytes());
+    let a = fnv1a(&seed);
+    let b = fnv1a(&a.to_le_bytes());
+    let mut derived = [0u8; 16];
+    derived[..8].copy_from_slice(&a.to_be_bytes());
+    derived[8..].copy_from_slice(&b.to_be_bytes());
+    let nguid = match &n.nguid {
+        Some(s) => parse_hex::<16>(s, "nguid")?,
+        None => derived,
+    };
+    let uuid = match &n.uuid {
+        Some(s) => parse_hex::<16>(s, "uuid")?,
+        None => {
+            // RFC 4122 version 4 / variant 1 bits on the derived bytes.
+            let mut u = derived;
+            u.reverse();
+            u[6] = (u[6] & 0x0f) | 0x40;
+            u[8] = (u[8] & 0x3f) | 0x80;
+            u
+        }
+    };
+    let eui64 = match &n.eui64 {
+        Some(s) => parse_hex::<8>(s, "eui64")?,
+        None => {
+            let mut e = [0u8; 8];
+            e.copy_from_slice(&derived[8..]);
+            e
+        }
+    };
+    Ok((nguid, uuid, eui64))
+}
