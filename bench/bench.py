@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""nvmf benchmark matrix against the wire's limit (driven by bench/run.sh).
+
+Target pinned to CPU 0, `nvmf perf` pinned to CPU 1, null namespace, loopback.
+Each matrix row is compared with the raw-TCP ping-pong of the same message
+sizes (request = what the host sends per I/O, response = what comes back):
+
+  row                          limit (ping-pong)              compared
+  4K randread QD1 poll         72/4120 QD1 busy-poll          avg latency
+  4K randread QD1 interrupt    72/4120 QD1 blocking           avg latency
+  4K randread QD32 / QD128     72/4120 QD32 / QD128 pipelined ops/s
+  4K randwrite QD32            4168/24 QD32 pipelined         ops/s
+  128K seq read QD8            72/131072 QD8                  throughput
+  128K seq write QD8           131144/24 QD8                  throughput
+
+Every row runs with digests off and on. With --repeat N the limit and its
+rows run next to each other, in alternating order, and medians are reported
+(the machine changes speed state every few minutes).
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVMF = os.path.join(ROOT, "target", "release", "nvmf")
+PINGPONG_RS = os.path.join(ROOT, "target", "release", "nvmf-pingpong")
+PINGPONG_C_SRC = os.environ.get("PINGPONG_C", "/work/shared/bench/pingpong.c")
+NQN = os.environ.get("NVMF_BENCH_NQN", "nqn.2026-11.io.nvmf:default")
+TARGET_CPU, HOST_CPU = "0", "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# (key, label, perf args, limit key, metric); metric: lat | ops | read_tput | write_tput
+ROWS = [
+    ("rr4k_qd1_poll", "4K randread QD1 poll", dict(rw="randread", bs="4k", iodepth=1, mode="poll"), "pp_qd1_poll", "lat"),
+    ("rr4k_qd1_int", "4K randread QD1 interrupt", dict(rw="randread", bs="4k", iodepth=1, mode="interrupt"),
+     "pp_qd1_block", "lat"),
+    ("rr4k_qd32", "4K randread QD32", dict(rw="randread", bs="4k", iodepth=32, mode="poll"), "pp_qd32", "ops"),
+    ("rr4k_qd128", "4K randread QD128", dict(rw="randread", bs="4k", iodepth=128, mode="poll"), "pp_qd128", "ops"),
+    ("rw4k_qd32", "4K randwrite QD32", dict(rw="randwrite", bs="4k", iodepth=32, mode="poll"), "pp_w4k_qd32", "ops"),
+    ("sr128k_qd8", "128K seq read QD8", dict(rw="read", bs="128k", iodepth=8, mode="poll"), "pp_r128k_qd8",
+     "read_tput"),
+    ("sw128k_qd8", "128K seq write QD8", dict(rw="write", bs="128k", iodepth=8, mode="poll"), "pp_w128k_qd8",
+     "write_tput"),
+]
+# key -> (req, resp, mode b|p, qd)
+LIMITS = {
+    "pp_qd1_poll": (72, 4120, "p", 1),
+    "pp_qd1_block": (72, 4120, "b", 1),
+    "pp_qd32": (72, 4120, "p", 32),
+    "pp_qd128": (72, 4120, "p", 128),
+    "pp_w4k_qd32": (4168, 24, "p", 32),
+    "pp_r128k_qd8": (72, 131072, "p", 8),
+    "pp_w128k_qd8": (131144, 24, "p", 8),
+}
+# Goals from the project brief: row key -> (ratio bound, "le" | "ge")
+GOALS = {
+    "rr4k_qd1_poll": (1.10, "le"),
+    "rr4k_qd1_int": (1.10, "le"),
+    "rr4k_qd32": (0.65, "ge"),
+    "rw4k_qd32": (0.75, "ge"),
+    "sr128k_qd8": (1.4, "ge"),
+    "sw128k_qd8": (1.4, "ge"),
+}
+DIGEST_COST_GOAL = 0.05  # digests on may cost at most 5% IOPS at QD32
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout_s=15.0):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("process exited early (rc %s)" % proc.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port %d did not open" % port)
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class PingPong:
+    def __init__(self):
+        self.kind = None
+        if os.path.exists(PINGPONG_RS):
+            self.kind, self.bin = "nvmf-pingpong", PINGPONG_RS
+        elif os.path.exists(PINGPONG_C_SRC) and shutil.which("gcc"):
+            d = tempfile.mkdtemp(prefix="nvmf-bench-")
+            self.bin = os.path.join(d, "pingpong")
+            subprocess.run(["gcc", "-O2", "-o", self.bin, PINGPONG_C_SRC], check=True)
+            self.kind = "pingpong.c (fallback: nvmf-pingpong not built)"
+        else:
+            raise RuntimeError("no ping-pong tool: build nvmf-pingpong or provide %s" % PINGPONG_C_SRC)
+        log("ping-pong tool: %s" % self.kind)
+
+    def run(self, key, secs):
+        req, resp, mode, qd = LIMITS[key]
+        port = free_port()
+        srv = subprocess.Popen(["taskset", "-c", TARGET_CPU, self.bin, "s", str(port), str(req), str(resp), mode],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port, srv)
+            cmd = ["taskset", "-c", HOST_CPU, self.bin, "c", str(port), str(req), str(resp), mode, str(secs), str(qd)]
+            json_mode = self.kind == "nvmf-pingpong"
+            if json_mode:
+                cmd.append("--json")
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30).stdout.strip()
+        finally:
+            stop(srv)
+        if json_mode:
+            r = json.loads(out.splitlines()[-1])
+        else:  # key=value text of pingpong.c
+            kv = dict(t.split("=", 1) for t in out.split() if "=" in t)
+            r = {"ops_per_s": float(kv["ops/s"]), "mib_s_resp": float(kv.get("MiB/s(resp)", 0)),
+                 "mib_s_req": float(kv.get("MiB/s(req)", 0))}
+            for a, b in [("avg_us", "avg_us"), ("p50_us", "p50_us"), ("p99_us", "p99_us"), ("p99_9_us", "p99.9_us")]:
+                if b in kv:
+                    r[a] = float(kv[b])
+            if "mib_s_resp" not in r or not r["mib_s_resp"]:
+                r["mib_s_resp"] = r["ops_per_s"] * resp / 1048576
+                r["mib_s_req"] = r["ops_per_s"] * req / 1048576
+        r["key"] = key
+        return r
+
+
+def run_nvmf_row(row, digests, secs):
+    key, label, a, _, _ = row
+    port = free_port()
+    tgt = subprocess.Popen([NVMF, "target", "--cores", TARGET_CPU, "--mode", a["mode"], "--namespace", "null:1TiB",
+                            "--listen", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        wait_port(port, tgt)
+        cmd = [NVMF, "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--rw", a["rw"], "--bs", a["bs"],
+               "--iodepth", str(a["iodepth"]), "--runtime", str(secs), "--cores", HOST_CPU, "--mode", a["mode"],
+               "--output-format", "json"]
+        if digests:
+            cmd += ["-g", "-G"]
+        cpu0, t0 = proc_cpu_s(tgt.pid), time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 90)
+        cpu1, t1 = proc_cpu_s(tgt.pid), time.time()
+        rss = proc_rss_kib(tgt.pid)
+    finally:
+        stop(tgt)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError("%s: nvmf perf failed (rc %d): %s" % (label, p.returncode, p.stderr.strip()[-500:]))
+    r = json.loads(lines[-1])
+    r["target_cpu_percent"] = 100.0 * (cpu1 - cpu0) / max(t1 - t0, 1e-9)
+    r["target_rss_kib"] = rss
+    r["perf_rc"] = p.returncode
+    return r
+
+
+def host_cpu(r):
+    c = r.get("cpu") or []
+    return c[0]["busy_percent"] if c else None
+
+
+def ratio(row, res, lim):
+    metric = row[4]
+    if metric == "lat":
+        return res["latency_us"]["avg"] / lim["avg_us"] if lim.get("avg_us") else None
+    if metric == "ops":
+        return res["iops"] / lim["ops_per_s"] if lim["ops_per_s"] else None
+    if metric == "read_tput":
+        return res["mib_per_s"] / lim["mib_s_resp"] if lim["mib_s_resp"] else None
+    return res["mib_per_s"] / lim["mib_s_req"] if lim["mib_s_req"] else None
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def rss_section(secs_hold=3):
+    """Target RSS with 0, 1, 100 and 1000 idle I/O queues (interrupt mode: the target sleeps)."""
+    out = {}
+    port = free_port()
+    tgt = subprocess.Popen([NVMF, "target", "--cores", TARGET_CPU, "--mode", "interrupt", "--namespace", "null:1TiB",
+                            "--listen", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, tgt)
+        time.sleep(0.5)
+        out["0"] = proc_rss_kib(tgt.pid)
+        for n in (1, 100, 1000):
+            tool = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "idle_queues.py"), "127.0.0.1",
+                                     str(port), NQN, str(n), "--hold-s", "120"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                line = tool.stdout.readline().strip()
+                if not line.startswith("READY"):
+                    err = tool.stderr.read() if tool.poll() is not None else ""
+                    out[str(n)] = None
+                    out["error_%d" % n] = (line + " " + err.strip())[-300:]
+                    continue
+                time.sleep(secs_hold)
+                out[str(n)] = proc_rss_kib(tgt.pid)
+                out["controllers_%d" % n] = int(line.split()[2])
+            finally:
+                tool.stdin.close()
+                try:
+                    tool.wait(10)
+                except subprocess.TimeoutExpired:
+                    tool.kill()
+                    tool.wait()
+            time.sleep(1.0)
+    finally:
+        stop(tgt)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="1 s per run, one repeat")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    ap.add_argument("--runtime", type=int, default=5, help="seconds per run")
+    ap.add_argument("--rows", default="", help="comma-separated row keys (default: all)")
+    ap.add_argument("--no-digests", action="store_true", help="skip the digests-on runs")
+    ap.add_argument("--no-rss", action="store_true", help="skip the idle-queue RSS measurement")
+    ap.add_argument("--limits-only", action="store_true", help="only the ping-pong limits")
+    args = ap.parse_args()
+    secs = 1 if args.quick else args.runtime
+    repeat = 1 if args.quick else max(1, args.repeat)
+    rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    digest_modes = [False] if args.no_digests else [False, True]
+    pp = PingPong()
+
+    limits = {}  # key -> [results]
+    results = {}  # (row key, digests) -> [results]
+    errors = []
+    groups = []  # (limit key, [rows])
+    for r in rows:
+        for g in groups:
+            if g[0] == r[3]:
+                g[1].append(r)
+                break
+        else:
+            groups.append((r[3], [r]))
+    for rep in range(repeat):
+        for lk, grows in groups:
+            jobs = [("limit", lk, None)]
+            if not args.limits_only:
+                jobs += [("row", r, d) for r in grows for d in digest_modes]
+            if rep % 2 == 1:
+                jobs.reverse()
+            for kind, what, d in jobs:
+                try:
+                    if kind == "limit":
+                        log("[%d/%d] ping-pong %s %s" % (rep + 1, repeat, what, LIMITS[what]))
+                        limits.setdefault(what, []).append(pp.run(what, secs))
+                    else:
+                        log("[%d/%d] nvmf %s digests=%s" % (rep + 1, repeat, what[1], "on" if d else "off"))
+                        results.setdefault((what[0], d), []).append(run_nvmf_row(what, d, secs))
+                except Exception as e:  # keep going: one broken row must not hide the others
+                    msg = "%s: %s" % (what if kind == "limit" else what[1], e)
+                    log("  FAILED " + msg)
+                    errors.append(msg)
+
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+              "runtime_s": secs, "repeat": repeat, "pingpong": pp.kind, "rows": [], "limits": {}, "errors": errors}
+    for lk, rs in limits.items():
+        report["limits"][lk] = {
+            "req": LIMITS[lk][0], "resp": LIMITS[lk][1], "mode": LIMITS[lk][2], "qd": LIMITS[lk][3],
+            "ops_per_s": med([r["ops_per_s"] for r in rs]), "avg_us": med([r.get("avg_us") for r in rs]),
+            "p50_us": med([r.get("p50_us") for r in rs]), "p99_us": med([r.get("p99_us") for r in rs]),
+            "p99_9_us": med([r.get("p99_9_us") for r in rs]),
+            "mib_s_resp": med([r["mib_s_resp"] for r in rs]), "mib_s_req": med([r["mib_s_req"] for r in rs])}
+    for r in rows:
+        for d in digest_modes:
+            rs = results.get((r[0], d), [])
+            if not rs:
+                continue
+            lim = report["limits"].get(r[3])
+            ent = {"key": r[0], "label": r[1], "digests": d, "limit": r[3], "metric": r[4],
+                   "iops": med([x["iops"] for x in rs]), "mib_per_s": med([x["mib_per_s"] for x in rs]),
+                   "lat_avg_us": med([x["latency_us"]["avg"] for x in rs]),
+                   "lat_p50_us": med([x["latency_us"]["p50"] for x in rs]),
+                   "lat_p99_us": med([x["latency_us"]["p99"] for x in rs]),
+                   "lat_p99_9_us": med([x["latency_us"]["p99_9"] for x in rs]),
+                   "errors": sum(x["errors"] + x.get("verify_errors", 0) for x in rs),
+                   "host_cpu_percent": med([host_cpu(x) for x in rs]),
+                   "target_cpu_percent": med([x["target_cpu_percent"] for x in rs]),
+                   "ratio": med([ratio(r, x, lim) for x in rs]) if lim else None}
+            g = GOALS.get(r[0])
+            if g and ent["ratio"] is not None and not d:
+                ent["goal"] = "%s %.2f" % ("<=" if g[1] == "le" else ">=", g[0])
+                ent["goal_met"] = ent["ratio"] <= g[0] if g[1] == "le" else ent["ratio"] >= g[0]
+            report["rows"].append(ent)
+    # Digest cost at QD32 (4K randread).
+    off = next((e for e in report["rows"] if e["key"] == "rr4k_qd32" and not e["digests"]), None)
+    on = next((e for e in report["rows"] if e["key"] == "rr4k_qd32" and e["digests"]), None)
+    if off and on and off["iops"]:
+        cost = 1 - on["iops"] / off["iops"]
+        report["digest_cost_qd32"] = {"cost": cost, "goal": "<= %.2f" % DIGEST_COST_GOAL,
+                                      "goal_met": cost <= DIGEST_COST_GOAL}
+    if not args.no_rss and not args.quick and not args.limits_only:
+        try:
+            log("target RSS with idle I/O queues")
+            report["target_rss_kib"] = rss_section()
+        except Exception as e:
+            errors.append("rss: %s" % e)
+
+    print_table(report)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
+    path = os.path.join(ROOT, "target", "bench", "results-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    log("results: %s" % path)
+    return 1 if errors or any(e["errors"] for e in report["rows"]) else 0
+
+
+def fmt(v, spec="%.2f"):
+    return "-" if v is None else spec % v
+
+
+def print_table(rep):
+    out = sys.stderr if "--json" in sys.argv else sys.stdout
+    p = lambda s="": print(s, file=out)
+    p("nvmf benchmark %s  (%s, %d s x %d, ping-pong: %s)" % (rep["date"], rep["machine"]["uname"].split()[2],
+                                                              rep["runtime_s"], rep["repeat"], rep["pingpong"]))
+    p("limits (raw TCP ping-pong, server cpu %s, client cpu %s):" % (TARGET_CPU, HOST_CPU))
+    for k, l in rep["limits"].items():
+        p("  %-13s %6d/%-6d %s QD%-3d  %10.0f ops/s  avg %s us  p99 %s us  %8.1f MiB/s resp  %8.1f MiB/s req" % (
+            k, l["req"], l["resp"], l["mode"], l["qd"], l["ops_per_s"], fmt(l["avg_us"]), fmt(l["p99_us"]),
+            l["mib_s_resp"], l["mib_s_req"]))
+    p("%-27s %-3s %10s %9s %8s %8s %8s %8s %7s %6s %6s %s" % ("row", "dg", "IOPS", "MiB/s", "avg us", "p50", "p99",
+                                                            "p99.9", "ratio", "hcpu%", "tcpu%", "goal"))
+    for e in rep["rows"]:
+        goal = ""
+        if "goal" in e:
+            goal = "%s %s" % (e["goal"], "met" if e["goal_met"] else "NOT met")
+        p("%-27s %-3s %10.0f %9.1f %8s %8s %8s %8s %7s %6s %6s %s%s" % (
+            e["label"], "on" if e["digests"] else "off", e["iops"], e["mib_per_s"], fmt(e["lat_avg_us"]),
+            fmt(e["lat_p50_us"]), fmt(e["lat_p99_us"]), fmt(e["lat_p99_9_us"]), fmt(e["ratio"], "%.3f"),
+            fmt(e["host_cpu_percent"], "%.0f"), fmt(e["target_cpu_percent"], "%.0f"), goal,
+            "  ERRORS %d" % e["errors"] if e["errors"] else ""))
+    if "digest_cost_qd32" in rep:
+        d = rep["digest_cost_qd32"]
+        p("digest cost at 4K randread QD32: %.1f%% IOPS (goal %s: %s)" % (100 * d["cost"], d["goal"],
+                                                                       "met" if d["goal_met"] else "NOT met"))
+    if "target_rss_kib" in rep:
+        p("target RSS (KiB) by idle I/O queues: %s" % json.dumps(rep["target_rss_kib"]))
+    for e in rep["errors"]:
+        p("error: %s" % e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
