@@ -416,21 +416,19 @@ c_target_allow_host() {
         ALLOWED=$ALLOWED_HOSTNQN
     talive t3
 }
-# socat_pids PORT: the guestfwd socat processes (children of our qemu) for host PORT
+# socat_pids PORT: the guestfwd socat processes of our target VM for host PORT.
+# slirp double-forks them (parent: init), so they are found by their exact command
+# line, which names this VM instance's own log file (see vm.sh qemu_cmd).
 socat_pids() {
-    local qpid p
-    qpid=$(cat "$NVMF_INTEROP_STATE/qemu.pid" 2>/dev/null) || return 0
+    local want p
+    want="socat -lf $LAB_CACHE/vm/nvmf-target/guestfwd.log - TCP4:127.0.0.1:$1 "
     for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [ "$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)" = "$qpid" ] || continue
-        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "socat .*TCP4:127.0.0.1:$1\b" && echo "$p"
+        [ "$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" = "$want" ] && echo "${p#/proc/}"
     done
     return 0
 }
 c_target_kill_mid_io() {
     tenv; tneed t1 || return 1
-    vm_env target
-    NVMF_INTEROP_STATE=$LAB_CACHE/vm/$NVMF_INTEROP_NAME
     local pids
     step "1: kill the TCP connections (guestfwd socat) under a running fio"
     gexec target 60 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start
