@@ -6,14 +6,41 @@
 //!   connection (IC exchange, command IDs, in-capsule data, R2T / H2CData,
 //!   C2HData reassembly, digests, TermReq, per-command timeouts). It is
 //!   driven by bytes and milliseconds, so it runs under a blocking socket
-//!   ([`controller`]) as well as inside an `nvmf_engine::Handler`.
+//!   ([`conn`]) as well as inside an `nvmf_engine::Handler` (`perf`).
+//! * [`conn`]: [`QueueConn`], one queue over a blocking `TcpStream`
+//!   (TCP_NODELAY), with an explicit submit / poll API.
+//! * [`controller`]: [`Controller`], the bring-up of a controller (admin
+//!   queue, CC.EN / CSTS.RDY, Identify, I/O queues), admin commands, keep
+//!   alive, asynchronous events, blocking I/O helpers and the reconnect
+//!   policy ([`ConnectOptions`], named like Linux's options).
+//! * [`discovery`]: [`discover`], a discovery log in one call.
 //!
-//! The blocking controller driver, discovery and options live in further
-//! modules of this crate.
+//! ```no_run
+//! use nvmf_host::{discover, ConnectOptions, Controller};
+//!
+//! # fn main() -> Result<(), nvmf_host::Error> {
+//! for e in discover("127.0.0.1:8009", ConnectOptions::default())?.entries {
+//!     let mut ctrl = Controller::connect((e.traddr.as_str(), e.trsvcid.parse().unwrap_or(4420)), ConnectOptions::new(&e.subnqn))?;
+//!     println!("{} has namespaces {:?}", e.subnqn, ctrl.active_namespaces()?);
+//!     ctrl.disconnect()?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_debug_implementations)]
 
+pub mod conn;
+pub mod controller;
+pub mod discovery;
+pub mod error;
+pub mod options;
 pub mod queue;
 
+pub use conn::QueueConn;
+pub use controller::{AsyncEvent, Controller};
+pub use discovery::{discover, DiscoveryEntry, DiscoveryLog};
+pub use error::{Error, Result};
+pub use options::ConnectOptions;
 pub use queue::{Completion, DataDir, Fate, HostQueue, QueueConfig, QueueError, Request, SubmitError};
 
 pub mod perf;

@@ -1,0 +1,206 @@
+//! Blocking driver of one [`HostQueue`] over a `std::net::TcpStream`.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::queue::{Completion, HostQueue, QueueConfig, Request, SubmitError};
+
+/// How long one blocking read waits before the driver checks command timeouts.
+const POLL_SLICE_MS: u64 = 100;
+/// Extra receive room beyond the largest PDU, so several small PDUs fit per read.
+const RX_SLACK_BYTES: usize = 64 * 1024;
+
+/// One connected NVMe/TCP queue: socket, state machine, receive buffer.
+#[derive(Debug)]
+pub struct QueueConn {
+    sock: TcpStream,
+    q: HostQueue,
+    rx: Vec<u8>,
+    rx_len: usize,
+    epoch: Instant,
+    /// Completions popped while waiting for another command.
+    stash: VecDeque<Completion>,
+    expired: Vec<u16>,
+}
+
+impl QueueConn {
+    /// TCP connect (TCP_NODELAY), then ICReq/ICResp within `timeout`.
+    pub fn connect(addr: SocketAddr, cfg: QueueConfig, timeout: Duration) -> Result<QueueConn> {
+        let sock = TcpStream::connect_timeout(&addr, timeout)?;
+        sock.set_nodelay(true)?;
+        sock.set_write_timeout(Some(Duration::from_millis(crate::queue::IO_COMMAND_TIMEOUT_MS)))?;
+        let q = HostQueue::new(cfg);
+        let rx = vec![0u8; q.rx_pdu_len_max() + RX_SLACK_BYTES];
+        let depth = q.config().queue_depth as usize;
+        let mut c =
+            QueueConn { sock, q, rx, rx_len: 0, epoch: Instant::now(), stash: VecDeque::new(), expired: Vec::new() };
+        c.stash.reserve(depth);
+        c.expired.reserve(depth);
+        c.flush()?;
+        let deadline = Instant::now() + timeout;
+        while !c.q.is_ready() {
+            if Instant::now() >= deadline {
+                c.q.fail("no ICResp in time");
+                return Err(Error::Timeout("ICResp"));
+            }
+            c.pump(Some(deadline))?;
+        }
+        Ok(c)
+    }
+
+    /// The queue state machine (for `set_in_capsule_data_max_bytes`, counters...).
+    pub fn queue(&self) -> &HostQueue {
+        &self.q
+    }
+    pub fn queue_mut(&mut self) -> &mut HostQueue {
+        &mut self.q
+    }
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.sock.peer_addr().ok()
+    }
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Submit and send a command; returns its CID. Once a CID is returned the
+    /// command completes exactly once through [`next_completion`](Self::next_completion)
+    /// or [`wait_for`](Self::wait_for), also when sending fails (then with an
+    /// unknown fate). A refused request comes back inside the error.
+    pub fn submit(&mut self, req: Request) -> std::result::Result<u16, SubmitError> {
+        let now = self.now_ms();
+        let cid = self.q.submit(req, now)?;
+        let _ = self.flush(); // a send failure fails the queue, which completes the command
+        Ok(cid)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.q.output().is_empty() {
+            return Ok(());
+        }
+        let r = self.sock.write_all(self.q.output());
+        self.q.clear_output();
+        if let Err(e) = r {
+            self.q.fail("send failed");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Read once (waiting until `deadline` at most, `None` = do not wait),
+    /// feed the queue, send what it produced, check timeouts. An `Err` means
+    /// the queue failed; its commands are then completed with an unknown fate.
+    pub fn pump(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if let Some(e) = self.q.error() {
+            return Err(e.clone().into());
+        }
+        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let slice = wait.map(|w| w.min(Duration::from_millis(POLL_SLICE_MS)));
+        let res = match slice {
+            None => self.sock.set_nonblocking(true).and_then(|_| {
+                let r = self.sock.read(&mut self.rx[self.rx_len..]);
+                self.sock.set_nonblocking(false)?;
+                r
+            }),
+            Some(s) => self
+                .sock
+                .set_read_timeout(Some(s.max(Duration::from_millis(1))))
+                .and_then(|_| self.sock.read(&mut self.rx[self.rx_len..])),
+        };
+        match res {
+            Ok(0) => {
+                self.q.fail("connection closed by the controller");
+                return Err(Error::Io(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "connection closed by controller",
+                )));
+            }
+            Ok(n) => {
+                self.rx_len += n;
+                let used = self.q.receive(&self.rx[..self.rx_len]);
+                // A TermReq may be queued even when receive failed: send it first.
+                let flushed = self.flush();
+                let used = used?;
+                flushed?;
+                self.rx.copy_within(used..self.rx_len, 0);
+                self.rx_len -= used;
+                debug_assert!(self.rx_len < self.rx.len(), "framer bounds PDUs below the buffer size");
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => {
+                self.q.fail("receive failed");
+                return Err(e.into());
+            }
+        }
+        self.expired.clear();
+        let now = self.now_ms();
+        if self.q.on_tick(now, &mut self.expired) > 0 {
+            // No Abort support yet: a timed out command resets the queue (the
+            // controller driver reconnects), as Linux falls back to after Abort.
+            let e = self.q.fail("command timeout");
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+            tracing::warn!(qid = self.q.qid(), "command timeout: failing the queue");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The next completion, waiting until `deadline` (`None`: don't wait).
+    pub fn next_completion(&mut self, deadline: Option<Instant>) -> Result<Option<Completion>> {
+        loop {
+            if let Some(c) = self.stash.pop_front().or_else(|| self.q.pop_completion()) {
+                return Ok(Some(c));
+            }
+            if let Some(e) = self.q.error() {
+                return Err(e.clone().into());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            // An error here has completed every command: the loop returns them first.
+            let r = self.pump(deadline);
+            if deadline.is_none() {
+                r?;
+                return Ok(self.q.pop_completion());
+            }
+        }
+    }
+
+    /// Wait for the completion of `cid`, keeping others for later.
+    pub fn wait_for(&mut self, cid: u16) -> Result<Completion> {
+        loop {
+            if let Some(pos) = self.stash.iter().position(|c| c.cid == cid) {
+                return Ok(self.stash.remove(pos).expect("position is in range"));
+            }
+            while let Some(c) = self.q.pop_completion() {
+                if c.cid == cid {
+                    return Ok(c);
+                }
+                self.stash.push_back(c);
+            }
+            if let Some(e) = self.q.error() {
+                return Err(e.clone().into());
+            }
+            let _ = self.pump(Some(Instant::now() + Duration::from_millis(POLL_SLICE_MS)));
+        }
+    }
+
+    /// Completions other commands produced while someone waited (AERs...).
+    pub fn take_stashed(&mut self) -> Option<Completion> {
+        self.stash.pop_front()
+    }
+
+    /// Submit and wait for one command.
+    pub fn execute(&mut self, req: Request) -> Result<Completion> {
+        let cid = self.submit(req).map_err(|e| Error::Submit(e.kind))?;
+        self.wait_for(cid)
+    }
+
+    /// Fail the queue and close the socket.
+    pub fn close(&mut self, why: &'static str) {
+        self.q.fail(why);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}

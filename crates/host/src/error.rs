@@ -1,0 +1,57 @@
+//! Errors of the blocking driver.
+
+use std::io;
+
+use nvmf_proto::Status;
+
+use crate::queue::{QueueError, SubmitErrorKind};
+
+/// What went wrong talking to a controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Socket error (connect, read, write).
+    #[error("transport I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The NVMe/TCP queue failed (protocol violation, TermReq, timeout recovery).
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    /// The controller completed a command with an error status.
+    #[error("{what}: NVMe status {status}")]
+    Status { what: &'static str, status: Status },
+    /// A command was sent but the connection died before its answer: it may
+    /// or may not have been executed (a write is not retried automatically).
+    #[error("{what}: fate unknown (connection lost after the command was sent)")]
+    FateUnknown { what: &'static str },
+    /// The controller did not answer in time.
+    #[error("{0}: timed out")]
+    Timeout(&'static str),
+    /// The controller answered something we cannot use (bad CAP, CSTS.CFS...).
+    #[error("controller error: {0}")]
+    Controller(String),
+    /// The caller asked for something impossible (bad option, buffer size...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A submit was refused by the queue.
+    #[error("submit refused: {0}")]
+    Submit(SubmitErrorKind),
+    /// The controller was lost for good (ctrl_loss_tmo expired) or disconnected.
+    #[error("controller is gone: {0}")]
+    Gone(String),
+}
+
+impl Error {
+    /// The NVMe status, when the controller answered with an error.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Error::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    /// Transport-level failure (worth a reconnect), as opposed to a command error.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Error::Io(_) | Error::Queue(_) | Error::FateUnknown { .. } | Error::Timeout(_))
+    }
+}
+
+/// Result of the blocking driver.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
