@@ -5,7 +5,6 @@
 //! connection owned by one engine core (see `nvmf_host::perf`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nvmf_host::perf::{parse_size, PerfConfig, RwPattern};
@@ -144,13 +143,14 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         cfg.header_digest,
         cfg.data_digest,
     )
+    .map_err(anyhow::Error::msg)
     .with_context(|| format!("admin queue bring-up with {addr}"))?;
     let facts = admin.facts().clone();
     let interval = admin.keep_alive_interval();
     let mut admin = admin;
     let mut keep_alive = || admin.keep_alive();
-    let summary = nvmf_host::perf::run::run(&cfg, addr, &facts, interval, &mut keep_alive, true)
-        .map_err(anyhow::Error::msg)?;
+    let summary =
+        nvmf_host::perf::run::run(&cfg, addr, &facts, interval, &mut keep_alive, true).map_err(anyhow::Error::msg)?;
     admin.disconnect();
     if a.output_format == "json" {
         println!("{}", summary.to_json(config_json(&a, &cfg)));
@@ -175,7 +175,6 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     if summary.reads + summary.writes == 0 {
         bail!("no I/O completed");
     }
-    let _ = Duration::ZERO;
     Ok(())
 }
 

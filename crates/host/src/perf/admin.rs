@@ -1,9 +1,11 @@
 //! Admin queue of a perf run: connect, enable, identify, ask for I/O queues,
 //! keep alive, disconnect. Blocking (std `TcpStream`) over a [`HostQueue`].
 //!
-//! This is the minimum `nvmf perf` needs; it is meant to be replaced by (or
-//! wrap) the host library's general blocking controller driver once that
-//! exists, keeping [`AdminSession`]'s small interface.
+//! This is the minimum `nvmf perf` needs. The library's general
+//! [`crate::Controller`] always connects its own blocking I/O queues, while
+//! perf's I/O queues live on engine cores; once the controller can be brought
+//! up admin-only (Set Features Number of Queues, no I/O queue connects), this
+//! module should wrap it, keeping [`AdminSession`]'s small interface.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +18,7 @@ use nvmf_proto::opcodes::{admin, cns, fid};
 use nvmf_proto::Sqe;
 
 use super::run::ControllerFacts;
+use crate::options::{default_hostid, default_hostnqn};
 use crate::queue::{Completion, HostQueue, QueueConfig, Request};
 
 /// Keep Alive Timeout we ask for; Keep Alive is sent every third of it.
@@ -36,33 +39,6 @@ pub struct AdminSession {
     facts: ControllerFacts,
 }
 
-/// The host NQN: the given one, else /etc/nvme/hostnqn, else a UUID NQN from `hostid`.
-pub fn default_hostnqn(hostid: &[u8; 16]) -> String {
-    if let Ok(s) = std::fs::read_to_string("/etc/nvme/hostnqn") {
-        let s = s.trim();
-        if nvmf_proto::validate_nqn(s).is_ok() {
-            return s.to_string();
-        }
-    }
-    let h = hostid;
-    format!(
-        "nqn.2014-08.org.nvmexpress:uuid:{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]
-    )
-}
-
-fn random_hostid() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut id)).is_ok();
-    if !ok {
-        let t = super::stats::monotonic_ns() ^ std::process::id() as u64;
-        id[..8].copy_from_slice(&t.to_le_bytes());
-    }
-    id[6] = (id[6] & 0x0f) | 0x40; // UUID v4
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
-}
-
 impl AdminSession {
     /// Connect the admin queue to `subnqn` at `addr`, enable the controller,
     /// identify it and namespace `nsid`, and ask for `io_queues` I/O queues.
@@ -75,7 +51,8 @@ impl AdminSession {
         hdr_digest: bool,
         data_digest: bool,
     ) -> Result<AdminSession, String> {
-        let hostid = random_hostid();
+        // Same identity as the other host tools (/etc/nvme/hostid and hostnqn).
+        let hostid = default_hostid();
         let hostnqn = match hostnqn {
             Some(h) => h.to_string(),
             None => default_hostnqn(&hostid),
