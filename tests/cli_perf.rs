@@ -1,0 +1,113 @@
+//! `nvmf perf` against `nvmf target` (both the real binary): JSON report
+//! keys, verify with zero errors, exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NVMF: &str = env!("CARGO_BIN_EXE_nvmf");
+const NQN: &str = "nqn.2026-11.io.nvmf:default";
+
+struct Target {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `nvmf target` on a kernel-chosen port and read the port from its summary line.
+fn start_target(namespace: &str) -> Target {
+    let mut child = Command::new(NVMF)
+        .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
+        .args(["--namespace", namespace])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nvmf target");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        // "nvmf target: serving 1 subsystem on 127.0.0.1:PORT (...)"
+        if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
+            let port: u16 = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+            // Keep draining stdout so the target never blocks on a full pipe.
+            std::thread::spawn(move || for _ in out.lines() {});
+            return Target { child, port };
+        }
+    }
+    let _ = child.kill();
+    panic!("nvmf target did not report its address (last line {line:?})");
+}
+
+fn perf(t: &Target, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let port = t.port.to_string();
+    let out = Command::new(NVMF)
+        .args(["perf", "-a", "127.0.0.1", "-s", &port, "-n", NQN, "--output-format", "json"])
+        .args(args)
+        .output()
+        .expect("run nvmf perf");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn assert_report_keys(j: &serde_json::Value) {
+    for k in ["iops", "mib_per_s", "errors", "verify_errors", "reads", "writes", "runtime_s", "config", "latency_us"] {
+        assert!(j.get(k).is_some(), "report lacks {k}: {j}");
+    }
+    for k in ["avg", "min", "max", "p50", "p90", "p99", "p99_9", "p99_99"] {
+        assert!(j["latency_us"].get(k).is_some(), "latency_us lacks {k}: {j}");
+    }
+}
+
+#[test]
+fn randrw_verify_against_nvmf_target() {
+    let t = start_target("ram:32MiB");
+    let (rc, j, err) = perf(
+        &t,
+        &["--rw", "randrw", "--verify", "--runtime", "2", "--iodepth", "8", "--nr-io-queues", "2", "--size", "8MiB"],
+    );
+    assert_eq!(rc, 0, "perf failed: {err}\n{j}");
+    assert_report_keys(&j);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["verify_errors"], 0, "{j}");
+    assert!(j["reads"].as_u64().unwrap() > 0 && j["writes"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
+}
+
+#[test]
+fn large_seq_write_verify_with_digests() {
+    // 128 KiB writes go through R2T/H2CData; the readback checks every unit written.
+    let t = start_target("ram:32MiB");
+    let (rc, j, err) = perf(
+        &t,
+        &["--rw", "write", "--bs", "128k", "--verify", "--runtime", "1", "--iodepth", "4", "--size", "4MiB", "-g", "-G"],
+    );
+    assert_eq!(rc, 0, "perf failed: {err}\n{j}");
+    assert_eq!((j["errors"].as_u64(), j["verify_errors"].as_u64()), (Some(0), Some(0)), "{j}");
+    assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
+}
+
+#[test]
+fn bad_arguments_and_missing_namespace_fail() {
+    let t = start_target("null:1GiB");
+    let (rc, _, err) = perf(&t, &["--runtime", "1", "--namespace-id", "9"]);
+    assert_ne!(rc, 0, "a missing namespace must fail: {err}");
+    let (rc, _, _) = perf(&t, &["--rw", "sideways"]);
+    assert_ne!(rc, 0);
+}
