@@ -517,3 +517,51 @@ fn async_event_on_namespace_change() {
     assert_eq!(nvmf_proto::identify::parse_ns_list(&d), vec![1, 2, 3]);
     srv.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn file_backend_through_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ns.img");
+    let mut n = nvmf_target::config::NamespaceConfig::new("file");
+    n.nsid = Some(1);
+    n.size = Some("8MiB".into());
+    n.path = Some(path.to_string_lossy().into_owned());
+    let mut sub = nvmf_target::config::SubsystemConfig::with_namespaces(NQN, vec![n]);
+    sub.allow_any_host = Some(true);
+    let cfg = nvmf_target::config::TargetConfig {
+        engine: nvmf_target::config::EngineSection { cores: String::new(), mode: "interrupt".into() },
+        limits: small_limits(),
+        listeners: vec![nvmf_target::config::ListenerConfig {
+            addr: "127.0.0.1:0".into(),
+            port_id: None,
+            subsystems: Vec::new(),
+        }],
+        discovery: Default::default(),
+        subsystems: vec![sub],
+    };
+    let srv = nvmf_target::serve(&cfg).expect("serve");
+    let addr = srv.io_addrs()[0];
+    let (_a, mut q) = full_bringup(addr, false, true, 0);
+    let d = pattern(128 * 1024, 11);
+    assert!(write(&mut q, 1, 2048, &d, 512, false).is_success());
+    let small = pattern(4096, 12);
+    assert!(write(&mut q, 1, 0, &small, 512, true).is_success());
+    let mut fua = rw(iop::WRITE, 1, 8, 8);
+    fua.cdw12 |= 1 << 30;
+    assert!(q.exec(fua, &small, true).0.status.is_success());
+    assert!(q.exec(rw(iop::FLUSH, 1, 0, 1), &[], true).0.status.is_success());
+    let (s, r) = read(&mut q, 1, 2048, 256, 512);
+    assert!(s.is_success());
+    assert_eq!(r, d);
+    assert_eq!(read(&mut q, 1, 0, 8, 512).1, small);
+    assert!(q.exec(rw(iop::COMPARE, 1, 0, 8), &small, false).0.status.is_success());
+    let mut wz = rw(iop::WRITE_ZEROES, 1, 0, 8);
+    wz.sgl1 = Sgl::default();
+    assert!(q.exec(wz, &[], true).0.status.is_success());
+    assert!(read(&mut q, 1, 0, 8, 512).1.iter().all(|b| *b == 0));
+    srv.shutdown(Duration::from_secs(2));
+    // The bytes are in the file.
+    let f = std::fs::read(&path).unwrap();
+    assert_eq!(&f[2048 * 512..2048 * 512 + d.len()], &d[..]);
+    assert_eq!(&f[8 * 512..16 * 512], &small[..]);
+}
