@@ -94,10 +94,9 @@ fn randrw_verify_against_nvmf_target() {
 fn large_seq_write_verify_with_digests() {
     // 128 KiB writes go through R2T/H2CData; the readback checks every unit written.
     let t = start_target("ram:32MiB");
-    let (rc, j, err) = perf(
-        &t,
-        &["--rw", "write", "--bs", "128k", "--verify", "--runtime", "1", "--iodepth", "4", "--size", "4MiB", "-g", "-G"],
-    );
+    let args: Vec<&str> =
+        "--rw write --bs 128k --verify --runtime 1 --iodepth 4 --size 4MiB -g -G".split(' ').collect();
+    let (rc, j, err) = perf(&t, &args);
     assert_eq!(rc, 0, "perf failed: {err}\n{j}");
     assert_eq!((j["errors"].as_u64(), j["verify_errors"].as_u64()), (Some(0), Some(0)), "{j}");
     assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
