@@ -46,6 +46,7 @@ fn start_target(namespace: &str) -> Target {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("nvmf target did not report its address (last line {line:?})");
 }
 
