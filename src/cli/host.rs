@@ -505,6 +505,9 @@ fn open_range(a: &IoArgs) -> Result<(Controller, u32)> {
     }
     let mut c = connect(&a.conn, &a.trsvcid, &a.nqn)?;
     let ns = c.identify_namespace(a.namespace_id).with_context(|| format!("Identify Namespace {}", a.namespace_id))?;
+    if ns.nsze == 0 {
+        bail!("namespace {} is not active on this controller (Identify Namespace returned zeros)", a.namespace_id);
+    }
     let bs = ns.block_size();
     if bs == 0 {
         bail!("namespace {} has no usable LBA format (nsze {})", a.namespace_id, ns.nsze);
