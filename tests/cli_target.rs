@@ -154,3 +154,36 @@ fn print_config_round_trips() {
     assert_eq!(cfg.normalized().unwrap(), cfg);
     assert_eq!(cfg.subsystems[0].namespaces[0].kind, "null");
 }
+
+#[test]
+fn port_zero_prints_bound_ports_and_stops_on_sigint() {
+    let mut child = Command::new(BIN)
+        .args(["target", "--listen", "127.0.0.1:0", "--discovery-listen", "none", "--namespace", "null:1TiB"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    // Kept open until the end so the target never writes to a closed pipe.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let mut guard = Guard(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    // "... serving 1 subsystem on 127.0.0.1:PORT (discovery on the same port), ..."
+    let port: u16 = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no bound port in {first:?}"));
+    assert_ne!(port, 0, "{first}");
+    assert!(first.contains("(discovery on the same port)"), "{first}");
+    TcpStream::connect(("127.0.0.1", port)).expect("listener accepts");
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = wait_exit(child);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", stderr_of(child));
+    guard.0 = None;
+    drop(stdout);
+}

@@ -290,9 +290,11 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     for (l, addr) in shown.discovery.listen.iter_mut().zip(server.discovery_addrs()) {
         *l = addr.to_string();
     }
+    // Best effort: a closed stdout (detached service) must not stop the target.
     let mut out = std::io::stdout().lock();
-    out.write_all(summary(&shown).as_bytes())?;
-    out.flush()?;
+    if let Err(e) = out.write_all(summary(&shown).as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!("cannot print the startup summary: {e}");
+    }
     drop(out);
 
     let sig = signals.wait();
