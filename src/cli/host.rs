@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use nvmf_host::{ConnectOptions, Controller, DiscoveryEntry};
 use nvmf_proto::identify::{IdentifyController, IdentifyNamespace};
 use nvmf_proto::log::{adrfam, eflags, subtype, treq, trtype};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Most bytes `read`/`write` hold in memory at once (the range is processed in windows).
 const WINDOW_BYTES_MAX: usize = 16 << 20;
@@ -162,8 +162,9 @@ pub fn discover(a: DiscoverArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match a.conn.output_format {
         OutputFormat::Json => {
-            let records: Vec<Value> = log.entries.iter().map(entry_json).collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&json!({"genctr": log.genctr, "records": records}))?)?;
+            let records = Json::Arr(log.entries.iter().map(entry_json).collect());
+            let doc = Json::Obj(vec![("genctr", log.genctr.into()), ("records", records)]);
+            writeln!(out, "{}", doc.to_pretty())?;
         }
         OutputFormat::Normal => {
             writeln!(
@@ -190,19 +191,67 @@ pub fn discover(a: DiscoverArgs) -> Result<()> {
     Ok(())
 }
 
-fn entry_json(e: &DiscoveryEntry) -> Value {
-    json!({
-        "trtype": trtype_str(e.trtype),
-        "adrfam": adrfam_str(e.adrfam),
-        "subtype": subtype_str(e.subtype),
-        "treq": treq_str(e.treq),
-        "portid": e.portid,
-        "trsvcid": e.trsvcid,
-        "subnqn": e.subnqn,
-        "traddr": e.traddr,
-        "eflags": eflags_str(e.eflags),
-        "sectype": sectype_str(e.sectype),
-    })
+fn entry_json(e: &DiscoveryEntry) -> Json {
+    Json::Obj(vec![
+        ("trtype", trtype_str(e.trtype).into()),
+        ("adrfam", adrfam_str(e.adrfam).into()),
+        ("subtype", subtype_str(e.subtype).into()),
+        ("treq", treq_str(e.treq).into()),
+        ("portid", e.portid.into()),
+        ("trsvcid", e.trsvcid.clone().into()),
+        ("subnqn", e.subnqn.clone().into()),
+        ("traddr", e.traddr.clone().into()),
+        ("eflags", eflags_str(e.eflags).into()),
+        ("sectype", sectype_str(e.sectype).into()),
+    ])
+}
+
+/// JSON that keeps keys in the order written (nvme-cli's order), which
+/// `serde_json::Value` without its `preserve_order` feature does not.
+enum Json {
+    Leaf(Value),
+    Obj(Vec<(&'static str, Json)>),
+    Arr(Vec<Json>),
+}
+
+impl<T: Into<Value>> From<T> for Json {
+    fn from(v: T) -> Json {
+        Json::Leaf(v.into())
+    }
+}
+
+impl Json {
+    fn render(&self, out: &mut String, indent: usize) {
+        let pad = |n: usize| "  ".repeat(n);
+        match self {
+            Json::Leaf(v) => out.push_str(&v.to_string()),
+            Json::Obj(fields) if fields.is_empty() => out.push_str("{}"),
+            Json::Arr(items) if items.is_empty() => out.push_str("[]"),
+            Json::Obj(fields) => {
+                out.push_str("{\n");
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    out.push_str(&format!("{}{}: ", pad(indent + 1), Value::from(*k)));
+                    v.render(out, indent + 1);
+                    out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&format!("{}}}", pad(indent)));
+            }
+            Json::Arr(items) => {
+                out.push_str("[\n");
+                for (i, v) in items.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    v.render(out, indent + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&format!("{}]", pad(indent)));
+            }
+        }
+    }
+    fn to_pretty(&self) -> String {
+        let mut s = String::new();
+        self.render(&mut s, 0);
+        s
+    }
 }
 
 fn trtype_str(v: u8) -> String {
@@ -299,13 +348,13 @@ pub fn identify(a: IdentifyArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match a.conn.output_format {
         OutputFormat::Json => {
-            let nss: Vec<Value> = namespaces.iter().map(|(n, ns)| ns_json(*n, ns)).collect();
-            let v = if a.namespace.is_some() {
-                nss.into_iter().next().unwrap_or(Value::Null)
+            let mut nss: Vec<Json> = namespaces.iter().map(|(n, ns)| ns_json(*n, ns)).collect();
+            let doc = if a.namespace.is_some() && nss.len() == 1 {
+                nss.remove(0)
             } else {
-                json!({"controller": ctrl_json(&id), "namespaces": nss})
+                Json::Obj(vec![("controller", ctrl_json(&id)), ("namespaces", Json::Arr(nss))])
             };
-            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            writeln!(out, "{}", doc.to_pretty())?;
         }
         OutputFormat::Normal => {
             if a.namespace.is_none() {
@@ -325,9 +374,9 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn ctrl_json(id: &IdentifyController) -> Value {
+fn ctrl_json(id: &IdentifyController) -> Json {
     let ieee = u32::from_le_bytes([id.ieee_oui[0], id.ieee_oui[1], id.ieee_oui[2], 0]);
-    let fields: Vec<(&str, Value)> = vec![
+    let fields: Vec<(&'static str, Json)> = vec![
         ("vid", id.vid.into()),
         ("ssvid", id.ssvid.into()),
         ("sn", id.serial.clone().into()),
@@ -376,7 +425,7 @@ fn ctrl_json(id: &IdentifyController) -> Value {
         ("msdbd", id.msdbd.into()),
         ("ofcs", id.ofcs.into()),
     ];
-    Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Json::Obj(fields)
 }
 
 fn print_ctrl(out: &mut impl Write, id: &IdentifyController) -> std::io::Result<()> {
@@ -431,9 +480,13 @@ fn print_ctrl(out: &mut impl Write, id: &IdentifyController) -> std::io::Result<
     Ok(())
 }
 
-fn ns_json(nsid: u32, ns: &IdentifyNamespace) -> Value {
-    let lbafs: Vec<Value> = ns.lbaf.iter().map(|f| json!({"ms": f.ms, "ds": f.lbads, "rp": f.rp})).collect();
-    let fields: Vec<(&str, Value)> = vec![
+fn ns_json(nsid: u32, ns: &IdentifyNamespace) -> Json {
+    let lbafs: Vec<Json> = ns
+        .lbaf
+        .iter()
+        .map(|f| Json::Obj(vec![("ms", f.ms.into()), ("ds", f.lbads.into()), ("rp", f.rp.into())]))
+        .collect();
+    let fields: Vec<(&'static str, Json)> = vec![
         ("nsid", nsid.into()),
         ("nsze", ns.nsze.into()),
         ("ncap", ns.ncap.into()),
@@ -457,9 +510,9 @@ fn ns_json(nsid: u32, ns: &IdentifyNamespace) -> Value {
         ("nguid", hex(&ns.nguid).into()),
         ("eui64", hex(&ns.eui64).into()),
         ("block_size", ns.block_size().into()),
-        ("lbafs", lbafs.into()),
+        ("lbafs", Json::Arr(lbafs)),
     ];
-    Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Json::Obj(fields)
 }
 
 fn print_ns(out: &mut impl Write, ns: &IdentifyNamespace) -> std::io::Result<()> {

@@ -21,6 +21,8 @@ pub const TRANSFER_LEN_MAX_DEFAULT_BYTES: u32 = 1 << 20;
 /// Where nvme-cli keeps the host NQN and host ID.
 pub const HOSTNQN_PATH: &str = "/etc/nvme/hostnqn";
 pub const HOSTID_PATH: &str = "/etc/nvme/hostid";
+/// systemd's machine ID, the fallback source of a stable host ID.
+pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
 
 /// Options of [`Controller::connect`](crate::Controller::connect) and
 /// [`discover`](crate::discover). `Default` gives Linux's defaults.
@@ -32,7 +34,8 @@ pub struct ConnectOptions {
     /// else `nqn.2014-08.org.nvmexpress:uuid:<hostid as UUID>`.
     pub hostnqn: String,
     /// Host identifier (16 bytes). Default: `/etc/nvme/hostid` if present, else
-    /// the UUID in a UUID-form hostnqn, else random.
+    /// the UUID in a UUID-form hostnqn, else derived from `/etc/machine-id`,
+    /// else random.
     pub hostid: [u8; 16],
     /// Keep Alive Timeout in seconds; 0 disables keep alive. Default 5
     /// (Linux NVME_DEFAULT_KATO). Keep Alive is sent every KATO/2.
