@@ -1,4 +1,20 @@
 //! Connection options, named like Linux / nvme-cli `connect` options.
+//!
+//! | option | default | bound | CLI flag |
+//! | --- | --- | --- | --- |
+//! | `hostnqn` | `/etc/nvme/hostnqn`, else `nqn.2014-08.org.nvmexpress:uuid:<hostid>` | valid NQN, 11..=223 bytes | `-q/--hostnqn` |
+//! | `hostid` | `/etc/nvme/hostid`, else the hostnqn's UUID, else derived from `/etc/machine-id`, else random | 16 bytes | `-I/--hostid` |
+//! | `kato_s` | 5 (Linux NVME_DEFAULT_KATO); 0 for discovery | 0..=65535, Keep Alive every KATO/2 | `-k/--keep-alive-tmo` |
+//! | `nr_io_queues` | 1 | 1..=256, and what Set Features grants | `-i/--nr-io-queues` |
+//! | `queue_size` | 128 | 16..=1024, and CAP.MQES + 1 | `-Q/--queue-size` |
+//! | `hdr_digest` / `data_digest` | off | | `-g` / `-G` |
+//! | `reconnect_delay_s` | 10 | | `-c/--reconnect-delay` |
+//! | `ctrl_loss_tmo_s` | 600 (0: never reconnect) | | `-l/--ctrl-loss-tmo` |
+//! | `fast_io_fail_tmo_s` | off | | |
+//! | `retry_writes_of_unknown_fate` | false | | |
+//! | `io_timeout_ms` / `admin_timeout_ms` | 30 000 / 60 000 | | |
+//! | `connect_timeout_ms` | 3000 (TCP connect and ICResp) | | |
+//! | `transfer_len_max_bytes` | 1 MiB, further capped by MDTS | 4 KiB..=64 MiB | |
 
 use std::time::Duration;
 
