@@ -33,6 +33,7 @@ pub mod conn;
 pub mod controller;
 pub mod discovery;
 pub mod error;
+pub mod fuzzing;
 pub mod options;
 pub mod queue;
 

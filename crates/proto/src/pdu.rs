@@ -329,6 +329,9 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
         return Err(PduError::field(off::PLEN, "PDU length over the negotiated limit"));
     }
     let has_data = plen > hdr_end;
+    if !has_data && matches!(ty, PduType::H2CData | PduType::C2HData) {
+        return Err(PduError::field(off::PLEN, "data PDU without data"));
+    }
     if has_data && !ty.may_carry_data() {
         return Err(PduError::field(off::PLEN, "PDU type carries no data"));
     }
