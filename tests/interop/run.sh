@@ -123,11 +123,11 @@ vm_env() {
     local g=$1
     case $g in
     target)
-        export NVMF_INTEROP_NAME=nvmf-target NVMF_INTEROP_SMP=4 NVMF_INTEROP_HOSTFWD=
+        export NVMF_INTEROP_NAME=nvmf-target-$RUNID NVMF_INTEROP_SMP=4 NVMF_INTEROP_HOSTFWD=
         export NVMF_INTEROP_GUESTFWD="$(cat "$STATE/target.guestfwd" 2>/dev/null)"
         ;;
     host)
-        export NVMF_INTEROP_NAME=nvmf-host NVMF_INTEROP_SMP=2 NVMF_INTEROP_GUESTFWD=
+        export NVMF_INTEROP_NAME=nvmf-host-$RUNID NVMF_INTEROP_SMP=2 NVMF_INTEROP_GUESTFWD=
         export NVMF_INTEROP_HOSTFWD="$(cat "$STATE/host.hostfwd" 2>/dev/null)"
         ;;
     esac
@@ -141,7 +141,22 @@ vm_boot() {
     if [ "$g" = target ]; then for f in "$STATE"/files/*; do args+=(-f "$f"); done; fi
     timeout 200 "${VM[@]}" start -t 150 "${args[@]}" "$STATE/$g.boot.sh"
 }
-vm_down() { vm_env "$1"; timeout 60 "${VM[@]}" stop >/dev/null 2>&1 || true; }
+vm_down() {
+    vm_env "$1"
+    timeout 60 "${VM[@]}" stop >/dev/null 2>&1 || true
+    "${VM[@]}" status >/dev/null 2>&1 || rm -rf "${LAB_CACHE:?}/vm/$NVMF_INTEROP_NAME"
+}
+# VM instances are per run (name suffix = this run's pid), so that two runs on one
+# machine never stop each other's VMs. Drop state dirs of dead runs (no qemu left).
+vm_gc() {
+    local d pid
+    for d in "$LAB_CACHE"/vm/nvmf-target-* "$LAB_CACHE"/vm/nvmf-host-*; do
+        [ -d "$d" ] || continue
+        pid=${d##*-}
+        kill -0 "$pid" 2>/dev/null && continue
+        NVMF_INTEROP_NAME=${d##*/} "${VM[@]}" status >/dev/null 2>&1 || rm -rf "$d"
+    done
+}
 
 # gexec GROUP TIMEOUT CASE_SCRIPT [VAR=VALUE...]: run cases/CASE_SCRIPT in the
 # group's VM with the variables exported. On a timeout or lost agent the VM is
@@ -226,7 +241,10 @@ tstop() {
     cat "$STATE/$name.rc" 2>/dev/null || echo 137
 }
 # log_errors NAME: print ERROR / panic lines of a target log
-log_errors() { grep -nE '(^|[^A-Za-z])ERROR([^A-Za-z]|$)|panicked|RUST_BACKTRACE' "$LOGROOT/$1.log" || true; }
+# (tracing colours its level names even into a file: strip ANSI escapes first)
+log_errors() {
+    sed 's/\x1b\[[0-9;]*m//g' "$LOGROOT/$1.log" | grep -nE '(^|[^A-Za-z])ERROR([^A-Za-z]|$)|panicked|RUST_BACKTRACE' || true
+}
 
 # ------------------------------------------------------------------ group: target
 target_setup() {
@@ -421,7 +439,7 @@ c_target_allow_host() {
 # line, which names this VM instance's own log file (see vm.sh qemu_cmd).
 socat_pids() {
     local want p
-    want="socat -lf $LAB_CACHE/vm/nvmf-target/guestfwd.log - TCP4:127.0.0.1:$1 "
+    want="socat -lf $LAB_CACHE/vm/nvmf-target-$RUNID/guestfwd.log - TCP4:127.0.0.1:$1 "
     for p in /proc/[0-9]*; do
         [ "$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" = "$want" ] && echo "${p#/proc/}"
     done
@@ -658,7 +676,9 @@ main() {
     LOGROOT=$(cd "$LOGROOT" && pwd)
     STATE=$LOGROOT/state
     mkdir -p "$STATE"
+    RUNID=$$
     trap cleanup EXIT
+    vm_gc
     trap 'exit 130' INT TERM
     local t0=$SECONDS
     say "[interop] logs: $LOGROOT"

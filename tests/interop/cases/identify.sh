@@ -17,7 +17,7 @@ for spec in $NQNS; do
         [ -n "$mn" ] || fail "empty model"
         [ -n "$fr" ] || fail "empty firmware revision"
         [ "$(field /tmp/ic subnqn)" = "$nqn" ] || fail "id-ctrl subnqn != $nqn"
-        [ "$(cat /sys/class/nvme/$c/serial)" = "$sn" ] || fail "sysfs serial differs"
+        [ "$(sed 's/ *$//' /sys/class/nvme/$c/serial)" = "$sn" ] || fail "sysfs serial differs"
         ;;
     esac
     dev=$(ns_dev "$nqn" "$nsid") || fail "no namespace $nsid of $nqn"
