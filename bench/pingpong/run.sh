@@ -19,6 +19,8 @@ PORT=$((20000 + RANDOM % 20000))
 # scenario: REQ RESP CLIENT_MODE QD
 SCEN=("72 4120 p 1" "72 4120 b 1" "72 4120 p 32" "72 4120 b 32" "4168 24 p 32" "4168 24 b 32" "72 131072 p 8" "72 131072 b 8")
 
+SPID=
+trap '[ -n "$SPID" ] && kill $SPID 2>/dev/null' EXIT INT TERM PIPE
 run_one() { # server-kind req resp cmode qd
   local kind=$1 req=$2 resp=$3 cm=$4 qd=$5 spid
   PORT=$((PORT + 1))
@@ -28,10 +30,12 @@ run_one() { # server-kind req resp cmode qd
     engine-poll) $RS e $PORT $req $resp poll --core 0 2>/dev/null & spid=$!; cli=($RS c) ;;
     engine-interrupt) $RS e $PORT $req $resp interrupt --core 0 2>/dev/null & spid=$!; cli=($RS c) ;;
   esac
+  SPID=$spid
   sleep 0.3
   printf '%-17s ' "$kind"
   taskset -c 1 "${cli[@]}" $PORT $req $resp $cm $SECS $qd || true
   kill $spid 2>/dev/null || true; wait $spid 2>/dev/null || true
+  SPID=
 }
 
 for r in $(seq "$ROUNDS"); do

@@ -521,7 +521,8 @@ impl CoreHandle {
 struct ListenerEntry {
     id: u64,
     stop: Arc<AtomicBool>,
-    fd: RawFd,
+    /// Shared with the acceptor thread so the fd stays valid until both are done.
+    listener: Arc<TcpListener>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -611,18 +612,18 @@ impl Engine {
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        let listener = TcpListener::bind(addr)?;
+        let listener = Arc::new(TcpListener::bind(addr)?);
         let local = listener.local_addr()?;
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
-        let fd = listener.as_raw_fd();
+        let l2 = listener.clone();
         let inner = Arc::downgrade(&self.inner);
         let stop2 = stop.clone();
         let th = std::thread::Builder::new()
             .name(format!("nvmf-accept{id}"))
-            .spawn(move || acceptor(listener, id, stop2, inner, factory))
+            .spawn(move || acceptor(l2, id, stop2, inner, factory))
             .map_err(EngineError::Io)?;
-        self.inner.listeners.lock().unwrap().push(ListenerEntry { id, stop, fd, thread: Some(th) });
+        self.inner.listeners.lock().unwrap().push(ListenerEntry { id, stop, listener, thread: Some(th) });
         Ok(ListenerId { id, local })
     }
 
@@ -723,15 +724,15 @@ impl Drop for Engine {
 fn stop_listener(mut e: ListenerEntry) {
     e.stop.store(true, Ordering::Release);
     // Wake the blocking accept(): shutdown on a listening socket makes accept fail (Linux).
-    // SAFETY: fd is owned by the acceptor thread's TcpListener which is alive until joined.
-    unsafe { libc::shutdown(e.fd, libc::SHUT_RDWR) };
+    // SAFETY: plain syscall on a listener we keep alive (Arc) until after the join.
+    unsafe { libc::shutdown(e.listener.as_raw_fd(), libc::SHUT_RDWR) };
     if let Some(t) = e.thread.take() {
         let _ = t.join();
     }
 }
 
 fn acceptor(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     id: u64,
     stop: Arc<AtomicBool>,
     inner: std::sync::Weak<Inner>,

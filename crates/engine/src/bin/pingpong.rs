@@ -5,7 +5,8 @@
 //! nvmf-pingpong s PORT REQ RESP MODE                     raw server (MODE b = blocking, p = busy-poll)
 //! nvmf-pingpong c PORT REQ RESP MODE SECONDS [QD]        raw client
 //! nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] engine server
-//! options: --json (client output as one JSON object), --host IP (default 127.0.0.1)
+//! options: --json (client output as one JSON object), --host IP (default 127.0.0.1),
+//!          --stats (engine server: per-second syscalls/loops per op on stderr)
 //! ```
 //! The server answers every complete REQ-byte request with RESP bytes. The client at
 //! QD 1 measures per-op latency (avg, min, p50, p99, p99.9, max); at QD > 1 it keeps QD
@@ -282,7 +283,7 @@ impl HandlerFactory for AnswerFactory {
     }
 }
 
-fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>) {
+fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>, stats: bool) {
     let cfg = EngineConfig { cores: core.into_iter().collect(), mode, ..Default::default() };
     let eng = Engine::start(cfg).unwrap_or_else(|e| {
         eprintln!("engine: {e}");
@@ -294,8 +295,30 @@ fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Op
         std::process::exit(1)
     });
     eprintln!("engine server on {} mode={mode} core={core:?}", l.local_addr());
+    let mut prev = eng.stats();
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_secs(if stats { 1 } else { 3600 }));
+        if !stats {
+            continue;
+        }
+        let cur = eng.stats();
+        for (a, b) in cur.iter().zip(&prev) {
+            let ops = (a.bytes_rx - b.bytes_rx) / req as u64;
+            if ops == 0 {
+                continue;
+            }
+            let per = |x: u64, y: u64| (x - y) as f64 / ops as f64;
+            eprintln!(
+                "core{} ops={ops} enters/op={:.3} loops/op={:.3} busy_loops/op={:.3} recv/op={:.3} send/op={:.3}",
+                a.core_index,
+                per(a.enters, b.enters),
+                per(a.busy_loops + a.idle_loops, b.busy_loops + b.idle_loops),
+                per(a.busy_loops, b.busy_loops),
+                per(a.recv_ops, b.recv_ops),
+                per(a.send_ops, b.send_ops)
+            );
+        }
+        prev = cur;
     }
 }
 
@@ -304,10 +327,12 @@ fn main() {
     let mut json = false;
     let mut host: IpAddr = "127.0.0.1".parse().unwrap();
     let mut core = None;
+    let mut stats = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
+            "--stats" => stats = true,
             "--host" => host = args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage()),
             "--core" => core = Some(args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
@@ -337,7 +362,7 @@ fn main() {
         }
         "e" | "engine" => {
             let mode: Mode = pos[4].parse().unwrap_or_else(|_| usage());
-            engine_server(addr, req, resp, mode, core);
+            engine_server(addr, req, resp, mode, core, stats);
         }
         _ => usage(),
     }
