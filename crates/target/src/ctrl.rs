@@ -120,6 +120,10 @@ impl Controller {
             tracing::info!("ctrl {} ({}) torn down: {why}", self.cntlid, self.nqn());
         }
     }
+    /// Mark dead without a log line (normal disconnect, logged by the caller).
+    pub fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+    }
     #[inline]
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)

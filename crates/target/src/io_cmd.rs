@@ -64,11 +64,15 @@ fn invalid_field() -> Status {
 }
 
 /// Validate an I/O SQE. `mdts_bytes` bounds data transfers.
-pub fn plan(sqe: &Sqe, ns_table: &NsTable, mdts_bytes: u32) -> Result<(Option<Arc<Namespace>>, IoPlan), Status> {
+pub fn plan<'t>(
+    sqe: &Sqe,
+    ns_table: &'t NsTable,
+    mdts_bytes: u32,
+) -> Result<(Option<&'t Arc<Namespace>>, IoPlan), Status> {
     if sqe.opcode == io::FLUSH && sqe.nsid == NSID_ALL {
         return Ok((None, IoPlan::Flush { all: true }));
     }
-    let ns = ns_table.get(sqe.nsid).cloned().ok_or(Status::new(sct::GENERIC, generic::INVALID_NAMESPACE).dnr())?;
+    let ns = ns_table.get(sqe.nsid).ok_or(Status::new(sct::GENERIC, generic::INVALID_NAMESPACE).dnr())?;
     if sqe.fuse() != 0 {
         return Err(invalid_field());
     }

@@ -125,9 +125,27 @@ struct Conn {
     sqhd: u16,
     /// Entries in the SQ (SQSIZE + 1).
     sq_entries: u32,
-    ns: Arc<NsTable>,
+    /// Namespace snapshot; `None` only while an I/O command borrows it.
+    ns: Option<Arc<NsTable>>,
     ns_generation: u64,
     admin: Option<Box<AdminState>>,
+}
+
+/// Stand-in while the snapshot is borrowed (never observed in practice).
+static NO_NAMESPACES: NsTable = NsTable { list: Vec::new() };
+
+impl Conn {
+    /// Pick up namespace changes: one relaxed-cost load per command.
+    #[inline]
+    fn refresh_namespaces(&mut self) {
+        if let Some(s) = &self.ctrl.subsys {
+            let g = s.ns_generation.load(Ordering::Acquire);
+            if g != self.ns_generation {
+                self.ns = Some(s.namespaces());
+                self.ns_generation = g;
+            }
+        }
+    }
 }
 
 /// What a slot does once its data or storage op completes.
@@ -568,7 +586,7 @@ impl Queue {
                     sq_flow_control_disabled: ok.sq_flow_control_disabled,
                     sqhd: 0,
                     sq_entries: entries,
-                    ns,
+                    ns: Some(ns),
                     ns_generation: gen,
                     admin,
                 });
@@ -610,18 +628,12 @@ impl Queue {
         let mut page = std::mem::take(&mut self.scratch);
         let outcome = {
             let Some(c) = self.conn.as_mut() else { return };
-            if let Some(s) = &c.ctrl.subsys {
-                let g = s.ns_generation.load(Ordering::Acquire);
-                if g != c.ns_generation {
-                    c.ns = s.namespaces();
-                    c.ns_generation = g;
-                }
-            }
+            c.refresh_namespaces();
             let Some(st_admin) = c.admin.as_mut() else { return };
             let mut cx = AdminCtx {
                 target: &self.target,
                 ctrl: &c.ctrl,
-                ns: &c.ns,
+                ns: c.ns.as_deref().unwrap_or(&NO_NAMESPACES),
                 st: st_admin,
                 port: &self.port,
                 local: self.local,
@@ -667,16 +679,22 @@ impl Queue {
     // ------------------------------------------------------------ I/O
 
     fn io_command(&mut self, sqe: Sqe, data: &[u8], out: &mut Vec<u8>, io: &mut dyn StorageIo) {
-        let Some(c) = self.conn.as_mut() else { return };
-        if let Some(s) = &c.ctrl.subsys {
-            // Cheap per-command check for live namespace changes.
-            let g = s.ns_generation.load(Ordering::Acquire);
-            if g != c.ns_generation {
-                c.ns = s.namespaces();
-                c.ns_generation = g;
-            }
+        // The snapshot is moved out for the command (no refcount traffic on
+        // the shared namespace per I/O) and put back afterwards.
+        let Some(table) = self.conn.as_mut().and_then(|c| {
+            c.refresh_namespaces();
+            c.ns.take()
+        }) else {
+            return;
+        };
+        self.io_command_on(&table, sqe, data, out, io);
+        if let Some(c) = self.conn.as_mut() {
+            c.ns = Some(table);
         }
-        let (ns, plan) = match io_cmd::plan(&sqe, &c.ns, self.limits.mdts_bytes) {
+    }
+
+    fn io_command_on(&mut self, table: &NsTable, sqe: Sqe, data: &[u8], out: &mut Vec<u8>, io: &mut dyn StorageIo) {
+        let (ns, plan) = match io_cmd::plan(&sqe, table, self.limits.mdts_bytes) {
             Ok(v) => v,
             Err(s) => {
                 tracing::trace!(cid = sqe.cid, "I/O command rejected: {s}");
@@ -694,7 +712,7 @@ impl Queue {
                 Ok(HostData::Capsule(d)) => self.exec_io(None, sqe, ns, plan, Some(d), out, io),
                 Ok(HostData::R2t(len)) => {
                     let cap = if matches!(plan, IoPlan::Compare { .. }) { 2 * len as usize } else { len as usize };
-                    self.start_r2t(sqe, Work::Io(plan), ns, len, cap, out)
+                    self.start_r2t(sqe, Work::Io(plan), ns.cloned(), len, cap, out)
                 }
             }
             return;
@@ -804,8 +822,8 @@ impl Queue {
                 self.slots[i].buf = buf;
             }
             Work::Io(plan) => {
-                let ns = s.ns.clone();
-                self.exec_io(Some(i), sqe, ns, plan, None, out, io);
+                let ns = s.ns.take();
+                self.exec_io(Some(i), sqe, ns.as_ref(), plan, None, out, io);
             }
         }
         Ok(())
@@ -818,7 +836,7 @@ impl Queue {
         &mut self,
         slot: Option<usize>,
         sqe: Sqe,
-        ns: Option<Arc<Namespace>>,
+        ns: Option<&Arc<Namespace>>,
         plan: IoPlan,
         capsule: Option<&[u8]>,
         out: &mut Vec<u8>,
@@ -837,12 +855,12 @@ impl Queue {
                     let buf = std::mem::take(&mut self.slots[i].buf);
                     let len = plan.host_data_len() as usize;
                     let data = (len > 0).then(|| buf.as_slice(len));
-                    let s = self.exec_sync(&sqe, ns.as_deref(), plan, data, out);
+                    let s = self.exec_sync(&sqe, ns.map(|n| &**n), plan, data, out);
                     self.slots[i].buf = buf;
                     self.free_slot(i);
                     s
                 }
-                None => self.exec_sync(&sqe, ns.as_deref(), plan, capsule, out),
+                None => self.exec_sync(&sqe, ns.map(|n| &**n), plan, capsule, out),
             };
             if let Some(s) = status {
                 self.respond(out, sqe.cid, s, 0, 0);
@@ -872,7 +890,8 @@ impl Queue {
         };
         let s = &mut self.slots[i];
         s.stage = Stage::Storage;
-        s.ns = Some(ns);
+        // The slot keeps the namespace (and so the fd) alive while the op is in flight.
+        s.ns = Some(ns.clone());
         s.done_bytes = 0;
         self.submit_next(i, fd, io);
     }
@@ -1255,9 +1274,7 @@ impl Queue {
     pub fn on_closed(&mut self) {
         let Some(c) = self.conn.take() else { return };
         if c.qid == 0 {
-            if !c.ctrl.is_dead() {
-                c.ctrl.kill("admin queue closed");
-            }
+            c.ctrl.mark_dead();
             self.target.release_controller(&c.ctrl);
             tracing::info!("ctrl {} disconnected: host {}, subsystem {}", c.ctrl.cntlid, c.ctrl.hostnqn, c.ctrl.nqn());
         } else {
