@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -256,6 +257,7 @@ struct Conn {
     state: State,
     dirty: bool,
     rerun_recv: bool,
+    poisoned: bool,
 }
 
 impl Conn {
@@ -267,11 +269,25 @@ impl Conn {
     fn live(&self) -> bool {
         !matches!(self.state, State::Closing(_))
     }
+    /// Run a handler callback. A panicking handler poisons (and closes) only its
+    /// own connection: `on_closed` is then not called on it.
     #[inline]
-    fn call<R>(&mut self, sq: &mut SubmitCtx, slot: u32, f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> R) -> R {
-        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, id, .. } = self;
+    fn call(
+        &mut self,
+        sq: &mut SubmitCtx,
+        slot: u32,
+        f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> Flow,
+    ) -> Flow {
+        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, id, poisoned, .. } = self;
         let mut io = ConnIo { rx, tx: tx_acc, info, sq, slot, conn_id: *id, storage_inflight: storage_fly, rerun_recv };
-        f(handler.as_mut(), &mut io)
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(handler.as_mut(), &mut io))) {
+            Ok(flow) => flow,
+            Err(_) => {
+                *poisoned = true;
+                tracing::error!(peer = %info.peer, "connection handler panicked; closing the connection");
+                Flow::CloseNow
+            }
+        }
     }
     /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
     fn hard_close(&mut self, sq: &mut SubmitCtx, slot: u32, reason: CloseReason) {
@@ -698,8 +714,16 @@ impl Core {
                 State::Closing(reason) => {
                     if !c.recv_fly && !c.send_fly && c.storage_fly == 0 {
                         let mut c = self.conns[slot as usize].take().unwrap();
-                        c.handler.on_closed(reason);
-                        drop(c);
+                        let poisoned = c.poisoned;
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                            if !poisoned {
+                                c.handler.on_closed(reason);
+                            }
+                            drop(c);
+                        }));
+                        if r.is_err() {
+                            tracing::error!(core = self.idx, "connection handler panicked in on_closed/drop");
+                        }
                         self.free.push(slot);
                         self.stats.connections -= 1;
                     }
@@ -834,6 +858,7 @@ impl Core {
             state: State::Open,
             dirty: false,
             rerun_recv: false,
+            poisoned: false,
         };
         let slot = match self.free.pop() {
             Some(s) => {

@@ -932,3 +932,47 @@ fn waker_from_another_thread() {
         assert!(!w.wake(), "wake after shutdown reports failure");
     }
 }
+
+// ------------------------------------------------------------------ panics
+
+struct Panicky;
+impl Handler for Panicky {
+    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        if io.rx()[0] == b'!' {
+            panic!("handler bug (expected by the test)");
+        }
+        let n = io.rx().len();
+        let d = io.rx().to_vec();
+        io.tx().extend_from_slice(&d);
+        io.consume(n);
+        Flow::Continue
+    }
+    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
+        Flow::Continue
+    }
+    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
+        Flow::Continue
+    }
+    fn on_closed(&mut self, _reason: CloseReason) {}
+}
+struct PanickyFactory;
+impl HandlerFactory for PanickyFactory {
+    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        Some(Box::new(Panicky))
+    }
+}
+
+#[test]
+fn handler_panic_closes_only_its_connection() {
+    let eng = Engine::start(cfg(Mode::Interrupt, vec![])).unwrap();
+    let l = eng.listen(lo(), Arc::new(PanickyFactory)).unwrap();
+    let mut good = connect(l.local_addr());
+    let mut bad = connect(l.local_addr());
+    bad.write_all(b"!").unwrap();
+    expect_eof(&mut bad);
+    good.write_all(b"ok").unwrap();
+    let mut r = [0u8; 2];
+    good.read_exact(&mut r).unwrap();
+    assert_eq!(&r, b"ok");
+    eng.shutdown(Duration::from_secs(1));
+}
