@@ -689,7 +689,11 @@ impl HostQueue {
         if s.dir != DataDir::FromController {
             return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a command without read data"));
         }
-        debug_assert_eq!(hdr.length as usize, data.len(), "framer checks DATAL against the payload");
+        // The framer checks DATAL against the payload; checked again because a
+        // mismatch here would corrupt the buffer, not just fail an assertion.
+        if hdr.length as usize != data.len() || data.is_empty() {
+            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "C2HData DATAL does not match its data"));
+        }
         let end = hdr.offset as u64 + hdr.length as u64;
         if end > s.buf.len() as u64 {
             return Err((fes::DATA_OUT_OF_RANGE, 0, "C2HData beyond the command's buffer"));
