@@ -199,6 +199,8 @@ def host_cpu(r):
 
 
 def ratio(row, res, lim):
+    if res.get("errors") or not (res.get("reads", 0) + res.get("writes", 0)):
+        return None  # a failed run has no meaningful ratio
     metric = row[4]
     if metric == "lat":
         return res["latency_us"]["avg"] / lim["avg_us"] if lim.get("avg_us") else None

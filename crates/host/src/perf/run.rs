@@ -94,7 +94,11 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<QueueStats>();
     let mut progress = Vec::new();
     for q in 0..cfg.io_queues {
-        let mut queue = QueueConfig::io((q + 1) as u16, cfg.iodepth as u16);
+        // One SQ entry more than the commands in flight (an SQ of N entries is
+        // full at N - 1 under SQ flow control; SQSIZE 0 is invalid anyway),
+        // unless the controller's MQES forbids it.
+        let sq_entries = (cfg.iodepth + 1).min(facts.queue_entries_max).max(2);
+        let mut queue = QueueConfig::io((q + 1) as u16, sq_entries as u16);
         queue.hdr_digest = cfg.header_digest;
         queue.data_digest = cfg.data_digest;
         queue.in_capsule_data_max_bytes = facts.in_capsule_data_bytes;
