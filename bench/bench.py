@@ -269,6 +269,7 @@ def main():
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
     digest_modes = [False] if args.no_digests else [False, True]
     pp = PingPong()
+    load_start = os.getloadavg()
 
     limits = {}  # key -> [results]
     results = {}  # (row key, digests) -> [results]
@@ -302,7 +303,9 @@ def main():
                     errors.append(msg)
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+              "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname()),
+                          # Other work on the machine distorts everything: record how busy it was.
+                          "loadavg_1m_start": load_start[0], "loadavg_1m_end": os.getloadavg()[0]},
               "runtime_s": secs, "repeat": repeat, "pingpong": pp.kind, "rows": [], "limits": {}, "errors": errors}
     for lk, rs in limits.items():
         report["limits"][lk] = {
@@ -366,6 +369,9 @@ def print_table(rep):
     p = lambda s="": print(s, file=out)
     p("nvmf benchmark %s  (%s, %d s x %d, ping-pong: %s)" % (rep["date"], rep["machine"]["uname"].split()[2],
                                                               rep["runtime_s"], rep["repeat"], rep["pingpong"]))
+    m = rep["machine"]
+    p("load average (1 min) at start %.2f, at end %.2f (2 CPUs: above ~0.5 the numbers are distorted)" % (
+        m["loadavg_1m_start"], m["loadavg_1m_end"]))
     p("limits (raw TCP ping-pong, server cpu %s, client cpu %s):" % (TARGET_CPU, HOST_CPU))
     for k, l in rep["limits"].items():
         p("  %-13s %6d/%-6d %s QD%-3d  %10.0f ops/s  avg %s us  p99 %s us  %8.1f MiB/s resp  %8.1f MiB/s req" % (
