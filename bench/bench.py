@@ -370,7 +370,7 @@ def print_table(rep):
     p("nvmf benchmark %s  (%s, %d s x %d, ping-pong: %s)" % (rep["date"], rep["machine"]["uname"].split()[2],
                                                               rep["runtime_s"], rep["repeat"], rep["pingpong"]))
     m = rep["machine"]
-    p("load average (1 min) at start %.2f, at end %.2f (2 CPUs: above ~0.5 the numbers are distorted)" % (
+    p("load average (1 min) before the runs %.2f, after %.2f (the benchmark itself adds ~2; other load distorts)" % (
         m["loadavg_1m_start"], m["loadavg_1m_end"]))
     p("limits (raw TCP ping-pong, server cpu %s, client cpu %s):" % (TARGET_CPU, HOST_CPU))
     for k, l in rep["limits"].items():
