@@ -137,7 +137,11 @@ pub fn test_config_base() -> TargetConfig {
     TargetConfig {
         engine: Default::default(),
         limits: Default::default(),
-        listeners: Vec::new(),
+        listeners: vec![crate::config::ListenerConfig {
+            addr: "127.0.0.1:4420".into(),
+            port_id: None,
+            subsystems: Vec::new(),
+        }],
         discovery: Default::default(),
         subsystems: Vec::new(),
     }
@@ -154,7 +158,8 @@ pub fn test_queue(target: Arc<Target>) -> Queue {
 /// Fuzz entry point: feed arbitrary bytes to a fresh queue state machine, in
 /// a few chunkings, and tick it. Must never panic, hang or allocate without bound.
 pub fn fuzz_queue_input(bytes: &[u8]) {
-    let target = test_target();
+    static TARGET: std::sync::OnceLock<Arc<Target>> = std::sync::OnceLock::new();
+    let target = TARGET.get_or_init(test_target).clone();
     for chunk in [usize::MAX, 1, 7, 64] {
         let mut q = test_queue(target.clone());
         let mut storage = RecordingStorage::default();

@@ -296,6 +296,16 @@ impl Queue {
                 return (rx.len(), QueueFlow::CloseAfterFlush);
             }
             let buf = &rx[pos..];
+            if self.phase == Phase::AwaitIcReq && !buf.is_empty() {
+                // Only ICReq (or a TermReq) may open the connection: any other
+                // known PDU type is out of sequence, whatever its length.
+                let t = pdu::PduType::from_u8(buf[0]);
+                if t.is_some_and(|t| !matches!(t, pdu::PduType::IcReq | pdu::PduType::H2CTermReq)) {
+                    let hdr = &buf[..buf.len().min(8)];
+                    self.terminate(out, fatal(fes::PDU_SEQUENCE_ERROR, 0, "PDU before ICReq"), hdr);
+                    return (rx.len(), QueueFlow::CloseAfterFlush);
+                }
+            }
             match decode(buf, &self.frame) {
                 Ok(Decoded::NeedMore(_)) => return (pos, QueueFlow::Continue),
                 Ok(Decoded::Pdu(p, n)) => {
@@ -1287,5 +1297,229 @@ impl Queue {
     /// Kind of controller this queue belongs to, once connected.
     pub fn ctrl_kind(&self) -> Option<CtrlKind> {
         self.conn.as_ref().map(|c| c.ctrl.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fuzz_queue_input, test_queue, test_target, RecordingStorage, TEST_NQN};
+    use nvmf_proto::fabrics::{cc, prop, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL};
+    use nvmf_proto::opcodes::io as iop;
+    use nvmf_proto::pdu::{encode_capsule_cmd, encode_ic_req};
+    use nvmf_proto::Sgl;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+
+    /// Host-side decode of everything in `out`.
+    fn pdus(out: &[u8], hdgst: bool, ddgst: bool) -> Vec<Pdu<'_>> {
+        let cfg = FrameConfig { role: Role::Host, hdgst, ddgst, pdu_len_max: 1 << 24, rx_data_align: 4 };
+        let mut v = Vec::new();
+        let mut pos = 0;
+        while pos < out.len() {
+            match decode(&out[pos..], &cfg).expect("target output decodes") {
+                Decoded::Pdu(p, n) => {
+                    v.push(p);
+                    pos += n;
+                }
+                Decoded::NeedMore(_) => panic!("partial PDU in output"),
+            }
+        }
+        v
+    }
+
+    fn ic(q: &mut Queue, dg: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, dgst: dg, maxr2t: 0 });
+        let mut out = Vec::new();
+        let (n, f) = q.on_recv(&b, 0, &mut out, &mut RecordingStorage::default());
+        assert_eq!((n, f), (128, QueueFlow::Continue));
+        out
+    }
+
+    fn connect_bytes(qid: u16, cntlid: u16, kato_ms: u32) -> Vec<u8> {
+        let c = ConnectCmd { recfmt: 0, qid, sqsize: 15, cattr: CATTR_DISABLE_SQ_FLOW_CONTROL, kato_ms };
+        let d = ConnectData { hostid: [1; 16], cntlid, subnqn: TEST_NQN.into(), hostnqn: HOST.into() };
+        let mut b = Vec::new();
+        encode_capsule_cmd(&mut b, &c.to_sqe(1), &d.encode(), &TxConfig::default());
+        b
+    }
+
+    fn feed(q: &mut Queue, b: &[u8], now: u64) -> (Vec<u8>, QueueFlow) {
+        let mut out = Vec::new();
+        let (n, f) = q.on_recv(b, now, &mut out, &mut RecordingStorage::default());
+        if f == QueueFlow::Continue {
+            assert_eq!(n, b.len(), "whole PDUs consumed");
+        }
+        (out, f)
+    }
+
+    fn cqe_of(out: &[u8]) -> Cqe {
+        match pdus(out, false, false).last() {
+            Some(Pdu::CapsuleResp(c)) => *c,
+            other => panic!("expected a CapsuleResp, got {other:?}"),
+        }
+    }
+
+    /// IC + admin Connect + CC.EN on a fresh queue; returns (queue, cntlid).
+    fn admin_queue(kato_ms: u32) -> (Queue, u16) {
+        let t = test_target();
+        let mut q = test_queue(t);
+        ic(&mut q, 0);
+        let (out, _) = feed(&mut q, &connect_bytes(0, 0xffff, kato_ms), 0);
+        let c = cqe_of(&out);
+        assert!(c.status.is_success());
+        let mut b = Vec::new();
+        encode_capsule_cmd(
+            &mut b,
+            &PropertyCmd::set_sqe(2, prop::CC, false, cc::LINUX_ENABLE as u64),
+            &[],
+            &TxConfig::default(),
+        );
+        let (out, _) = feed(&mut q, &b, 0);
+        assert!(cqe_of(&out).status.is_success());
+        (q, c.dw0 as u16)
+    }
+
+    #[test]
+    fn ic_response_echoes_digests_and_limits() {
+        let mut q = test_queue(test_target());
+        let out = ic(&mut q, 3);
+        match pdus(&out, false, false)[..] {
+            [Pdu::IcResp(r)] => {
+                assert_eq!((r.pfv, r.cpda, r.dgst), (0, 0, 3));
+                assert_eq!(r.maxh2cdata, 128 * 1024);
+            }
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn capsule_before_ic_is_a_sequence_error() {
+        let mut q = test_queue(test_target());
+        let (out, f) = feed(&mut q, &connect_bytes(0, 0xffff, 0), 0);
+        assert_eq!(f, QueueFlow::CloseAfterFlush);
+        match pdus(&out, false, false)[..] {
+            [Pdu::TermReq { fes: f, .. }] => assert_eq!(f, fes::PDU_SEQUENCE_ERROR),
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_all_at_once() {
+        let mut stream = Vec::new();
+        encode_ic_req(&mut stream, &IcReq::default());
+        stream.extend(connect_bytes(0, 0xffff, 0));
+        encode_capsule_cmd(&mut stream, &PropertyCmd::get_sqe(3, prop::CAP, true), &[], &TxConfig::default());
+        let mut q1 = test_queue(test_target());
+        let (whole, _) = feed(&mut q1, &stream, 0);
+        let mut q2 = test_queue(test_target());
+        let mut rx = Vec::new();
+        let mut out = Vec::new();
+        for b in &stream {
+            rx.push(*b);
+            let (n, f) = q2.on_recv(&rx, 0, &mut out, &mut RecordingStorage::default());
+            assert_eq!(f, QueueFlow::Continue);
+            rx.drain(..n);
+        }
+        assert!(rx.is_empty());
+        assert_eq!(pdus(&whole, false, false).len(), 3);
+        // Same PDUs (CNTLIDs differ: two controllers in two targets start at the same ID).
+        assert_eq!(whole, out);
+    }
+
+    #[test]
+    fn read_uses_success_flag_with_flow_control_disabled() {
+        let (mut q, cntlid) = admin_queue(0);
+        let t = q.target.clone();
+        let mut io = test_queue(t);
+        ic(&mut io, 0);
+        let (out, _) = feed(&mut io, &connect_bytes(1, cntlid, 0), 0);
+        assert!(cqe_of(&out).status.is_success());
+        let mut s = Sqe::rw(iop::READ, 9, 1, 0, 8);
+        s.sgl1 = Sgl::transport(4096);
+        let mut b = Vec::new();
+        encode_capsule_cmd(&mut b, &s, &[], &TxConfig::default());
+        let (out, _) = feed(&mut io, &b, 0);
+        match pdus(&out, false, false)[..] {
+            [Pdu::C2HData { hdr, flags: f, data, .. }] => {
+                assert_eq!((hdr.cccid, hdr.offset, data.len()), (9, 0, 4096));
+                assert_eq!(f, flags::LAST_PDU | flags::SUCCESS);
+            }
+            ref other => panic!("{other:?}"),
+        }
+        // Keep-alive: the admin queue expires after KATO * 1.5 without traffic.
+        let _ = &mut q;
+    }
+
+    #[test]
+    fn keep_alive_timeout_kills_the_controller() {
+        let (mut q, _) = admin_queue(100);
+        let mut out = Vec::new();
+        assert_eq!(q.on_tick(100, &mut out), QueueFlow::Continue);
+        assert_eq!(q.on_tick(200, &mut out), QueueFlow::CloseNow);
+        assert!(q.conn.as_ref().unwrap().ctrl.is_dead());
+        q.on_closed();
+    }
+
+    #[test]
+    fn connect_timeout_closes_idle_connections() {
+        let mut q = test_queue(test_target());
+        let mut out = Vec::new();
+        assert_eq!(q.on_tick(0, &mut out), QueueFlow::Continue);
+        assert_eq!(q.on_tick(10_001, &mut out), QueueFlow::CloseNow);
+    }
+
+    #[test]
+    fn h2c_data_outside_the_r2t_is_fatal() {
+        let (q, cntlid) = admin_queue(0);
+        let mut io = test_queue(q.target.clone());
+        ic(&mut io, 0);
+        feed(&mut io, &connect_bytes(1, cntlid, 0), 0);
+        let mut s = Sqe::rw(iop::WRITE, 4, 1, 0, 8);
+        s.sgl1 = Sgl::transport(4096);
+        let mut b = Vec::new();
+        encode_capsule_cmd(&mut b, &s, &[], &TxConfig::default());
+        let (out, _) = feed(&mut io, &b, 0);
+        let ttag = match pdus(&out, false, false)[..] {
+            [Pdu::R2T(r)] => {
+                assert_eq!((r.cccid, r.offset, r.length), (4, 0, 4096));
+                r.ttag
+            }
+            ref other => panic!("{other:?}"),
+        };
+        let mut b = Vec::new();
+        let hdr = DataHdr { cccid: 4, ttag, offset: 4000, length: 512 };
+        encode_data_pdu(&mut b, false, flags::LAST_PDU, &hdr, &[0; 512], &TxConfig::default());
+        let (out, f) = feed(&mut io, &b, 0);
+        assert_eq!(f, QueueFlow::CloseAfterFlush);
+        match pdus(&out, false, false)[..] {
+            [Pdu::TermReq { fes: f, data, .. }] => {
+                assert_eq!(f, fes::DATA_OUT_OF_RANGE);
+                assert_eq!(data, &b[..24], "offending header echoed");
+            }
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_survives_garbage_and_mutations() {
+        fuzz_queue_input(&[]);
+        fuzz_queue_input(&[0xff; 300]);
+        let mut stream = Vec::new();
+        encode_ic_req(&mut stream, &IcReq::default());
+        stream.extend(connect_bytes(0, 0xffff, 0));
+        fuzz_queue_input(&stream);
+        let mut x: u32 = 12345;
+        for i in 0..200 {
+            let mut m = stream.clone();
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let at = (x as usize >> 8) % m.len();
+            m[at] ^= (x >> 3) as u8 | 1;
+            if i % 3 == 0 {
+                m.truncate(at);
+            }
+            fuzz_queue_input(&m);
+        }
     }
 }
