@@ -383,6 +383,10 @@ def print_table(rep):
         goal = ""
         if "goal" in e:
             goal = "%s %s" % (e["goal"], "met" if e["goal_met"] else "NOT met")
+        starved = "poll" in e["label"] or e["metric"] != "lat"
+        starved = starved and e["host_cpu_percent"] is not None and e["host_cpu_percent"] < 90
+        if starved:
+            goal += "  [host thread got %.0f%% of its CPU: machine busy, numbers distorted]" % e["host_cpu_percent"]
         p("%-27s %-3s %10.0f %9.1f %8s %8s %8s %8s %7s %6s %6s %s%s" % (
             e["label"], "on" if e["digests"] else "off", e["iops"], e["mib_per_s"], fmt(e["lat_avg_us"]),
             fmt(e["lat_p50_us"]), fmt(e["lat_p99_us"]), fmt(e["lat_p99_9_us"]), fmt(e["ratio"], "%.3f"),
