@@ -180,6 +180,8 @@ struct Slot {
     error: Option<Status>,
     /// Storage progress in bytes (short reads/writes are resubmitted).
     done_bytes: u32,
+    /// A write to a memory backend stored piece by piece as H2CData arrives.
+    streamed: bool,
 }
 
 impl Default for Slot {
@@ -195,6 +197,7 @@ impl Default for Slot {
             received: 0,
             error: None,
             done_bytes: 0,
+            streamed: false,
         }
     }
 }
@@ -745,6 +748,7 @@ impl Queue {
         s.xfer_len = 0;
         s.error = None;
         s.done_bytes = 0;
+        s.streamed = false;
         Some(i)
     }
 
@@ -778,9 +782,17 @@ impl Queue {
         s.work = work;
         s.ns = ns;
         s.xfer_len = len;
-        s.buf.ensure(buf_len);
+        s.streamed = Self::streams(s);
+        if !s.streamed {
+            s.buf.ensure(buf_len);
+        }
         let r2t = DataHdr { cccid: sqe.cid, ttag: i as u16, offset: 0, length: len };
         encode_r2t(out, &r2t, &self.tx);
+    }
+
+    /// Whether the R2T data of this slot goes straight to a memory backend.
+    fn streams(s: &Slot) -> bool {
+        matches!(s.work, Work::Io(IoPlan::Write { .. })) && s.ns.as_ref().is_some_and(|n| n.backend.fd().is_none())
     }
 
     fn on_h2c_data(
@@ -806,8 +818,20 @@ impl Queue {
             return Err(fatal(fes::DATA_OUT_OF_RANGE, 12, "H2CData outside the R2T window"));
         }
         if digest_ok {
-            let o = hdr.offset as usize;
-            s.buf.as_mut_slice(o + data.len())[o..].copy_from_slice(data);
+            if s.streamed {
+                // Memory backend: store each H2CData payload where it belongs,
+                // straight from the receive buffer (no bounce copy). The
+                // command is acknowledged only after every piece is stored.
+                if let (Work::Io(IoPlan::Write { off, .. }), Some(ns)) = (s.work, s.ns.as_ref()) {
+                    match ns.backend.write_sync(off + hdr.offset as u64, data) {
+                        Some(Ok(())) => {}
+                        _ => s.error = Some(Status::new(sct::MEDIA, media::WRITE_FAULT)),
+                    }
+                }
+            } else {
+                let o = hdr.offset as usize;
+                s.buf.as_mut_slice(o + data.len())[o..].copy_from_slice(data);
+            }
         } else {
             tracing::warn!(peer = %self.peer, cid = hdr.cccid, "data digest error in H2CData");
             s.error = Some(Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR));
@@ -830,6 +854,18 @@ impl Queue {
                 self.free_slot(i);
                 self.run_admin(&sqe, buf.as_slice(len), out);
                 self.slots[i].buf = buf;
+            }
+            Work::Io(IoPlan::Write { len, fua, .. }) if s.streamed => {
+                let flushed = !fua || s.ns.as_ref().is_some_and(|n| n.backend.flush_sync().is_ok());
+                self.free_slot(i);
+                let status = if flushed {
+                    QueueCounters::bump(&self.counters.write_cmds, 1);
+                    QueueCounters::bump(&self.counters.write_bytes, len as u64);
+                    Status::SUCCESS
+                } else {
+                    Status::new(sct::MEDIA, media::WRITE_FAULT)
+                };
+                self.respond(out, sqe.cid, status, 0, 0);
             }
             Work::Io(plan) => {
                 let ns = s.ns.take();
