@@ -183,7 +183,8 @@ fn read_trimmed(path: &str) -> Option<String> {
 }
 
 /// The default host ID: `/etc/nvme/hostid`, else the UUID of
-/// `/etc/nvme/hostnqn` in UUID form, else random.
+/// `/etc/nvme/hostnqn` in UUID form, else one derived from `/etc/machine-id`
+/// (stable across runs, so target allow-lists and logs stay meaningful), else random.
 pub fn default_hostid() -> [u8; 16] {
     if let Some(id) = read_trimmed(HOSTID_PATH).and_then(|s| parse_uuid(&s)) {
         return id;
@@ -192,7 +193,21 @@ pub fn default_hostid() -> [u8; 16] {
     {
         return id;
     }
+    if let Some(id) = read_trimmed(MACHINE_ID_PATH).and_then(|s| parse_uuid(&s)) {
+        return hostid_from_machine_id(id);
+    }
     random_uuid()
+}
+
+/// A host ID derived from the machine ID without exposing it on the network
+/// (each byte mixed with a constant), shaped as a version 4 UUID.
+fn hostid_from_machine_id(mut id: [u8; 16]) -> [u8; 16] {
+    for (b, k) in id.iter_mut().zip(b"nvmf-host-id-v1!") {
+        *b = b.rotate_left(3) ^ k;
+    }
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
 }
 
 /// The default host NQN: `/etc/nvme/hostnqn`, else the UUID form built from `hostid`.
@@ -217,6 +232,10 @@ mod tests {
         assert!(o.validate().is_ok(), "{:?}", o.validate());
         assert_eq!((o.kato_s, o.queue_size, o.reconnect_delay_s, o.ctrl_loss_tmo_s), (5, 128, 10, 600));
         assert!(nvmf_proto::validate_nqn(&o.hostnqn).is_ok());
+        let m = [7u8; 16];
+        assert_eq!(hostid_from_machine_id(m), hostid_from_machine_id(m), "stable");
+        assert_ne!(hostid_from_machine_id(m), m, "machine ID not sent as is");
+        assert_eq!(hostid_from_machine_id(m)[6] >> 4, 4);
         let r = random_uuid();
         assert_eq!(r[6] >> 4, 4);
     }
