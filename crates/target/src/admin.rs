@@ -12,8 +12,7 @@ use nvmf_proto::identify::{
     IdentifyNamespace, LbaFormat, NsIdDescriptor, IDENTIFY_LEN,
 };
 use nvmf_proto::log::{
-    ana_state, effects, encode_ana_log, encode_changed_ns_list, encode_effects_log, AnaGroup, GetLogPageCmd, SmartLog,
-    ANA_LSP_RGO,
+    effects, encode_ana_log, encode_changed_ns_list, encode_effects_log, AnaGroup, GetLogPageCmd, SmartLog, ANA_LSP_RGO,
 };
 use nvmf_proto::opcodes::{admin, aen, cns, csi, fid, io, lid};
 use nvmf_proto::status::{cmd, generic, sct};
@@ -411,7 +410,7 @@ fn get_log_page(cx: &mut AdminCtx<'_>, sqe: &Sqe, out: &mut Vec<u8>, xfer: usize
                     None => groups.push(AnaGroup {
                         grpid: ns.ana_group,
                         chgcnt: chg,
-                        state: ana_state::OPTIMIZED,
+                        state: sub.ana_state(cx.ctrl.port_id, ns.ana_group),
                         nsids: vec![ns.nsid],
                     }),
                 }

@@ -989,6 +989,18 @@ impl NamespaceConfig {
     }
 }
 
+/// Fuzz entry point (fuzz/fuzz_targets/config_toml.rs and the corpus replay
+/// test): any bytes as a config file must give a config or an error, never a
+/// panic; a config that normalizes must survive the TOML round trip.
+pub fn fuzz_config_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(cfg) = TargetConfig::from_toml_str(text) else { return };
+    let Ok(norm) = cfg.normalized() else { return };
+    let again = norm.to_toml_string().expect("a normalized config serializes");
+    let back = TargetConfig::from_toml_str(&again).expect("serialized config parses");
+    assert_eq!(back.normalized().expect("round trip normalizes"), norm);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1462,16 +1474,4 @@ path = "/tmp/x.img"
             }
         }
     }
-}
-
-/// Fuzz entry point (fuzz/fuzz_targets/config_toml.rs and the corpus replay
-/// test): any bytes as a config file must give a config or an error, never a
-/// panic; a config that normalizes must survive the TOML round trip.
-pub fn fuzz_config_toml(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(cfg) = TargetConfig::from_toml_str(text) else { return };
-    let Ok(norm) = cfg.normalized() else { return };
-    let again = norm.to_toml_string().expect("a normalized config serializes");
-    let back = TargetConfig::from_toml_str(&again).expect("serialized config parses");
-    assert_eq!(back.normalized().expect("round trip normalizes"), norm);
 }

@@ -75,6 +75,8 @@ pub struct Controller {
     events: Mutex<Events>,
     events_flag: AtomicBool,
     queue_counters: Mutex<Vec<Arc<QueueCounters>>>,
+    /// (queue ID, host address) of each connected queue, for management.
+    peers: Mutex<Vec<(u16, std::net::SocketAddr)>>,
     /// Keep Alive Timeout in ms (0 = off); admin queue owns the timer.
     pub kato_ms: AtomicU32,
 }
@@ -103,6 +105,7 @@ impl Controller {
             events: Mutex::new(Events::default()),
             events_flag: AtomicBool::new(false),
             queue_counters: Mutex::new(Vec::new()),
+            peers: Mutex::new(Vec::new()),
             kato_ms: AtomicU32::new(0),
         }
     }
@@ -154,11 +157,32 @@ impl Controller {
         self.io_qids.lock().unwrap().iter().filter(|x| **x).count()
     }
 
+    /// A queue connected (`qid`) from `peer` / closed.
+    pub fn add_peer(&self, qid: u16, peer: std::net::SocketAddr) {
+        self.peers.lock().unwrap().push((qid, peer));
+    }
+    pub fn remove_peer(&self, qid: u16) {
+        self.peers.lock().unwrap().retain(|(q, _)| *q != qid);
+    }
+    pub fn peers(&self) -> Vec<(u16, std::net::SocketAddr)> {
+        self.peers.lock().unwrap().clone()
+    }
+
     pub fn register_counters(&self, c: Arc<QueueCounters>) {
         self.queue_counters.lock().unwrap().push(c);
     }
     pub fn unregister_counters(&self, c: &Arc<QueueCounters>) {
-        self.queue_counters.lock().unwrap().retain(|x| !Arc::ptr_eq(x, c));
+        // Fold the queue's counts into its subsystem's retired totals so that
+        // metrics never go backwards (lock order: retired_io, queue_counters).
+        let mut retired = self.subsys.as_ref().map(|s| s.retired_io.lock().unwrap());
+        let mut l = self.queue_counters.lock().unwrap();
+        if let (Some(r), Some(_)) = (retired.as_deref_mut(), l.iter().position(|x| Arc::ptr_eq(x, c))) {
+            r.read_cmds += c.read_cmds.load(Ordering::Relaxed);
+            r.write_cmds += c.write_cmds.load(Ordering::Relaxed);
+            r.read_bytes += c.read_bytes.load(Ordering::Relaxed);
+            r.write_bytes += c.write_bytes.load(Ordering::Relaxed);
+        }
+        l.retain(|x| !Arc::ptr_eq(x, c));
     }
     /// (read commands, write commands, read bytes, written bytes) over all queues.
     pub fn io_totals(&self) -> (u64, u64, u64, u64) {

@@ -11,6 +11,7 @@
 //! - [`ctrl`]: state shared by the queues of one controller.
 //! - [`subsys`]: the runtime registry ([`subsys::Target`]).
 //! - [`server`]: glue to the io_uring engine ([`server::serve`]).
+//! - [`mgmt`]: live management (JSON-RPC), metrics, nvmetcli import.
 
 pub mod admin;
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod ctrl;
 pub mod discovery;
 pub mod fabrics;
 pub mod io_cmd;
+pub mod mgmt;
 pub mod server;
 pub mod subsys;
 #[doc(hidden)]

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nvmf_engine::{
@@ -28,6 +28,12 @@ pub enum ServeError {
     BadAddress(String),
     #[error("cannot listen on {addr}: {err}")]
     Listen { addr: String, err: EngineError },
+    #[error("no listener on {0}")]
+    NoSuchListener(SocketAddr),
+    #[error("listener {0} exists already")]
+    ListenerExists(SocketAddr),
+    #[error("the target is shutting down")]
+    ShuttingDown,
 }
 
 /// Counters for logging.
@@ -42,8 +48,10 @@ pub struct ServerStats {
 pub struct Server {
     engine: Option<Engine>,
     target: Arc<Target>,
-    listeners: Vec<(ListenerId, Port)>,
+    /// Changed at runtime by management (add/remove listener).
+    listeners: Mutex<Vec<(ListenerId, Port)>>,
     connections: Arc<AtomicUsize>,
+    connections_max: usize,
 }
 
 impl Server {
@@ -52,11 +60,48 @@ impl Server {
     }
     /// Bound addresses of the I/O listeners (actual ports when 0 was asked).
     pub fn io_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter(|(_, p)| !p.discovery_only).map(|(_, p)| p.addr).collect()
+        self.listeners.lock().unwrap().iter().filter(|(_, p)| !p.discovery_only).map(|(_, p)| p.addr).collect()
     }
     /// Bound addresses of the dedicated discovery listeners.
     pub fn discovery_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter(|(_, p)| p.discovery_only).map(|(_, p)| p.addr).collect()
+        self.listeners.lock().unwrap().iter().filter(|(_, p)| p.discovery_only).map(|(_, p)| p.addr).collect()
+    }
+
+    /// Start listening on `port.addr` at runtime (port 0: any free port).
+    /// Returns the port as registered, with the bound address.
+    pub fn add_listener(&self, mut port: Port) -> Result<Port, ServeError> {
+        let engine = self.engine.as_ref().ok_or(ServeError::ShuttingDown)?;
+        let mut l = self.listeners.lock().unwrap();
+        if port.addr.port() != 0 && l.iter().any(|(_, p)| p.addr == port.addr) {
+            return Err(ServeError::ListenerExists(port.addr));
+        }
+        let factory = Arc::new(QueueFactory {
+            target: self.target.clone(),
+            port: port.clone(),
+            connections: self.connections.clone(),
+            connections_max: self.connections_max,
+        });
+        let id =
+            engine.listen(port.addr, factory).map_err(|err| ServeError::Listen { addr: port.addr.to_string(), err })?;
+        port.addr = id.local_addr();
+        tracing::info!("listening on {} (added at runtime, port id {})", port.addr, port.port_id);
+        self.target.add_port(port.clone());
+        l.push((id, port.clone()));
+        Ok(port)
+    }
+
+    /// Stop listening on `addr` and close the connections accepted through it.
+    pub fn remove_listener(&self, addr: SocketAddr) -> Result<Port, ServeError> {
+        let engine = self.engine.as_ref().ok_or(ServeError::ShuttingDown)?;
+        let (id, port) = {
+            let mut l = self.listeners.lock().unwrap();
+            let pos = l.iter().position(|(_, p)| p.addr == addr).ok_or(ServeError::NoSuchListener(addr))?;
+            l.remove(pos)
+        };
+        self.target.remove_port(port.port_id, port.addr);
+        engine.remove_listener(id, true)?;
+        tracing::info!("stopped listening on {} (port id {})", port.addr, port.port_id);
+        Ok(port)
     }
     pub fn stats(&self) -> ServerStats {
         ServerStats {
@@ -103,8 +148,13 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
     };
     let engine = Engine::start(ecfg)?;
     let connections = Arc::new(AtomicUsize::new(0));
-    let mut server =
-        Server { engine: None, target: target.clone(), listeners: Vec::new(), connections: connections.clone() };
+    let mut server = Server {
+        engine: None,
+        target: target.clone(),
+        listeners: Mutex::new(Vec::new()),
+        connections: connections.clone(),
+        connections_max: cfg.limits.connections_max as usize,
+    };
     let mut specs: Vec<(String, Port)> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let addr = l.addr.parse().map_err(|_| ServeError::BadAddress(l.addr.clone()))?;
@@ -133,7 +183,7 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
             port.port_id
         );
         target.add_port(port.clone());
-        server.listeners.push((id, port));
+        server.listeners.get_mut().unwrap().push((id, port));
     }
     server.engine = Some(engine);
     Ok(server)
@@ -153,7 +203,11 @@ impl HandlerFactory for QueueFactory {
             tracing::warn!(peer = %info.peer, "connection limit ({}) reached; refusing", self.connections_max);
             return None;
         }
+        // The current export list: management may have changed it since.
         let mut port = self.port.clone();
+        if let Some(p) = self.target.ports().into_iter().find(|p| p.port_id == port.port_id) {
+            port.subsystems = p.subsystems;
+        }
         if port.addr.port() == 0 {
             port.addr.set_port(info.local.port());
         }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nvmf_proto::opcodes::aen;
@@ -113,7 +113,8 @@ pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
     pub model: String,
-    pub allow_any_host: bool,
+    /// Changed by management (host add/remove); read on Connect only.
+    allow_any_host: AtomicBool,
     allowed_hosts: Mutex<Vec<String>>,
     /// I/O queues a controller may create.
     pub io_queues_max: u32,
@@ -127,6 +128,19 @@ pub struct Subsystem {
     pub ctrls: Mutex<CtrlTable>,
     /// Stable FGUID for Identify Controller.
     pub fguid: [u8; 16],
+    /// ANA state per (port ID, ANA group) set by management; absent = optimized.
+    ana_states: Mutex<BTreeMap<(u16, u32), u8>>,
+    /// I/O totals of queues that have closed, so counters never go backwards.
+    pub retired_io: Mutex<IoTotals>,
+}
+
+/// Summed I/O counters (read commands, write commands, read bytes, written bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoTotals {
+    pub read_cmds: u64,
+    pub write_cmds: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
 }
 
 impl Subsystem {
@@ -134,7 +148,20 @@ impl Subsystem {
         self.ns.lock().unwrap().clone()
     }
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host || self.allowed_hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+        self.allow_any_host() || self.allowed_hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+    }
+    pub fn allow_any_host(&self) -> bool {
+        self.allow_any_host.load(Ordering::Acquire)
+    }
+    /// Replace the access list (management). New Connects see it at once;
+    /// connected controllers are not affected.
+    pub fn set_hosts(&self, allow_any_host: bool, hosts: Vec<String>) {
+        let mut l = self.allowed_hosts.lock().unwrap();
+        *l = hosts;
+        self.allow_any_host.store(allow_any_host, Ordering::Release);
+    }
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.allowed_hosts.lock().unwrap().clone()
     }
     pub fn add_allowed_host(&self, hostnqn: &str) {
         let mut l = self.allowed_hosts.lock().unwrap();
@@ -144,6 +171,25 @@ impl Subsystem {
     }
     pub fn controllers(&self) -> Vec<Arc<Controller>> {
         self.ctrls.lock().unwrap().by_id.values().cloned().collect()
+    }
+    /// ANA state of `group` as seen through port `port_id` (default optimized).
+    pub fn ana_state(&self, port_id: u16, group: u32) -> u8 {
+        let m = self.ana_states.lock().unwrap();
+        m.get(&(port_id, group)).copied().unwrap_or(nvmf_proto::log::ana_state::OPTIMIZED)
+    }
+    /// I/O totals over live queues plus the queues that already closed.
+    pub fn io_totals(&self) -> IoTotals {
+        // Held throughout so a queue retiring meanwhile is counted exactly once.
+        let retired = self.retired_io.lock().unwrap();
+        let mut t = *retired;
+        for c in self.controllers() {
+            let (rc, wc, rb, wb) = c.io_totals();
+            t.read_cmds += rc;
+            t.write_cmds += wc;
+            t.read_bytes += rb;
+            t.write_bytes += wb;
+        }
+        t
     }
     fn replace_ns(&self, f: impl FnOnce(&mut Vec<Arc<Namespace>>)) {
         let mut g = self.ns.lock().unwrap();
@@ -258,7 +304,7 @@ impl Target {
             nqn: s.nqn.clone(),
             serial: s.serial.clone().unwrap_or_else(|| format!("{h:016x}")),
             model: s.model.clone().unwrap_or_else(|| "nvmf".to_string()),
-            allow_any_host: s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty()),
+            allow_any_host: AtomicBool::new(s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty())),
             allowed_hosts: Mutex::new(s.allowed_hosts.clone()),
             io_queues_max: s.io_queues_max.unwrap_or(u32::MAX).min(self.limits.io_queues_max).max(1),
             queue_depth_max: s.queue_depth_max.unwrap_or(u32::MAX).min(self.limits.queue_depth_max).max(2),
@@ -267,6 +313,8 @@ impl Target {
             ana_chgcnt: AtomicU64::new(1),
             ctrls: Mutex::new(CtrlTable::default()),
             fguid,
+            ana_states: Mutex::new(BTreeMap::new()),
+            retired_io: Mutex::new(IoTotals::default()),
         });
         let mut next_nsid = 1;
         for n in &s.namespaces {
@@ -376,6 +424,62 @@ impl Target {
     pub fn remove_port(&self, port_id: u16, addr: SocketAddr) {
         self.ports.lock().unwrap().retain(|p| !(p.port_id == port_id && p.addr == addr));
         self.discovery_changed();
+    }
+
+    /// Change the subsystems a port exports (new connections see it; `None`
+    /// when no such port).
+    pub fn update_port_subsystems(&self, port_id: u16, subsystems: Vec<String>) -> Option<Port> {
+        let p = {
+            let mut l = self.ports.lock().unwrap();
+            let p = l.iter_mut().find(|p| p.port_id == port_id)?;
+            p.subsystems = subsystems;
+            p.clone()
+        };
+        self.discovery_changed();
+        Some(p)
+    }
+
+    /// Add a referral (`false` when one to `addr` exists already).
+    pub fn add_referral(&self, r: Referral) -> bool {
+        let mut l = self.referrals.lock().unwrap();
+        if l.iter().any(|x| x.addr == r.addr) {
+            return false;
+        }
+        l.push(r);
+        drop(l);
+        self.discovery_changed();
+        true
+    }
+    /// Remove the referral to `addr` (`false` when there is none).
+    pub fn remove_referral(&self, addr: SocketAddr) -> bool {
+        let mut l = self.referrals.lock().unwrap();
+        let before = l.len();
+        l.retain(|x| x.addr != addr);
+        let removed = l.len() != before;
+        drop(l);
+        if removed {
+            self.discovery_changed();
+        }
+        removed
+    }
+
+    /// Set the ANA state of `group` in subsystem `nqn` as seen through port
+    /// `port_id`; controllers connected through that port get an ANA change AEN.
+    pub fn set_ana_state(&self, nqn: &str, port_id: u16, group: u32, state: u8) -> Result<(), RegistryError> {
+        use nvmf_proto::log::ana_state;
+        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
+        if group == 0 || group > ANA_GROUPS_MAX {
+            return Err(RegistryError::Invalid(format!("ana group {group} out of range 1..={ANA_GROUPS_MAX}")));
+        }
+        if !matches!(state, ana_state::OPTIMIZED | ana_state::NON_OPTIMIZED | ana_state::INACCESSIBLE) {
+            return Err(RegistryError::Invalid(format!("ana state {state:#x} cannot be set")));
+        }
+        sub.ana_states.lock().unwrap().insert((port_id, group), state);
+        sub.ana_chgcnt.fetch_add(1, Ordering::Relaxed);
+        for c in sub.controllers().iter().filter(|c| c.port_id == port_id) {
+            c.raise_event(aen::CFG_ANA_CHANGE, aen::dw0(aen::TYPE_NOTICE, aen::NOTICE_ANA_CHANGE, 0x0c));
+        }
+        Ok(())
     }
 
     /// Bump the discovery generation counter and notify discovery controllers.

@@ -579,6 +579,7 @@ impl Queue {
                     None => (Arc::new(NsTable::default()), 0),
                 };
                 let admin = (ok.qid == 0).then(|| Box::new(AdminState::new(self.now_ms)));
+                ctrl.add_peer(ok.qid, self.peer);
                 if ok.qid == 0 {
                     tracing::info!(
                         "ctrl {} connected: host {}, subsystem {}, peer {}, kato {} ms",
@@ -1319,6 +1320,7 @@ impl Queue {
     /// The connection is gone: release the queue ID or the controller.
     pub fn on_closed(&mut self) {
         let Some(c) = self.conn.take() else { return };
+        c.ctrl.remove_peer(c.qid);
         if c.qid == 0 {
             c.ctrl.mark_dead();
             self.target.release_controller(&c.ctrl);

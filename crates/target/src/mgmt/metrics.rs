@@ -1,0 +1,104 @@
+//! Prometheus text exposition (format 0.0.4) of the target's counters.
+//!
+//! Data-path counters are per queue, written only by the queue's own core
+//! (relaxed load + store, no read-modify-write), and summed here at scrape
+//! time together with the totals of queues that already closed, so they
+//! never go backwards.
+
+use std::fmt::Write;
+
+use super::Mgmt;
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn val(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
+        let l: Vec<String> = labels.iter().map(|(k, x)| format!("{k}=\"{}\"", esc(x))).collect();
+        if l.is_empty() {
+            let _ = writeln!(self.0, "{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{}}} {v}", l.join(","));
+        }
+    }
+}
+
+/// Render every metric.
+pub fn render(m: &Mgmt) -> String {
+    let mut o = Out(String::with_capacity(4096));
+    let server = m.server();
+    let st = server.stats();
+    let subs = server.target().subsystems();
+
+    o.head("nvmf_uptime_seconds", "gauge", "Seconds since management started.");
+    o.val("nvmf_uptime_seconds", &[], m.started.elapsed().as_secs());
+    o.head("nvmf_connections", "gauge", "Open TCP connections (queues, incl. discovery).");
+    o.val("nvmf_connections", &[], st.connections as u64);
+    o.head("nvmf_controllers", "gauge", "Live controllers per subsystem.");
+    for s in &subs {
+        o.val("nvmf_controllers", &[("subsystem", &s.nqn)], s.controllers().len() as u64);
+    }
+    o.head("nvmf_io_queues", "gauge", "Connected I/O queues per subsystem.");
+    for s in &subs {
+        let n: usize = s.controllers().iter().map(|c| c.connected_io_queues()).sum();
+        o.val("nvmf_io_queues", &[("subsystem", &s.nqn)], n as u64);
+    }
+    o.head("nvmf_namespaces", "gauge", "Namespaces per subsystem.");
+    for s in &subs {
+        o.val("nvmf_namespaces", &[("subsystem", &s.nqn)], s.namespaces().list.len() as u64);
+    }
+    o.head("nvmf_namespace_size_bytes", "gauge", "Namespace capacity.");
+    for s in &subs {
+        for ns in &s.namespaces().list {
+            let nsid = ns.nsid.to_string();
+            o.val("nvmf_namespace_size_bytes", &[("subsystem", &s.nqn), ("nsid", &nsid)], ns.backend.size_bytes());
+        }
+    }
+    let totals: Vec<_> = subs.iter().map(|s| (s.nqn.clone(), s.io_totals())).collect();
+    for (name, help, f) in [
+        (
+            "nvmf_read_commands_total",
+            "Read commands completed.",
+            (|t: &crate::subsys::IoTotals| t.read_cmds) as fn(&_) -> u64,
+        ),
+        ("nvmf_write_commands_total", "Write commands completed.", |t| t.write_cmds),
+        ("nvmf_read_bytes_total", "Bytes read by hosts.", |t| t.read_bytes),
+        ("nvmf_write_bytes_total", "Bytes written by hosts.", |t| t.write_bytes),
+    ] {
+        o.head(name, "counter", help);
+        for (nqn, t) in &totals {
+            o.val(name, &[("subsystem", nqn)], f(t));
+        }
+    }
+    for (name, help, f) in [
+        (
+            "nvmf_core_busy_loops_total",
+            "Engine loop iterations that handled work.",
+            (|c: &nvmf_engine::CoreStats| c.busy_loops) as fn(&_) -> u64,
+        ),
+        (
+            "nvmf_core_idle_loops_total",
+            "Engine loop iterations that found nothing to do (poll mode: idle spinning).",
+            |c| c.idle_loops,
+        ),
+        ("nvmf_core_enters_total", "io_uring_enter calls.", |c| c.enters),
+        ("nvmf_core_connections", "Connections owned by the core.", |c| c.connections),
+        ("nvmf_core_connections_accepted_total", "Connections handed to the core.", |c| c.connections_total),
+        ("nvmf_core_rx_bytes_total", "TCP bytes received.", |c| c.bytes_rx),
+        ("nvmf_core_tx_bytes_total", "TCP bytes sent.", |c| c.bytes_tx),
+        ("nvmf_core_storage_ops_total", "Storage operations submitted to io_uring.", |c| c.storage_ops),
+    ] {
+        o.head(name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);
+        for c in &st.cores {
+            let core = c.core_index.to_string();
+            o.val(name, &[("core", &core)], f(c));
+        }
+    }
+    o.0
+}
