@@ -199,7 +199,7 @@ tstart() {
     rm -f "$STATE/$name.rc" "$STATE/$name.pid"
     printf '\n===== %s: nvmf target %s\n' "$(ts)" "$*" >>"$LOGROOT/$name.log"
     (
-        "$NVMF" target "$@" </dev/null >>"$LOGROOT/$name.log" 2>&1 &
+        NO_COLOR=1 "$NVMF" target "$@" </dev/null >>"$LOGROOT/$name.log" 2>&1 &
         echo $! >"$STATE/$name.pid"
         rc=0; wait $! || rc=$?
         echo "$rc" >"$STATE/$name.rc"
@@ -248,19 +248,44 @@ log_errors() {
 
 # ------------------------------------------------------------------ group: target
 target_setup() {
+    local try failed t
+    for try in 1 2 3; do
+        target_config
+        [ -n "${NEED_TARGETS:-}" ] || break
+        failed=$(target_start_all)
+        [ -z "$failed" ] && break
+        # A free port can be taken between free_port and the target's bind: then new
+        # ports, again. Any other start failure fails only the cases using it (tneed).
+        for t in $failed; do tail -n 5 "$LOGROOT/$t.log" | grep -qi 'in use' && continue 2; done
+        break
+    done
+    vm_boot target
+}
+# target_start_all: start t1..t3, print the names of those that did not come up
+target_start_all() {
+    local t
+    . "$STATE/target.env"
+    for t in t1 t2 t3; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
+    tstart t1 --config "$STATE/t1.toml" >&2 || echo t1
+    tstart t2 --listen "127.0.0.1:$PF" --discovery-listen "127.0.0.1:$PFD" \
+        --subsystem "$SUBNQN_FILE" --namespace "file:$STATE/file-ns.img" >&2 || echo t2
+    tstart t3 --listen "127.0.0.1:$PH" --discovery-listen "127.0.0.1:$PHD" \
+        --subsystem "$SUBNQN_RESTRICTED" --namespace ram:64MiB \
+        --allow-host "$ALLOWED_HOSTNQN" >&2 || echo t3
+}
+# target_config: pick ports, write t1.toml, guest forwards, patterns, backing file
+target_config() {
     local pa pd pf pfd ph phd pg
     pa=$(free_port) pd=$(free_port) pf=$(free_port) pfd=$(free_port)
     ph=$(free_port) phd=$(free_port) pg=$(free_port)
-    cat >"$STATE/target.env" <<EOF
-PA=$pa PD=$pd PF=$pf PFD=$pfd PH=$ph PHD=$phd PG=$pg
-EOF
+    echo "PA=$pa PD=$pd PF=$pf PFD=$pfd PH=$ph PHD=$phd PG=$pg" >"$STATE/target.env"
     # Guest port == host port: the guest dials 10.0.2.100:P for host 127.0.0.1:P, so
     # the trsvcid a discovery log reports for 127.0.0.1:P is usable as is in the guest.
     echo "$pa:$pa $pd:$pd $pf:$pf $ph:$ph $pg:$pg" >"$STATE/target.guestfwd"
     # host-made patterns, copied into the guest at boot (the host compares files with them)
     mkdir -p "$STATE/files"
-    head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
-    head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8b"
+    [ -s "$STATE/files/pat8" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
+    [ -s "$STATE/files/pat8b" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8b"
     printf '#!/bin/sh\necho "guest up: $(uname -r), $(nproc) vCPUs"\n' >"$STATE/target.boot.sh"
 
     # TOML for the main target (schema agreed with the target engineers; see README):
@@ -296,17 +321,8 @@ block_size = 512
 EOF
     echo "$pf $pfd" >"$STATE/t2.ports"
     echo "$ph $phd" >"$STATE/t3.ports"
+    rm -f "$STATE/file-ns.img"
     truncate -s 64M "$STATE/file-ns.img"
-    if [ -n "${NEED_TARGETS:-}" ]; then
-        # each target failing to start only fails the cases that use it (tneed)
-        tstart t1 --config "$STATE/t1.toml" || true
-        tstart t2 --listen "127.0.0.1:$pf" --discovery-listen "127.0.0.1:$pfd" \
-            --subsystem "$SUBNQN_FILE" --namespace "file:$STATE/file-ns.img" || true
-        tstart t3 --listen "127.0.0.1:$ph" --discovery-listen "127.0.0.1:$phd" \
-            --subsystem "$SUBNQN_RESTRICTED" --namespace ram:64MiB \
-            --allow-host "$ALLOWED_HOSTNQN" || true
-    fi
-    vm_boot target
 }
 target_teardown() {
     vm_down target
@@ -468,16 +484,23 @@ c_target_kill_mid_io() {
 
 # ------------------------------------------------------------------ group: host
 host_setup() {
-    local h1 h2
-    h1=$(free_port) h2=$(free_port)
-    echo "H1=$h1 H2=$h2" >"$STATE/host.env"
-    echo "$h1:4420 $h2:8009" >"$STATE/host.hostfwd"
+    local h1 h2 try
     {
         printf 'export KT_SUBSYS="%s" KT_PORTS="4420 8009" KT_SERIAL=%s KT_MODEL=%s\n' \
             "$KT_NQN1:128:512 $KT_NQN2:64:512" "$KT_SERIAL" "$KT_MODEL"
         cat "$HERE/cases/ktarget.sh"
     } >"$STATE/host.boot.sh"
-    vm_boot host
+    for try in 1 2 3; do
+        h1=$(free_port) h2=$(free_port)
+        echo "H1=$h1 H2=$h2" >"$STATE/host.env"
+        echo "$h1:4420 $h2:8009" >"$STATE/host.hostfwd"
+        vm_boot host >"$STATE/host-boot.out" 2>&1 && { cat "$STATE/host-boot.out"; return 0; }
+        cat "$STATE/host-boot.out"
+        # qemu binds the hostfwd ports: one may have been taken since free_port
+        grep -qiE 'host forwarding|in use' "$STATE/host-boot.out" || return 1
+        echo "[interop] hostfwd port clash, new ports (try $try)"
+    done
+    return 1
 }
 host_teardown() { vm_down host; }
 henv() {
@@ -650,6 +673,8 @@ run_case() { # runs C_* in a subshell with a watchdog; prints the verdict line
     ( sleep "$C_TIMEOUT"; echo "[interop] case timeout (${C_TIMEOUT}s)" >>"$log"; kill -TERM "$pid" 2>/dev/null ) >/dev/null 2>&1 &
     wd=$!
     wait "$pid" || rc=$?
+    # killed by the watchdog: a guest command may still be running, reboot before the next case
+    [ $rc -ge 128 ] && touch "$STATE/$C_GROUP.dirty"
     kill "$wd" 2>/dev/null || true
     wait "$wd" 2>/dev/null || true
     if [ $rc = 0 ]; then
@@ -670,6 +695,8 @@ main() {
         *) FILTERS+=("$a") ;;
         esac
     done
+    # old run logs (over 12 h) go; a run takes minutes, so no live run loses its logs
+    [ -d "$HERE/.run" ] && find "$HERE/.run" -mindepth 1 -maxdepth 1 -type d -name '2*' -mmin +720 -exec rm -rf {} + 2>/dev/null
     LOGROOT=${NVMF_INTEROP_LOGDIR:-$HERE/.run/$(date +%Y%m%d-%H%M%S)}
     mkdir -p "$LOGROOT"
     [ -n "${NVMF_INTEROP_LOGDIR:-}" ] || ln -sfn "$(basename "$LOGROOT")" "$HERE/.run/latest"
@@ -724,6 +751,8 @@ main() {
         "${group}_teardown" >>"$LOGROOT/$group-setup.log" 2>&1 || true
         say "[interop] $group group done ($((SECONDS - g0))s)"
     done
+    # the big inputs (patterns, backing file, binary copy) only matter for a failure
+    [ "$FAILN" = 0 ] && rm -rf "$STATE/rw" "$STATE/files" "$STATE/file-ns.img" "$STATE/nvmf"
     say "[interop] total $((SECONDS - t0))s; $SKIPN skipped; logs in $LOGROOT"
     say "$PASS passed, $FAILN failed"
     [ "$FAILN" = 0 ]

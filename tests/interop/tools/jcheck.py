@@ -4,7 +4,8 @@ the exact schema is not fixed, strictly where it is).
 
   jcheck.py nqns FILE NQN...     every NQN is the value of some "subnqn"/"nqn" key
   jcheck.py values FILE VALUE... every VALUE is some string value (whitespace-trimmed)
-  jcheck.py perf FILE            top-level "errors" == 0 and "iops" > 0
+  jcheck.py perf FILE            top-level "errors" == 0 and "iops" > 0 (and, when
+                                 present, "verify_errors" == 0, "verified_reads" > 0)
 Exit 0 when the assertion holds, 1 when not, 2 when FILE is not JSON.
 """
 import json
@@ -43,9 +44,21 @@ def main(argv):
         print("json values %s: %s" % (args, "missing %s" % missing if missing else "all present"))
         return 1 if missing else 0
     if cmd == "perf":
-        err, iops = (doc.get("errors"), doc.get("iops")) if isinstance(doc, dict) else (None, None)
-        print("perf json: errors=%r iops=%r" % (err, iops))
+        if not isinstance(doc, dict):
+            print("perf json: not an object")
+            return 1
+        err, iops = doc.get("errors"), doc.get("iops")
         ok = err == 0 and isinstance(iops, (int, float)) and not isinstance(iops, bool) and iops > 0
+        extra = ""
+        # optional keys, checked when present: the verifier must really have checked
+        # reads and found nothing
+        if "verify_errors" in doc:
+            extra += " verify_errors=%r" % doc["verify_errors"]
+            ok = ok and doc["verify_errors"] == 0
+        if "verified_reads" in doc:
+            extra += " verified_reads=%r" % doc["verified_reads"]
+            ok = ok and isinstance(doc["verified_reads"], int) and doc["verified_reads"] > 0
+        print("perf json: errors=%r iops=%r%s -> %s" % (err, iops, extra, "ok" if ok else "BAD"))
         return 0 if ok else 1
     print(__doc__)
     return 2
