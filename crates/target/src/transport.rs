@@ -1540,6 +1540,88 @@ mod tests {
         }
     }
 
+    /// Fuzz input for an already connected I/O queue (preface mode 2):
+    /// in-capsule write, R2T write with its data, read, compare, DSM.
+    fn session_stream(dg: u8) -> Vec<u8> {
+        let tx = TxConfig { hdgst: dg & 1 != 0, ddgst: dg & 2 != 0, data_align: 4 };
+        let mut s = vec![2 | (dg << 2)];
+        let mut w = Sqe::rw(iop::WRITE, 3, 1, 0, 8);
+        w.sgl1 = Sgl::in_capsule(0, 4096);
+        encode_capsule_cmd(&mut s, &w, &[5; 4096], &tx);
+        let mut w = Sqe::rw(iop::WRITE, 4, 1, 8, 8);
+        w.sgl1 = Sgl::transport(4096);
+        encode_capsule_cmd(&mut s, &w, &[], &tx);
+        // The first free slot is 0: the R2T's TTAG.
+        let hdr = DataHdr { cccid: 4, ttag: 0, offset: 0, length: 4096 };
+        encode_data_pdu(&mut s, false, flags::LAST_PDU, &hdr, &[6; 4096], &tx);
+        let mut r = Sqe::rw(iop::READ, 5, 1, 0, 16);
+        r.sgl1 = Sgl::transport(8192);
+        encode_capsule_cmd(&mut s, &r, &[], &tx);
+        let mut c = Sqe::rw(iop::COMPARE, 6, 1, 0, 1);
+        c.sgl1 = Sgl::in_capsule(0, 512);
+        encode_capsule_cmd(&mut s, &c, &[5; 512], &tx);
+        let mut d = Sqe::new(iop::DATASET_MANAGEMENT, 7, 1);
+        d.cdw11 = 1 << 2;
+        d.sgl1 = Sgl::in_capsule(0, 16);
+        let mut range = [0u8; 16];
+        range[4] = 8;
+        encode_capsule_cmd(&mut s, &d, &range, &tx);
+        s
+    }
+
+    #[test]
+    fn fuzz_preface_session_is_valid() {
+        // The unmutated stream runs without a TermReq: the soak starts deep.
+        let target = crate::testing::test_target();
+        let sub = target.subsystem(TEST_NQN).unwrap();
+        let ctrl = target.create_controller(CtrlKind::Io, Some(sub), HOST, [0; 16], 1).unwrap();
+        let mut q = test_queue(target.clone());
+        ic(&mut q, 0);
+        feed(&mut q, &connect_bytes(1, ctrl.cntlid, 0), 0);
+        let body = &session_stream(0)[1..];
+        let (out, f) = feed(&mut q, body, 0);
+        assert_eq!(f, QueueFlow::Continue);
+        let resps = pdus(&out, false, false)
+            .iter()
+            .filter_map(|p| match p {
+                Pdu::CapsuleResp(c) => Some(c.status),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert!(resps.iter().all(|s| s.is_success()), "{resps:?}");
+        assert_eq!(resps.len(), 4, "2 writes, compare and DSM (the read completes with SUCCESS)");
+    }
+
+    #[test]
+    fn fuzz_soak_of_mutated_sessions() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for dg in 0..4u8 {
+            let base = session_stream(dg);
+            fuzz_queue_input(&base);
+            for _ in 0..300 {
+                let mut m = base.clone();
+                for _ in 0..(next() % 4 + 1) {
+                    let at = (next() as usize) % m.len();
+                    match next() % 4 {
+                        0 => m[at] = next() as u8,
+                        1 => m[at] ^= 1 << (next() % 8),
+                        2 => m.insert(at, next() as u8),
+                        _ => {
+                            m.remove(at);
+                        }
+                    }
+                }
+                fuzz_queue_input(&m);
+            }
+        }
+    }
+
     #[test]
     fn fuzz_entry_survives_garbage_and_mutations() {
         fuzz_queue_input(&[]);
