@@ -27,6 +27,8 @@ enum Cmd {
     Write(cli::host::WriteArgs),
     /// Load generator (spdk_nvme_perf / fio style) with latency histograms.
     Perf(cli::perf::PerfArgs),
+    /// Manage a running target (subsystems, namespaces, hosts, listeners, ANA, stats) over its RPC socket.
+    Ctl(cli::ctl::CtlArgs),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Cmd::Read(a) => cli::host::read(a),
         Cmd::Write(a) => cli::host::write(a),
         Cmd::Perf(a) => cli::perf::run(a),
+        Cmd::Ctl(a) => cli::ctl::run(a),
     };
     if let Err(e) = result {
         eprintln!("nvmf: error: {e:#}");

@@ -1,5 +1,6 @@
 //! Subcommands. Each file owns its clap argument structs and a `run` function.
 
+pub mod ctl;
 pub mod host;
 pub mod perf;
 pub mod target;

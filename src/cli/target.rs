@@ -66,6 +66,22 @@ pub struct TargetArgs {
     /// Longest wait for in-flight commands at shutdown before connections are closed.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+    /// Start from nvmetcli's saved JSON (`nvmetcli save`) instead of --config.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub import_nvmetcli: Option<PathBuf>,
+    /// Management (JSON-RPC) Unix socket, or "none" (default: /run/nvmf/nvmf.sock
+    /// for root, else $XDG_RUNTIME_DIR/nvmf/nvmf.sock, else /tmp/nvmf-$UID/nvmf.sock).
+    #[arg(long, value_name = "PATH")]
+    pub rpc_socket: Option<PathBuf>,
+    /// Also serve management as HTTP JSON-RPC on this TCP address (needs --rpc-token-file).
+    #[arg(long, value_name = "ADDR:PORT", requires = "rpc_token_file")]
+    pub rpc_listen: Option<SocketAddr>,
+    /// File holding the bearer token for --rpc-listen.
+    #[arg(long, value_name = "FILE")]
+    pub rpc_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Parse `--namespace KIND:ARG`.
@@ -101,9 +117,19 @@ pub fn parse_namespace_spec(spec: &str) -> anyhow::Result<NamespaceConfig> {
 
 /// Base configuration plus flag overrides, normalized.
 pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
-    let mut cfg = match &a.config {
-        Some(path) => TargetConfig::from_file(path)?,
-        None => TargetConfig::embedded_default(),
+    let mut cfg = match (&a.config, &a.import_nvmetcli) {
+        (Some(path), _) => TargetConfig::from_file(path)?,
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--import-nvmetcli {}", path.display()))?;
+            let (cfg, warnings) = nvmf_target::mgmt::nvmetcli::import(&text)
+                .map_err(|e| anyhow::anyhow!("--import-nvmetcli {}: {e}", path.display()))?;
+            for w in warnings {
+                eprintln!("nvmf target: warning: {}: {w}", path.display());
+            }
+            cfg
+        }
+        (None, None) => TargetConfig::embedded_default(),
     };
     if !a.listen.is_empty() {
         cfg.listeners = a
@@ -281,7 +307,25 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     init_tracing(a.log_level.as_deref())?;
     // Before any thread exists, so every engine thread inherits the mask.
     let signals = ShutdownSignals::block()?;
-    let server = nvmf_target::serve(&cfg)?;
+    let server = std::sync::Arc::new(nvmf_target::serve(&cfg)?);
+    let mgmt = nvmf_target::mgmt::Mgmt::new(server.clone(), &cfg)?;
+    let token = match &a.rpc_token_file {
+        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--rpc-token-file {}", f.display()))?),
+        None => None,
+    };
+    let rpc = nvmf_target::mgmt::RpcOptions {
+        socket_path: match &a.rpc_socket {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(nvmf_target::mgmt::default_socket_path()),
+        },
+        // An explicit path must work; the default one is best effort (another target may hold it).
+        socket_required: a.rpc_socket.is_some(),
+        tcp_addr: a.rpc_listen,
+        token: token.map(|t| t.trim().to_string()),
+        metrics_addr: a.metrics,
+    };
+    let listeners = nvmf_target::mgmt::MgmtListeners::start(mgmt.clone(), &rpc)?;
     // Show the bound addresses: they differ from the configured ones for port 0.
     let mut shown = cfg.clone();
     for (l, addr) in shown.listeners.iter_mut().zip(server.io_addrs()) {
@@ -295,6 +339,13 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     if let Err(e) = out.write_all(summary(&shown).as_bytes()).and_then(|()| out.flush()) {
         tracing::warn!("cannot print the startup summary: {e}");
     }
+    if let Some(p) = &listeners.socket_path {
+        let _ = writeln!(out, "manage:              nvmf ctl --rpc-socket {} subsystem list", p.display());
+    }
+    if let Some(m) = listeners.metrics_addr {
+        let _ = writeln!(out, "metrics:             http://{m}/metrics");
+    }
+    let _ = out.flush();
     drop(out);
 
     let sig = signals.wait();
@@ -305,7 +356,13 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
         eprintln!("nvmf target: {} again, exiting without waiting", signal_name(sig));
         std::process::exit(1);
     });
-    server.shutdown(Duration::from_millis(a.shutdown_timeout_ms));
+    listeners.stop();
+    drop(mgmt);
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.shutdown(Duration::from_millis(a.shutdown_timeout_ms)),
+        // Unreachable once the management threads are joined; dropping still shuts down.
+        Err(server) => drop(server),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -248,7 +248,16 @@ fn serve_unix(mut c: UnixStream, mgmt: &Mgmt, stop: &AtomicBool) {
     let _ = c.set_read_timeout(Some(Duration::from_millis(POLL_MS)));
     let mut buf: Vec<u8> = Vec::new();
     let mut last = Instant::now();
+    let mut served = false;
     loop {
+        if !served && (buf.starts_with(b"POST ") || buf.starts_with(b"GET ")) {
+            // HTTP on the Unix socket (curl --unix-socket): no token needed, the
+            // socket's permissions are the access control.
+            let prefix = std::mem::take(&mut buf);
+            let _ = c.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)));
+            serve_http_rpc_inner(&mut c, &prefix, mgmt, None);
+            return;
+        }
         // Serve every complete line.
         while let Some(i) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
@@ -264,19 +273,12 @@ fn serve_unix(mut c: UnixStream, mgmt: &Mgmt, stop: &AtomicBool) {
                 }
             }
             last = Instant::now();
+            served = true;
         }
         if buf.len() > REQUEST_BYTES_MAX {
             let mut out = serde_json::to_vec(&rpc::oversized_response()).unwrap_or_default();
             out.push(b'\n');
             let _ = c.write_all(&out);
-            return;
-        }
-        if buf.starts_with(b"POST ") || buf.starts_with(b"GET ") {
-            // HTTP on the Unix socket (curl --unix-socket): no token needed, the
-            // socket's permissions are the access control.
-            let prefix = std::mem::take(&mut buf);
-            let _ = c.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)));
-            serve_http_rpc_inner(&mut c, &prefix, mgmt, None);
             return;
         }
         match read_more(&mut c, &mut buf, stop) {

@@ -109,14 +109,10 @@ fn config_error(e: ConfigError, strip_namespace: bool) -> RpcError {
             if let Some(rest) = k.strip_prefix("subsystem[").and_then(|r| r.split_once("].")) {
                 k = rest.1;
             }
-            let renamed;
             if strip_namespace {
                 if let Some(rest) = k.strip_prefix("namespace[").and_then(|r| r.split_once("].")) {
                     k = rest.1;
                 }
-            } else if let Some(rest) = k.strip_prefix("namespace[") {
-                renamed = format!("namespaces[{rest}");
-                k = &renamed;
             }
             RpcError::param(k, message)
         }
@@ -246,7 +242,11 @@ impl Dispatch for Mgmt {
             )),
         };
         match &r {
-            Ok(_) if !method.ends_with("_list") && !method.ends_with("_get") && method != "stats" => {
+            Ok(_)
+                if !method.ends_with("_list")
+                    && !method.ends_with("_get")
+                    && !matches!(method, "stats" | "rpc_methods") =>
+            {
                 tracing::info!("rpc {method}: ok")
             }
             Ok(_) => tracing::debug!("rpc {method}: ok"),
