@@ -26,12 +26,13 @@ use std::sync::Arc;
 use nvmf_proto::cqe::Cqe;
 use nvmf_proto::digest::crc32c;
 use nvmf_proto::fabrics::{ConnectCmd, CONNECT_DATA_LEN};
+use nvmf_proto::log::ana_state;
 use nvmf_proto::opcodes::{admin as admin_op, fctype};
 use nvmf_proto::pdu::{
     self, dgst, encode_capsule_resp, encode_data_pdu, encode_data_pdu_header, encode_ic_resp, encode_r2t,
     encode_term_req, fes, finish_data_pdu, flags, DataHdr, IcReq, IcResp, TxConfig,
 };
-use nvmf_proto::status::{generic, media, sct};
+use nvmf_proto::status::{generic, media, path, sct};
 use nvmf_proto::{decode, Decoded, FrameConfig, Pdu, PduError, Role, Sqe, Status};
 
 use crate::admin::{self, AdminCtx, AdminOutcome, AdminState};
@@ -129,6 +130,11 @@ struct Conn {
     ns: Option<Arc<NsTable>>,
     ns_generation: u64,
     admin: Option<Box<AdminState>>,
+    /// ANA change count the cache below was built at.
+    ana_chgcnt: u64,
+    /// (ANA group, state) for groups not accessible through this port; empty
+    /// in the common case, so the per-command check is one counter load.
+    ana_unusable: Vec<(u32, u8)>,
 }
 
 /// Stand-in while the snapshot is borrowed (never observed in practice).
@@ -603,6 +609,8 @@ impl Queue {
                     ns: Some(ns),
                     ns_generation: gen,
                     admin,
+                    ana_chgcnt: 0,
+                    ana_unusable: Vec::new(),
                 });
                 // SQHD after consuming the Connect itself.
                 if let Some(c) = self.conn.as_mut() {
@@ -716,6 +724,12 @@ impl Queue {
                 return;
             }
         };
+        if let Some(n) = ns {
+            if let Some(s) = self.ana_refusal(table, n.ana_group) {
+                self.respond(out, sqe.cid, s, 0, 0);
+                return;
+            }
+        }
         let h2c_len = plan.host_data_len();
         if h2c_len > 0 {
             match Self::host_data(&sqe, data, self.limits.mdts_bytes) {
@@ -738,6 +752,38 @@ impl Queue {
             }
         }
         self.exec_io(None, sqe, ns, plan, None, out, io);
+    }
+
+    /// Path status when `group` is not accessible through this queue's port.
+    #[inline]
+    fn ana_refusal(&mut self, table: &NsTable, group: u32) -> Option<Status> {
+        let c = self.conn.as_mut()?;
+        let sub = c.ctrl.subsys.as_ref()?;
+        let chg = sub.ana_chgcnt.load(Ordering::Relaxed);
+        if chg != c.ana_chgcnt {
+            c.ana_chgcnt = chg;
+            c.ana_unusable.clear();
+            for n in &table.list {
+                let st = sub.ana_state(self.port.port_id, n.ana_group);
+                let usable = matches!(st, ana_state::OPTIMIZED | ana_state::NON_OPTIMIZED);
+                if !usable && !c.ana_unusable.iter().any(|(g, _)| *g == n.ana_group) {
+                    c.ana_unusable.push((n.ana_group, st));
+                }
+            }
+        }
+        if c.ana_unusable.is_empty() {
+            return None;
+        }
+        let (_, st) = *c.ana_unusable.iter().find(|(g, _)| *g == group)?;
+        // No DNR: the host retries on another path.
+        Some(Status::new(
+            sct::PATH,
+            match st {
+                ana_state::INACCESSIBLE => path::ANA_INACCESSIBLE,
+                ana_state::PERSISTENT_LOSS => path::ANA_PERSISTENT_LOSS,
+                _ => path::ANA_TRANSITION,
+            },
+        ))
     }
 
     fn alloc_slot(&mut self) -> Option<usize> {

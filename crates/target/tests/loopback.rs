@@ -565,3 +565,22 @@ fn file_backend_through_the_ring() {
     assert_eq!(&f[2048 * 512..2048 * 512 + d.len()], &d[..]);
     assert_eq!(&f[8 * 512..16 * 512], &small[..]);
 }
+
+#[test]
+fn ana_inaccessible_group_fails_io_with_a_path_status() {
+    use nvmf_proto::log::{ana_state, parse_ana_log};
+    let srv = start_target(small_limits());
+    let addr = srv.io_addrs()[0];
+    let (mut a, mut q) = full_bringup(addr, false, false, 0);
+    assert!(read(&mut q, 1, 0, 1, 512).0.is_success());
+    srv.target().set_ana_state(NQN, 1, 1, ana_state::INACCESSIBLE).unwrap();
+    let (s, _) = read(&mut q, 1, 0, 1, 512);
+    assert_eq!((s.sct, s.sc, s.dnr), (sct::PATH, nvmf_proto::status::path::ANA_INACCESSIBLE, false));
+    let g = GetLogPageCmd { lid: 0x0c, lsp: 0, rae: false, len: 4096, offset: 0, lsi: 0, nsid: 0 };
+    let (_, d) = a.exec(g.to_sqe(0), &[], true);
+    let (_, groups) = parse_ana_log(&d[..16 + 32 + 8]).unwrap();
+    assert_eq!((groups[0].grpid, groups[0].state, groups[0].nsids.clone()), (1, ana_state::INACCESSIBLE, vec![1, 2]));
+    srv.target().set_ana_state(NQN, 1, 1, ana_state::OPTIMIZED).unwrap();
+    assert!(read(&mut q, 1, 0, 1, 512).0.is_success());
+    srv.shutdown(Duration::from_secs(2));
+}
