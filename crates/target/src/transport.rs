@@ -17,6 +17,20 @@
 //!   CapsuleResp) when the host disabled SQ flow control.
 //!
 //! Fatal transport errors send a C2HTermReq (FES/FEI) and close after flush.
+//!
+//! ## Bounds
+//!
+//! | what | bound |
+//! | --- | --- |
+//! | largest PDU accepted | 72 + 260 + max(`in_capsule_data_bytes`, 8 KiB, `max_h2c_data_bytes`) bytes, checked from the 8-byte header ([`QueueLimits::pdu_len_max`]) |
+//! | in-capsule data | I/O queues `limits.in_capsule_data_bytes`, admin queue [`ADMIN_IN_CAPSULE_BYTES`] |
+//! | commands holding state (R2T, storage) | SQSIZE + 1 slots, fixed at Connect; more → Internal Error |
+//! | R2Ts per command | 1 (the whole transfer; the host splits into ≤ MAXH2CDATA PDUs) |
+//! | data buffers | one per slot, grown to the largest transfer it served (≤ `mdts_bytes`, 2× for Compare); none for memory-backend reads/writes |
+//! | admin data transfer | [`ADMIN_XFER_BYTES_MAX`] |
+//! | held AERs | `limits.aer_max`; undelivered events per controller 64 |
+//! | ICReq + Connect | within `limits.connect_timeout_ms` |
+//! | keep-alive | KATO × 1.5 without admin-queue traffic tears the controller down |
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
