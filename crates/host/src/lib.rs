@@ -34,6 +34,7 @@ pub mod controller;
 pub mod discovery;
 pub mod error;
 pub mod fuzzing;
+pub mod multipath;
 pub mod options;
 pub mod queue;
 
