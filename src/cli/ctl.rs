@@ -143,7 +143,7 @@ pub enum NamespaceCmd {
         #[arg(long)]
         nsid: u32,
     },
-    /// Change the size (ram, null, file); hosts get a namespace change event.
+    /// Change the size of a file namespace; hosts get a namespace change event.
     Resize {
         #[arg(long, value_name = "NQN")]
         subsystem: String,
