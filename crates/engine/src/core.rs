@@ -181,6 +181,15 @@ impl RxBuf {
     }
 }
 
+/// A handler-owned buffer spliced into the tx stream at byte position `at` of the
+/// accumulated tx bytes.
+pub(crate) struct ExtSeg {
+    pub(crate) at: usize,
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) token: u64,
+}
+
 struct StorageOp {
     slot: u32,
     token: u64,
@@ -249,8 +258,18 @@ struct Conn {
     handler: Box<dyn Handler>,
     rx: RxBuf,
     tx_acc: Vec<u8>,
+    /// Borrowed segments spliced into `tx_acc` (ConnIo::send_borrowed).
+    ext_acc: Vec<ExtSeg>,
     tx_fly: Vec<u8>,
+    ext_fly: Vec<ExtSeg>,
+    /// Logical bytes of the in-flight batch (tx_fly + ext_fly) already sent.
     tx_off: usize,
+    /// Logical size of the in-flight batch.
+    tx_total: usize,
+    /// ext_fly segments already reported through on_sent.
+    ext_done: usize,
+    iov: Vec<libc::iovec>,
+    msg: Box<libc::msghdr>,
     recv_fly: bool,
     send_fly: bool,
     storage_fly: u32,
@@ -263,7 +282,7 @@ struct Conn {
 impl Conn {
     #[inline]
     fn tx_pending(&self) -> usize {
-        (self.tx_fly.len() - self.tx_off) + self.tx_acc.len()
+        (self.tx_total - self.tx_off) + self.tx_acc.len() + self.ext_acc.iter().map(|e| e.len).sum::<usize>()
     }
     #[inline]
     fn live(&self) -> bool {
@@ -278,8 +297,18 @@ impl Conn {
         slot: u32,
         f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> Flow,
     ) -> Flow {
-        let Conn { handler, rx, tx_acc, info, storage_fly, rerun_recv, id, poisoned, .. } = self;
-        let mut io = ConnIo { rx, tx: tx_acc, info, sq, slot, conn_id: *id, storage_inflight: storage_fly, rerun_recv };
+        let Conn { handler, rx, tx_acc, ext_acc, info, storage_fly, rerun_recv, id, poisoned, .. } = self;
+        let mut io = ConnIo {
+            rx,
+            tx: tx_acc,
+            tx_ext: ext_acc,
+            info,
+            sq,
+            slot,
+            conn_id: *id,
+            storage_inflight: storage_fly,
+            rerun_recv,
+        };
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(handler.as_mut(), &mut io))) {
             Ok(flow) => flow,
             Err(_) => {
@@ -296,6 +325,7 @@ impl Conn {
         }
         self.state = State::Closing(reason);
         self.tx_acc = Vec::new();
+        self.ext_acc = Vec::new();
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
         if self.recv_fly {
@@ -316,6 +346,37 @@ impl Conn {
             Flow::CloseNow => self.hard_close(sq, slot, CloseReason::Handler),
         }
     }
+}
+
+/// Max iovecs per sendmsg (UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+
+/// Fill `iov` with the part of the logical stream (own bytes of `fly` with `ext`
+/// segments spliced in) from logical offset `off`, at most MAX_IOV entries.
+fn build_iov(fly: &[u8], ext: &[ExtSeg], off: usize, iov: &mut Vec<libc::iovec>) {
+    iov.clear();
+    let mut logical = 0usize;
+    let push = |ptr: *const u8, len: usize, logical: &mut usize, iov: &mut Vec<libc::iovec>| {
+        let start = *logical;
+        *logical += len;
+        if len == 0 || start + len <= off || iov.len() >= MAX_IOV {
+            return;
+        }
+        let skip = off.saturating_sub(start);
+        // SAFETY: skip < len; pointer arithmetic within the segment.
+        let p = unsafe { ptr.add(skip) };
+        iov.push(libc::iovec { iov_base: p as *mut libc::c_void, iov_len: len - skip });
+    };
+    let mut own = 0usize;
+    for e in ext {
+        // `at` is append-only by contract; clamp so a misbehaving handler cannot
+        // make us index out of bounds.
+        let at = e.at.clamp(own, fly.len());
+        push(fly[own..at].as_ptr(), at - own, &mut logical, iov);
+        own = at;
+        push(e.ptr, e.len, &mut logical, iov);
+    }
+    push(fly[own..].as_ptr(), fly.len() - own, &mut logical, iov);
 }
 
 // ---------------------------------------------------------------- ring setup
@@ -644,9 +705,29 @@ impl Core {
                     self.stats.bytes_tx += res as u64;
                     self.stats.send_ops += 1;
                     c.tx_off += res as usize;
-                    if c.tx_off >= c.tx_fly.len() {
+                    if !c.ext_fly.is_empty() {
+                        // report borrowed segments that are now fully handed to the kernel
+                        let mut prefix: usize = c.ext_fly[..c.ext_done].iter().map(|e| e.len).sum();
+                        while c.ext_done < c.ext_fly.len() {
+                            let e = &c.ext_fly[c.ext_done];
+                            if c.tx_off < e.at + prefix + e.len {
+                                break;
+                            }
+                            prefix += e.len;
+                            let token = e.token;
+                            c.ext_done += 1;
+                            if c.live() {
+                                let f = c.call(&mut self.sq, idx, |h, io| h.on_sent(io, token));
+                                c.apply(&mut self.sq, idx, f);
+                            }
+                        }
+                    }
+                    if c.tx_off >= c.tx_total {
                         c.tx_fly.clear();
+                        c.ext_fly.clear();
                         c.tx_off = 0;
+                        c.tx_total = 0;
+                        c.ext_done = 0;
                     }
                 } else {
                     let e = -res;
@@ -733,20 +814,30 @@ impl Core {
             }
             // tx
             if !c.send_fly {
-                if c.tx_off >= c.tx_fly.len() && !c.tx_acc.is_empty() {
+                if c.tx_off >= c.tx_total && (!c.tx_acc.is_empty() || !c.ext_acc.is_empty()) {
                     std::mem::swap(&mut c.tx_fly, &mut c.tx_acc);
+                    std::mem::swap(&mut c.ext_fly, &mut c.ext_acc);
                     c.tx_acc.clear();
+                    c.ext_acc.clear();
                     c.tx_off = 0;
+                    c.ext_done = 0;
+                    c.tx_total = c.tx_fly.len() + c.ext_fly.iter().map(|e| e.len).sum::<usize>();
                 }
-                if c.tx_off < c.tx_fly.len() {
-                    let len = (c.tx_fly.len() - c.tx_off).min(MAX_SEND_CHUNK);
-                    // SAFETY: tx_fly is not touched until the send completes.
-                    let p = unsafe { c.tx_fly.as_ptr().add(c.tx_off) };
-                    let e = opcode::Send::new(types::Fd(c.fd.as_raw_fd()), p, len as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(ud(K_SEND, slot));
-                    self.sq.push(&e);
+                if c.tx_off < c.tx_total {
+                    let e = if c.ext_fly.is_empty() {
+                        let len = (c.tx_total - c.tx_off).min(MAX_SEND_CHUNK);
+                        // SAFETY: tx_fly is not touched until the send completes.
+                        let p = unsafe { c.tx_fly.as_ptr().add(c.tx_off) };
+                        opcode::Send::new(types::Fd(c.fd.as_raw_fd()), p, len as u32).flags(libc::MSG_NOSIGNAL).build()
+                    } else {
+                        build_iov(&c.tx_fly, &c.ext_fly, c.tx_off, &mut c.iov);
+                        c.msg.msg_iov = c.iov.as_mut_ptr();
+                        c.msg.msg_iovlen = c.iov.len() as _;
+                        opcode::SendMsg::new(types::Fd(c.fd.as_raw_fd()), &*c.msg as *const libc::msghdr)
+                            .flags(libc::MSG_NOSIGNAL as u32)
+                            .build()
+                    };
+                    self.sq.push(&e.user_data(ud(K_SEND, slot)));
                     c.send_fly = true;
                 }
             }
@@ -850,8 +941,15 @@ impl Core {
             handler,
             rx: RxBuf::new(self.cfg.recv_buf_bytes),
             tx_acc: Vec::new(),
+            ext_acc: Vec::new(),
             tx_fly: Vec::new(),
+            ext_fly: Vec::new(),
             tx_off: 0,
+            tx_total: 0,
+            ext_done: 0,
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
             recv_fly: false,
             send_fly: false,
             storage_fly: 0,

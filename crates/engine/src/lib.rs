@@ -321,6 +321,12 @@ pub trait Handler {
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow;
     /// The connection is gone (peer closed, error, engine shutdown, or the handler asked). Release resources.
     fn on_closed(&mut self, reason: CloseReason);
+    /// A buffer given to [`ConnIo::send_borrowed`] was fully handed to the kernel
+    /// and may be reused.
+    fn on_sent(&mut self, io: &mut ConnIo<'_>, token: u64) -> Flow {
+        let _ = (io, token);
+        Flow::Continue
+    }
     /// A [`ConnWaker`] of this connection was woken (from any thread).
     fn on_wake(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let _ = io;
@@ -337,6 +343,7 @@ pub trait Handler {
 pub struct ConnIo<'a> {
     pub(crate) rx: &'a mut core::RxBuf,
     pub(crate) tx: &'a mut Vec<u8>,
+    pub(crate) tx_ext: &'a mut Vec<core::ExtSeg>,
     pub(crate) info: &'a ConnInfo,
     pub(crate) sq: &'a mut core::SubmitCtx,
     pub(crate) slot: u32,
@@ -373,6 +380,21 @@ impl ConnIo<'_> {
     #[inline]
     pub fn core_index(&self) -> usize {
         self.sq.core_index
+    }
+    /// Zero-copy output: splice `len` bytes at `ptr` into the output stream at the
+    /// current end of [`tx`](Self::tx) (bytes appended to `tx()` afterwards follow
+    /// it). The engine sends it with `sendmsg` and an iovec, without copying, and
+    /// calls [`Handler::on_sent`]`(token)` once all of it was handed to the kernel.
+    /// If the connection closes first, `on_sent` is not called for it; after
+    /// [`Handler::on_closed`] the engine no longer references the buffer.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unmodified until `on_sent(token)` or `on_closed`.
+    pub unsafe fn send_borrowed(&mut self, ptr: *const u8, len: usize, token: u64) {
+        if len == 0 {
+            return;
+        }
+        self.tx_ext.push(core::ExtSeg { at: self.tx.len(), ptr, len, token });
     }
     /// A handle that makes the owning core call [`Handler::on_wake`] from any thread.
     pub fn waker(&self) -> ConnWaker {

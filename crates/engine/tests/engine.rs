@@ -976,3 +976,83 @@ fn handler_panic_closes_only_its_connection() {
     assert_eq!(&r, b"ok");
     eng.shutdown(Duration::from_secs(1));
 }
+
+// ------------------------------------------------------------------ zero-copy send
+
+/// On 'b': "HEAD" + borrowed 1 MiB + "TAIL". On 's': 3000 x ("<" + borrowed 10 bytes + ">").
+struct Borrower {
+    big: Box<[u8]>,
+    small: Box<[u8]>,
+    sent: Arc<Mutex<Vec<u64>>>,
+}
+impl Handler for Borrower {
+    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        let cmds = io.rx().to_vec();
+        io.consume(cmds.len());
+        for c in cmds {
+            match c {
+                b'b' => {
+                    io.tx().extend_from_slice(b"HEAD");
+                    unsafe { io.send_borrowed(self.big.as_ptr(), self.big.len(), 7) };
+                    io.tx().extend_from_slice(b"TAIL");
+                }
+                b's' => {
+                    for i in 0..3000u64 {
+                        io.tx().push(b'<');
+                        unsafe { io.send_borrowed(self.small.as_ptr(), self.small.len(), 1000 + i) };
+                        io.tx().push(b'>');
+                    }
+                }
+                _ => return Flow::CloseNow,
+            }
+        }
+        Flow::Continue
+    }
+    fn on_sent(&mut self, _io: &mut ConnIo<'_>, token: u64) -> Flow {
+        self.sent.lock().unwrap().push(token);
+        Flow::Continue
+    }
+    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
+        Flow::Continue
+    }
+    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
+        Flow::Continue
+    }
+    fn on_closed(&mut self, _reason: CloseReason) {}
+}
+struct BorrowFactory(Arc<Mutex<Vec<u64>>>);
+impl HandlerFactory for BorrowFactory {
+    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+        Some(Box::new(Borrower {
+            big: big.into_boxed_slice(),
+            small: b"0123456789".to_vec().into_boxed_slice(),
+            sent: self.0.clone(),
+        }))
+    }
+}
+
+#[test]
+fn send_borrowed_zero_copy_segments() {
+    for mode in [Mode::Poll, Mode::Interrupt] {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let eng = Engine::start(cfg(mode, vec![])).unwrap();
+        let l = eng.listen(lo(), Arc::new(BorrowFactory(sent.clone()))).unwrap();
+        let mut s = connect(l.local_addr());
+        s.write_all(b"b").unwrap();
+        let mut got = vec![0u8; 8 + (1 << 20)];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..4], b"HEAD");
+        assert_eq!(&got[got.len() - 4..], b"TAIL");
+        assert!(got[4..got.len() - 4].iter().enumerate().all(|(i, b)| *b == (i % 253) as u8));
+        wait_until("on_sent(7)", || sent.lock().unwrap().as_slice() == [7]);
+        s.write_all(b"s").unwrap();
+        let mut got = vec![0u8; 3000 * 12];
+        s.read_exact(&mut got).unwrap();
+        assert!(got.chunks(12).all(|c| c == b"<0123456789>"));
+        wait_until("all small on_sent", || sent.lock().unwrap().len() == 3001);
+        let v = sent.lock().unwrap().clone();
+        assert!(v[1..].iter().enumerate().all(|(i, t)| *t == 1000 + i as u64), "on_sent in order");
+        eng.shutdown(Duration::from_secs(1));
+    }
+}
