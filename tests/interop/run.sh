@@ -54,6 +54,9 @@ CASES=(
     "target-unknown-nqn|target|target:--config|90|c_target_unknown_nqn"
     "target-allow-host|target|target:--listen,--discovery-listen,--subsystem,--namespace,--allow-host|90|c_target_allow_host"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
+    "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
+    "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
+    "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
     "kernel-hostfwd-icreq|host||60|c_kernel_hostfwd"
     "host-discover|host|discover:--output-format|60|c_host_discover"
     "host-identify|host|identify:--namespace,--output-format|90|c_host_identify"
@@ -323,10 +326,11 @@ EOF
     echo "$ph $phd" >"$STATE/t3.ports"
     rm -f "$STATE/file-ns.img"
     truncate -s 64M "$STATE/file-ns.img"
+    mgmt_config
 }
 target_teardown() {
     vm_down target
-    local t; for t in t1 t2 t3; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
+    local t; for t in t1 t2 t3 t4; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
     return 0
 }
 tenv() { # load the port variables
@@ -334,6 +338,8 @@ tenv() { # load the port variables
     . "$STATE/target.env"
 }
 G=10.0.2.100   # host services as seen from the guest
+# live-management cases (mgmt-*): host side, target t4
+. "$HERE/cases/mgmt-host.sh"
 
 c_kernel_loopback() {
     # The same guest checks as the target-* cases, against the in-guest kernel target
@@ -635,7 +641,7 @@ PASS=0 FAILN=0 SKIPN=0 SKIPPED=()
 cleanup() {
     set +e
     local t
-    for t in t1 t2 t3; do [ -e "${STATE:-/nonexistent}/$t.pid" ] && tstop "$t" >/dev/null 2>&1; done
+    for t in t1 t2 t3 t4; do [ -e "${STATE:-/nonexistent}/$t.pid" ] && tstop "$t" >/dev/null 2>&1; done
     vm_down target; vm_down host
 }
 
