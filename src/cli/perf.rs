@@ -72,6 +72,13 @@ pub struct PerfArgs {
     /// Seed of random offsets and of the verify pattern (default: from the clock).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Multipath: comma-separated ADDR:PORT paths to the same subsystem and
+    /// namespace, used instead of -a/-s (see docs/multipath.md).
+    #[arg(long)]
+    pub paths: Option<String>,
+    /// Multipath I/O policy with --paths: failover, failover-failback, round-robin, queue-depth.
+    #[arg(long, default_value = "failover")]
+    pub iopolicy: String,
 }
 
 /// Build the run configuration from the command line (no I/O).
@@ -133,6 +140,9 @@ fn resolve(traddr: &str, port: u16) -> anyhow::Result<SocketAddr> {
 
 pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     let cfg = config_from_args(&a)?;
+    if let Some(paths) = &a.paths {
+        return run_multipath(&a, &cfg, paths);
+    }
     let addr = resolve(&a.traddr, a.trsvcid)?;
     let admin = nvmf_host::perf::admin::AdminSession::connect(
         addr,
@@ -173,6 +183,42 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         bail!("{} I/O error(s), {} verify error(s)", summary.errors, summary.verify_errors);
     }
     if summary.reads + summary.writes == 0 {
+        bail!("no I/O completed");
+    }
+    Ok(())
+}
+
+/// `--paths`: one workload over a multipath device (per-path stats, failovers).
+fn run_multipath(a: &PerfArgs, cfg: &PerfConfig, paths: &str) -> anyhow::Result<()> {
+    use nvmf_host::multipath::perf as mp;
+    let setup = mp::PathsSetup {
+        paths: mp::parse_paths(paths).map_err(anyhow::Error::msg)?,
+        subnqn: a.nqn.clone(),
+        hostnqn: a.hostnqn.clone(),
+        policy: a.iopolicy.parse().map_err(anyhow::Error::msg)?,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let r = mp::run_paths(cfg, &setup, &stop).map_err(anyhow::Error::msg)?;
+    let s = &r.summary;
+    if a.output_format == "json" {
+        let mut c = config_json(a, cfg);
+        c["paths"] = json!(setup.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        c["iopolicy"] = json!(setup.policy.to_string());
+        let mut out = s.to_json(c);
+        out["multipath"] = r.paths_json();
+        println!("{out}");
+    } else {
+        let title = format!(
+            "nvmf perf: {} bs={} iodepth={} verify={} iopolicy={} paths={} {}",
+            cfg.rw, cfg.block_size_bytes, cfg.iodepth, cfg.verify, setup.policy, paths, a.nqn
+        );
+        println!("{}", s.to_text(&title));
+        println!("{}", r.paths_text());
+    }
+    if s.errors > 0 || s.verify_errors > 0 || r.double_completions > 0 {
+        bail!("{} I/O error(s), {} verify error(s), {} double completion(s)", s.errors, s.verify_errors, r.double_completions);
+    }
+    if s.reads + s.writes == 0 {
         bail!("no I/O completed");
     }
     Ok(())

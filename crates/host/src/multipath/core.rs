@@ -247,6 +247,10 @@ impl FailoverRecord {
     }
 }
 
+/// [`Multipath::submit`] refused an I/O: `queued_ios_max` already wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
 /// Handle of an I/O inside the core (slot index).
 pub type IoId = u32;
 
@@ -410,11 +414,11 @@ impl Multipath {
     }
 
     /// A new I/O from the caller. `is_write`: anything that changes data
-    /// (only plain reads are safe to retry at once). `Err` when
+    /// (only plain reads are safe to retry at once). Refused when
     /// `queued_ios_max` I/Os already wait.
-    pub fn submit(&mut self, tag: u64, is_write: bool, now_ms: u64) -> Result<IoId, ()> {
+    pub fn submit(&mut self, tag: u64, is_write: bool, now_ms: u64) -> Result<IoId, QueueFull> {
         if self.ready.len() + self.fenced.len() >= self.cfg.queued_ios_max {
-            return Err(());
+            return Err(QueueFull);
         }
         let e = IoEntry { tag, is_write, attempt: 0, at: Where::Queued { since_ms: now_ms } };
         let id = match self.free.pop() {
@@ -599,7 +603,7 @@ impl Multipath {
     fn select(&mut self) -> Option<usize> {
         let tier = self.tier()?;
         let n = self.paths.len();
-        let chosen = match self.cfg.policy {
+        match self.cfg.policy {
             IoPolicy::Failover { failback } => {
                 let in_tier = |m: &Self, p: usize| m.paths[p].health == PathHealth::Live && m.paths[p].ana == tier;
                 let keep = self.active.filter(|&a| in_tier(self, a));
@@ -625,8 +629,7 @@ impl Multipath {
             IoPolicy::QueueDepth => {
                 (0..n).filter(|&p| self.usable(p, tier)).min_by_key(|&p| (self.paths[p].outstanding, p))
             }
-        };
-        chosen
+        }
     }
 
     fn dispatch(&mut self, _now_ms: u64) {

@@ -310,7 +310,7 @@ impl MultipathDevice {
         let slot = Held { sqe: req.sqe, dir: req.dir, buf: Some(std::mem::take(&mut req.buf)), last_path: None };
         let id = match self.core.submit(tag, is_write, now) {
             Ok(id) => id,
-            Err(()) => {
+            Err(_) => {
                 req.buf = slot.buf.unwrap_or_default();
                 return Err(req);
             }
@@ -332,7 +332,7 @@ impl MultipathDevice {
                 return Some(c);
             }
             let now = Instant::now();
-            if deadline.map_or(true, |d| now >= d) {
+            if deadline.is_none_or(|d| now >= d) {
                 self.pump(None);
                 return self.done.pop_front();
             }

@@ -16,6 +16,6 @@ pub mod perf;
 
 pub use self::core::{
     fence_ms_for_kato, AnaState, Counters, FailoverRecord, IoPolicy, IoResult, Multipath, MultipathConfig,
-    PathCounters, PathHealth, WriteRetry,
+    PathCounters, PathHealth, QueueFull, WriteRetry,
 };
 pub use device::{MpCompletion, MultipathDevice, MultipathOptions, PathInfo};

@@ -256,3 +256,63 @@ pub fn run(cfg: &PerfConfig, dev: &mut MultipathDevice, stop: &AtomicBool) -> Re
         no_path_errors,
     })
 }
+
+/// How `nvmf perf --paths` reaches the namespace.
+#[derive(Debug, Clone)]
+pub struct PathsSetup {
+    pub paths: Vec<std::net::SocketAddr>,
+    pub subnqn: String,
+    /// `None`: the host library's default (/etc/nvme/hostnqn...).
+    pub hostnqn: Option<String>,
+    pub policy: super::IoPolicy,
+}
+
+/// Parse `--paths`: comma-separated `ADDR:PORT` (IPv6 as `[ADDR]:PORT`).
+pub fn parse_paths(s: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut v = Vec::new();
+    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let a = p
+            .to_socket_addrs()
+            .map_err(|e| format!("--paths {p:?}: {e} (expected ADDR:PORT)"))?
+            .next()
+            .ok_or_else(|| format!("--paths {p:?} resolves to nothing"))?;
+        if v.contains(&a) {
+            return Err(format!("--paths lists {a} twice"));
+        }
+        v.push(a);
+    }
+    if v.is_empty() {
+        return Err("--paths needs at least one ADDR:PORT".into());
+    }
+    if v.len() > PATHS_MAX {
+        return Err(format!("--paths: at most {PATHS_MAX} paths"));
+    }
+    Ok(v)
+}
+
+/// Most paths of one multipath device (one thread and one controller each).
+pub const PATHS_MAX: usize = 32;
+
+/// Open the device over `setup`, run `cfg`, close. Digests and the queue size
+/// come from `cfg`.
+pub fn run_paths(cfg: &PerfConfig, setup: &PathsSetup, stop: &AtomicBool) -> Result<MpPerfResult, String> {
+    let mut o = super::MultipathOptions::new(&setup.subnqn, cfg.namespace_id);
+    if let Some(h) = &setup.hostnqn {
+        o.connect.hostnqn = h.clone();
+    }
+    o.connect.hdr_digest = cfg.header_digest;
+    o.connect.data_digest = cfg.data_digest;
+    let q = (cfg.iodepth + 1).clamp(crate::options::QUEUE_SIZE_MIN as u32, crate::options::QUEUE_SIZE_MAX as u32);
+    o.connect.queue_size = q as u16;
+    o.mp.policy = setup.policy;
+    let mut dev = MultipathDevice::open(&setup.paths, o).map_err(|e| format!("multipath open: {e}"))?;
+    // Give the other paths a moment to come up so the run starts with all of them.
+    let t = Instant::now();
+    while dev.paths().iter().any(|p| p.cntlid.is_none() && p.error.is_none()) && t.elapsed() < Duration::from_secs(3) {
+        let _ = dev.poll(Some(Instant::now() + Duration::from_millis(20)));
+    }
+    let r = run(cfg, &mut dev, stop);
+    dev.close();
+    r
+}
