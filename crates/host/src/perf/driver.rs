@@ -297,8 +297,12 @@ impl PerfQueue {
             self.submit_connect(now_ms);
         }
         self.drain_completions(now_ns);
-        self.fill(now_ms, now_ns);
-        self.drain_completions(now_ns);
+        // Stamp submissions after the completions were handled: the new
+        // commands leave when this callback returns, not when it started.
+        let submit_ns = if self.state == State::Running { monotonic_ns() } else { now_ns };
+        self.fill(now_ms, submit_ns);
+        // A refused submit completes at once (queue failed).
+        self.drain_completions(submit_ns);
         if self.state == State::Running && self.workload.is_done() {
             self.finish();
         }
