@@ -57,12 +57,14 @@ CASES=(
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
+    "mp-kernel-multipath|target|target:--rpc-socket ctl:--rpc-socket|300|c_mp_kernel_multipath"
     "kernel-hostfwd-icreq|host||60|c_kernel_hostfwd"
     "host-discover|host|discover:--output-format|60|c_host_discover"
     "host-identify|host|identify:--namespace,--output-format|90|c_host_identify"
     "host-rw-64m|host|write:--namespace-id,--start-block,--block-count,--data read:--namespace-id,--start-block,--block-count,--data|240|c_host_rw"
     "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format|120|c_host_perf_plain"
     "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--hdr-digest,--data-digest|120|c_host_perf_digest"
+    "mp-host-ktarget|host|perf:--paths,--iopolicy,--verify,--output-format|200|c_mp_host_ktarget"
     "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--reconnect-delay,--ctrl-loss-tmo|180|c_host_reconnect"
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
@@ -327,10 +329,11 @@ EOF
     rm -f "$STATE/file-ns.img"
     truncate -s 64M "$STATE/file-ns.img"
     mgmt_config
+    mp_config
 }
 target_teardown() {
     vm_down target
-    local t; for t in t1 t2 t3 t4; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
+    local t; for t in t1 t2 t3 t4 t5; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
     return 0
 }
 tenv() { # load the port variables
@@ -340,6 +343,8 @@ tenv() { # load the port variables
 G=10.0.2.100   # host services as seen from the guest
 # live-management cases (mgmt-*): host side, target t4
 . "$HERE/cases/mgmt-host.sh"
+# multipath cases (mp-*): host side, target t5
+. "$HERE/cases/mp-host.sh"
 
 c_kernel_loopback() {
     # The same guest checks as the target-* cases, against the in-guest kernel target
@@ -641,7 +646,7 @@ PASS=0 FAILN=0 SKIPN=0 SKIPPED=()
 cleanup() {
     set +e
     local t
-    for t in t1 t2 t3 t4; do [ -e "${STATE:-/nonexistent}/$t.pid" ] && tstop "$t" >/dev/null 2>&1; done
+    for t in t1 t2 t3 t4 t5; do [ -e "${STATE:-/nonexistent}/$t.pid" ] && tstop "$t" >/dev/null 2>&1; done
     vm_down target; vm_down host
 }
 
