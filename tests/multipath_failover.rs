@@ -233,3 +233,30 @@ fn target_restart_reconnects_and_resumes() {
     srv.shutdown(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn idle_dead_path_is_detected_within_a_second() {
+    let srv = start_target(None, None);
+    let io = srv.io_addrs();
+    let pa = FaultProxy::start(io[0]);
+    let mut dev = MultipathDevice::open(&[pa.addr, io[1]], mp_options(IoPolicy::RoundRobin)).unwrap();
+    wait_paths_up(&mut dev, 2);
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        // A silent stall: no FIN, no RST, nothing in flight.
+        pa.hold();
+        let t = Instant::now();
+        while dev.paths()[0].health != PathHealth::Down {
+            assert!(t.elapsed() < Duration::from_secs(10), "dead idle path not detected");
+            let _ = dev.poll(Some(Instant::now() + Duration::from_millis(5)));
+        }
+        took.push(t.elapsed());
+        pa.release();
+        wait_paths_up(&mut dev, 2);
+    }
+    eprintln!("idle dead path detected after {took:?} (probe every 250 ms, answer within 500 ms)");
+    // probe interval + probe timeout = 750 ms; allow scheduling slack on a loaded machine.
+    assert!(took.iter().all(|d| *d < Duration::from_millis(1500)), "{took:?}");
+    dev.close();
+    srv.shutdown(Duration::from_secs(2));
+}
