@@ -149,6 +149,10 @@ vm_boot() {
 vm_down() {
     vm_env "$1"
     timeout 60 "${VM[@]}" stop >/dev/null 2>&1 || true
+    # keep the kernel console and socat's errors with the run's logs
+    local d=$LAB_CACHE/vm/$NVMF_INTEROP_NAME
+    [ -f "$d/console.log" ] && tr -d '\r' <"$d/console.log" >"$LOGROOT/$1-console.log"
+    [ -s "$d/guestfwd.log" ] && cp "$d/guestfwd.log" "$LOGROOT/$1-guestfwd.log"
     "${VM[@]}" status >/dev/null 2>&1 || rm -rf "${LAB_CACHE:?}/vm/$NVMF_INTEROP_NAME"
 }
 # VM instances are per run (name suffix = this run's pid), so that two runs on one
@@ -203,12 +207,16 @@ tstart() {
     shift
     rm -f "$STATE/$name.rc" "$STATE/$name.pid"
     printf '\n===== %s: nvmf target %s\n' "$(ts)" "$*" >>"$LOGROOT/$name.log"
-    (
-        NO_COLOR=1 "$NVMF" target "$@" </dev/null >>"$LOGROOT/$name.log" 2>&1 &
-        echo $! >"$STATE/$name.pid"
+    # The supervisor is a fresh bash (exec'd, not a forked subshell) that first closes
+    # every inherited fd above 2: a forked subshell would keep copies of the caller's
+    # pipes (e.g. a CI `| tee`) open for the target's whole life.
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done
+        NO_COLOR=1 "$1" target "${@:4}" </dev/null >>"$2" 2>&1 &
+        echo $! >"$3.pid"
         rc=0; wait $! || rc=$?
-        echo "$rc" >"$STATE/$name.rc"
-    ) </dev/null >/dev/null 2>&1 &
+        echo "$rc" >"$3.rc"' nvmf-target-supervisor "$NVMF" "$LOGROOT/$name.log" "$STATE/$name" "$@" \
+        </dev/null >/dev/null 2>&1 &
     for _ in $(seq 100); do [ -s "$STATE/$name.pid" ] && break; sleep 0.05; done
     for _ in $(seq 300); do
         local all=1
@@ -257,7 +265,9 @@ target_setup() {
     for try in 1 2 3; do
         target_config
         [ -n "${NEED_TARGETS:-}" ] || break
-        failed=$(target_start_all)
+        # (no $(...) here: anything started inside would hold its pipe open)
+        target_start_all
+        failed=$(cat "$STATE/targets.failed")
         [ -z "$failed" ] && break
         # A free port can be taken between free_port and the target's bind: then new
         # ports, again. Any other start failure fails only the cases using it (tneed).
@@ -266,17 +276,19 @@ target_setup() {
     done
     vm_boot target
 }
-# target_start_all: start t1..t3, print the names of those that did not come up
+# target_start_all: start t1..t3; the names of those that did not come up go to
+# $STATE/targets.failed
 target_start_all() {
-    local t
+    local t f=$STATE/targets.failed
     . "$STATE/target.env"
+    : >"$f"
     for t in t1 t2 t3; do [ -e "$STATE/$t.pid" ] && tstop "$t" >/dev/null; done
-    tstart t1 --config "$STATE/t1.toml" >&2 || echo t1
+    tstart t1 --config "$STATE/t1.toml" || echo t1 >>"$f"
     tstart t2 --listen "127.0.0.1:$PF" --discovery-listen "127.0.0.1:$PFD" \
-        --subsystem "$SUBNQN_FILE" --namespace "file:$STATE/file-ns.img" >&2 || echo t2
+        --subsystem "$SUBNQN_FILE" --namespace "file:$STATE/file-ns.img" || echo t2 >>"$f"
     tstart t3 --listen "127.0.0.1:$PH" --discovery-listen "127.0.0.1:$PHD" \
         --subsystem "$SUBNQN_RESTRICTED" --namespace ram:64MiB \
-        --allow-host "$ALLOWED_HOSTNQN" >&2 || echo t3
+        --allow-host "$ALLOWED_HOSTNQN" || echo t3 >>"$f"
 }
 # target_config: pick ports, write t1.toml, guest forwards, patterns, backing file
 target_config() {
@@ -707,7 +719,7 @@ main() {
         esac
     done
     # old run logs (over 12 h) go; a run takes minutes, so no live run loses its logs
-    [ -d "$HERE/.run" ] && find "$HERE/.run" -mindepth 1 -maxdepth 1 -type d -name '2*' -mmin +720 -exec rm -rf {} + 2>/dev/null
+    [ -d "$HERE/.run" ] && find "$HERE/.run" -mindepth 1 -maxdepth 1 -type d -name '2*' -mmin +720 -exec rm -rf {} + 2>/dev/null || true
     LOGROOT=${NVMF_INTEROP_LOGDIR:-$HERE/.run/$(date +%Y%m%d-%H%M%S)}
     mkdir -p "$LOGROOT"
     [ -n "${NVMF_INTEROP_LOGDIR:-}" ] || ln -sfn "$(basename "$LOGROOT")" "$HERE/.run/latest"
@@ -808,4 +820,6 @@ ref_case() {
     esac
 }
 
-main "$@"
+# `exit` on the same line: bash reads a script as it runs it, so nothing after this
+# line is read even if run.sh is edited while it runs.
+main "$@"; exit $?
