@@ -29,12 +29,118 @@ pub struct QueueCounters {
     pub write_cmds: AtomicU64,
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
+    /// Histograms, errors, digest errors (management metrics).
+    pub io: IoStats,
 }
 
 impl QueueCounters {
     #[inline]
     pub fn bump(c: &AtomicU64, by: u64) {
         c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    }
+}
+
+/// Latency histogram buckets: bucket 0 holds < 1 µs, bucket k (1..) holds
+/// [2^(k-1), 2^k) µs, the last one everything from 2^(N-2) µs (~4.2 s) up.
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// A log2 latency histogram in µs, written by one core only (relaxed load +
+/// store), read by metrics scrapes.
+#[derive(Default, Debug)]
+pub struct LatencyHistogram {
+    pub buckets: [AtomicU64; LATENCY_BUCKETS],
+    pub sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    #[inline]
+    pub fn record(&self, us: u64) {
+        let k = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
+        QueueCounters::bump(&self.buckets[k], 1);
+        QueueCounters::bump(&self.sum_us, us);
+    }
+    /// Add this histogram into `into` (bucket counts, sum).
+    pub fn add_to(&self, into: &mut ([u64; LATENCY_BUCKETS], u64)) {
+        for (a, b) in into.0.iter_mut().zip(&self.buckets) {
+            *a += b.load(Ordering::Relaxed);
+        }
+        into.1 += self.sum_us.load(Ordering::Relaxed);
+    }
+}
+
+/// Error statuses counted by kind (index into [`IoStats::errors`]).
+pub const ERROR_KINDS: &[(&str, u8, u8)] = &[
+    ("invalid_opcode", 0, 0x01),
+    ("invalid_field", 0, 0x02),
+    ("data_transfer_error", 0, 0x04),
+    ("internal_error", 0, 0x06),
+    ("invalid_namespace", 0, 0x0b),
+    ("transient_transport_error", 0, 0x22),
+    ("lba_out_of_range", 0, 0x80),
+    ("write_fault", 2, 0x80),
+    ("unrecovered_read_error", 2, 0x81),
+    ("compare_failure", 2, 0x85),
+    ("ana_inaccessible", 3, 0x02),
+];
+
+/// Data-path statistics of one I/O queue beyond [`QueueCounters`]: latency
+/// histograms (total time and backend time, reads and writes), completions
+/// with an error status by kind, and data digest errors. Same ownership rule:
+/// written by the queue's own core only.
+#[derive(Default, Debug)]
+pub struct IoStats {
+    /// [read, write] × total time (command received → response queued).
+    pub total: [LatencyHistogram; 2],
+    /// [read, write] × backend time (storage op submitted → completed).
+    pub backend: [LatencyHistogram; 2],
+    /// One per [`ERROR_KINDS`] entry, then one for every other error status.
+    pub errors: [AtomicU64; 12],
+    pub digest_errors: AtomicU64,
+}
+
+/// A plain sum of [`IoStats`] (scrapes, and queues that closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStatsSnapshot {
+    /// [read, write] (bucket counts, sum in µs).
+    pub total: [([u64; LATENCY_BUCKETS], u64); 2],
+    pub backend: [([u64; LATENCY_BUCKETS], u64); 2],
+    pub errors: [u64; 12],
+    pub digest_errors: u64,
+}
+
+impl IoStatsSnapshot {
+    pub fn add(&mut self, s: &IoStats) {
+        for k in 0..2 {
+            s.total[k].add_to(&mut self.total[k]);
+            s.backend[k].add_to(&mut self.backend[k]);
+        }
+        for (a, b) in self.errors.iter_mut().zip(&s.errors) {
+            *a += b.load(Ordering::Relaxed);
+        }
+        self.digest_errors += s.digest_errors.load(Ordering::Relaxed);
+    }
+    pub fn merge(&mut self, o: &IoStatsSnapshot) {
+        for k in 0..2 {
+            for (h, oh) in [(&mut self.total[k], &o.total[k]), (&mut self.backend[k], &o.backend[k])] {
+                for (a, b) in h.0.iter_mut().zip(&oh.0) {
+                    *a += b;
+                }
+                h.1 += oh.1;
+            }
+        }
+        for (a, b) in self.errors.iter_mut().zip(&o.errors) {
+            *a += b;
+        }
+        self.digest_errors += o.digest_errors;
+    }
+}
+
+impl IoStats {
+    #[inline]
+    pub fn count_error(&self, sct: u8, sc: u8) {
+        let k = ERROR_KINDS.iter().position(|(_, t, c)| *t == sct && *c == sc).unwrap_or(ERROR_KINDS.len());
+        debug_assert!(k < self.errors.len());
+        QueueCounters::bump(&self.errors[k], 1);
     }
 }
 
@@ -181,8 +287,17 @@ impl Controller {
             r.write_cmds += c.write_cmds.load(Ordering::Relaxed);
             r.read_bytes += c.read_bytes.load(Ordering::Relaxed);
             r.write_bytes += c.write_bytes.load(Ordering::Relaxed);
+            r.stats.add(&c.io);
         }
         l.retain(|x| !Arc::ptr_eq(x, c));
+    }
+    /// Histograms, errors and digest errors summed over the live I/O queues.
+    pub fn io_stats(&self) -> IoStatsSnapshot {
+        let mut t = IoStatsSnapshot::default();
+        for c in self.queue_counters.lock().unwrap().iter() {
+            t.add(&c.io);
+        }
+        t
     }
     /// (read commands, write commands, read bytes, written bytes) over all queues.
     pub fn io_totals(&self) -> (u64, u64, u64, u64) {

@@ -246,6 +246,13 @@ struct QueueHandler {
     connections: Arc<AtomicUsize>,
 }
 
+/// Monotonic µs since the first call (latency histograms; only read when
+/// metrics are on: one vDSO clock read per callback).
+fn clock_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+}
+
 fn flow(f: QueueFlow) -> Flow {
     match f {
         QueueFlow::Continue => Flow::Continue,
@@ -273,6 +280,9 @@ impl QueueHandler {
 impl Handler for QueueHandler {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let now = io.now_ms();
+        if self.q.wants_time_us() {
+            self.q.set_now_us(clock_us());
+        }
         // Borrow juggling: the output Vec is moved out of the engine for the
         // call (no copy) because `rx` borrows `io`.
         let mut out = std::mem::take(io.tx());
@@ -285,6 +295,9 @@ impl Handler for QueueHandler {
 
     fn on_storage(&mut self, io: &mut ConnIo<'_>, token: u64, result: i32) -> Flow {
         let now = io.now_ms();
+        if self.q.wants_time_us() {
+            self.q.set_now_us(clock_us());
+        }
         let mut out = std::mem::take(io.tx());
         let f = self.q.on_storage(token, result, now, &mut out, &mut Deferred(&mut self.pending));
         *io.tx() = out;

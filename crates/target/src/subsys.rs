@@ -141,6 +141,8 @@ pub struct IoTotals {
     pub write_cmds: u64,
     pub read_bytes: u64,
     pub write_bytes: u64,
+    /// Latency histograms, errors by status, digest errors.
+    pub stats: crate::ctrl::IoStatsSnapshot,
 }
 
 impl Subsystem {
@@ -188,6 +190,7 @@ impl Subsystem {
             t.write_cmds += wc;
             t.read_bytes += rb;
             t.write_bytes += wb;
+            t.stats.merge(&c.io_stats());
         }
         t
     }
@@ -241,6 +244,10 @@ pub struct Target {
     /// Discovery log generation counter.
     disc_genctr: AtomicU64,
     discovery_ctrls: Mutex<CtrlTable>,
+    /// Controllers torn down by keep-alive timeout (control path, metrics).
+    pub keep_alive_expiries: AtomicU64,
+    /// Queues created from now on keep latency histograms (metrics enabled).
+    pub latency_histograms: AtomicBool,
 }
 
 /// Opens a namespace backend (normally [`crate::backend::open`]).
@@ -258,6 +265,8 @@ impl Target {
             referrals: Mutex::new(Vec::new()),
             disc_genctr: AtomicU64::new(1),
             discovery_ctrls: Mutex::new(CtrlTable::default()),
+            keep_alive_expiries: AtomicU64::new(0),
+            latency_histograms: AtomicBool::new(false),
         });
         for s in &cfg.subsystems {
             t.add_subsystem(s, open)?;

@@ -202,6 +202,9 @@ struct Slot {
     done_bytes: u32,
     /// A write to a memory backend stored piece by piece as H2CData arrives.
     streamed: bool,
+    /// µs times (latency histograms): slot taken, storage op submitted (0: none).
+    arrival_us: u64,
+    submit_us: u64,
 }
 
 impl Default for Slot {
@@ -218,6 +221,8 @@ impl Default for Slot {
             error: None,
             done_bytes: 0,
             streamed: false,
+            arrival_us: 0,
+            submit_us: 0,
         }
     }
 }
@@ -231,6 +236,16 @@ fn token(slot: usize, generation: u16, op: u64) -> u64 {
 }
 fn untoken(t: u64) -> (usize, u16, u64) {
     ((t & 0xffff) as usize, (t >> 16) as u16, t >> 48)
+}
+
+/// Latency histogram index of an I/O opcode: 0 read, 1 write, None for others.
+#[inline]
+fn latency_index(opcode: u8) -> Option<usize> {
+    match opcode {
+        nvmf_proto::opcodes::io::READ => Some(0),
+        nvmf_proto::opcodes::io::WRITE => Some(1),
+        _ => None,
+    }
 }
 
 fn st(sct_v: u8, sc: u8) -> Status {
@@ -273,11 +288,16 @@ pub struct Queue {
     /// Admin command output, reused.
     scratch: Vec<u8>,
     counters: Arc<QueueCounters>,
+    /// Latency histograms wanted (metrics on): the driver then passes µs time.
+    latency: bool,
+    /// µs clock from the driver ([`Queue::set_now_us`]); 0 when latency is off.
+    now_us: u64,
 }
 
 impl Queue {
     pub fn new(target: Arc<Target>, port: Arc<Port>, local: SocketAddr, peer: SocketAddr) -> Queue {
         let limits = QueueLimits::from_target(&target);
+        let latency = target.latency_histograms.load(Ordering::Relaxed);
         Queue {
             target,
             port,
@@ -294,7 +314,20 @@ impl Queue {
             free: Vec::new(),
             scratch: Vec::new(),
             counters: Arc::new(QueueCounters::default()),
+            latency,
+            now_us: 0,
         }
+    }
+
+    /// Whether the driver should call [`Queue::set_now_us`] before each input.
+    #[inline]
+    pub fn wants_time_us(&self) -> bool {
+        self.latency
+    }
+    /// Microsecond time for latency histograms (monotonic, any epoch).
+    #[inline]
+    pub fn set_now_us(&mut self, now_us: u64) {
+        self.now_us = now_us;
     }
 
     /// Controller ID and queue ID once connected.
@@ -347,6 +380,9 @@ impl Queue {
                     }
                 }
                 Err(PduError { fes, fei, reason }) => {
+                    if fes == pdu::fes::HEADER_DIGEST_ERROR {
+                        QueueCounters::bump(&self.counters.io.digest_errors, 1);
+                    }
                     let hdr = &buf[..buf.len().min(pdu::TERM_DATA_LEN_MAX).min(buf[2].max(8) as usize)];
                     self.terminate(out, Fatal { fes, fei, why: reason }, hdr);
                     return (rx.len(), QueueFlow::CloseAfterFlush);
@@ -439,6 +475,7 @@ impl Queue {
         tracing::trace!(peer = %self.peer, opcode = sqe.opcode, cid = sqe.cid, "capsule");
         if !data.is_empty() && !digest_ok {
             tracing::warn!(peer = %self.peer, cid = sqe.cid, "data digest error in command capsule");
+            QueueCounters::bump(&self.counters.io.digest_errors, 1);
             self.respond(out, sqe.cid, Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR), 0, 0);
             return Ok(QueueFlow::Continue);
         }
@@ -804,6 +841,8 @@ impl Queue {
         let i = self.free.pop()? as usize;
         let s = &mut self.slots[i];
         debug_assert_eq!(s.stage, Stage::Free);
+        s.arrival_us = self.now_us;
+        s.submit_us = 0;
         s.generation = s.generation.wrapping_add(1);
         s.received = 0;
         s.xfer_len = 0;
@@ -816,6 +855,13 @@ impl Queue {
     fn free_slot(&mut self, i: usize) {
         let s = &mut self.slots[i];
         debug_assert_ne!(s.stage, Stage::Free);
+        if self.latency {
+            if let (Work::Io(_), Some(k)) = (s.work, latency_index(s.sqe.opcode)) {
+                let backend_us = if s.submit_us != 0 { self.now_us.saturating_sub(s.submit_us) } else { 0 };
+                self.counters.io.total[k].record(self.now_us.saturating_sub(s.arrival_us));
+                self.counters.io.backend[k].record(backend_us);
+            }
+        }
         s.stage = Stage::Free;
         s.ns = None;
         self.free.push(i as u16);
@@ -895,6 +941,7 @@ impl Queue {
             }
         } else {
             tracing::warn!(peer = %self.peer, cid = hdr.cccid, "data digest error in H2CData");
+            QueueCounters::bump(&self.counters.io.digest_errors, 1);
             s.error = Some(Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR));
         }
         s.received += hdr.length;
@@ -967,7 +1014,16 @@ impl Queue {
                     self.free_slot(i);
                     s
                 }
-                None => self.exec_sync(&sqe, ns.map(|n| &**n), plan, capsule, out),
+                None => {
+                    if self.latency {
+                        // Done within the callback that received it: < 1 µs at callback resolution.
+                        if let Some(k) = latency_index(sqe.opcode) {
+                            self.counters.io.total[k].record(0);
+                            self.counters.io.backend[k].record(0);
+                        }
+                    }
+                    self.exec_sync(&sqe, ns.map(|n| &**n), plan, capsule, out)
+                }
             };
             if let Some(s) = status {
                 self.respond(out, sqe.cid, s, 0, 0);
@@ -997,6 +1053,7 @@ impl Queue {
         };
         let s = &mut self.slots[i];
         s.stage = Stage::Storage;
+        s.submit_us = self.now_us.max(1);
         // The slot keeps the namespace (and so the fd) alive while the op is in flight.
         s.ns = Some(ns.clone());
         s.done_bytes = 0;
@@ -1297,6 +1354,9 @@ impl Queue {
     // ------------------------------------------------------------ output
 
     fn respond(&mut self, out: &mut Vec<u8>, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        if !status.is_success() {
+            self.counters.io.count_error(status.sct, status.sc);
+        }
         let (sqhd, sqid) = self.conn.as_ref().map(|c| (c.sqhd, c.qid)).unwrap_or((0, 0));
         let cqe = Cqe { dw0, dw1, sqhd, sqid, cid, status };
         encode_capsule_resp(out, &cqe, &self.tx);
@@ -1359,6 +1419,7 @@ impl Queue {
                     kato
                 );
                 c.ctrl.kill("keep-alive timeout");
+                self.target.keep_alive_expiries.fetch_add(1, Ordering::Relaxed);
                 self.target.release_controller(&c.ctrl);
                 self.phase = Phase::Closing;
                 return QueueFlow::CloseNow;

@@ -346,12 +346,31 @@ fn metrics_count_ios_exactly() {
         for i in 0..reads {
             assert_eq!(read(&mut q, 1, i * 8, 8), vec![i as u8; 4096]);
         }
+        // The file namespace (nsid 2) goes through io_uring: backend time is measured.
+        write(&mut q, 2, 0, &[7; 8192]);
+        assert_eq!(read(&mut q, 2, 0, 16), vec![7; 8192]);
+        // Two refused commands: past the end, and a namespace that does not exist.
+        let (c, _) = q.exec(Sqe::rw(iop::READ, 0, 1, 1 << 40, 1), &[], false);
+        assert!(!c.status.is_success());
+        let (c, _) = q.exec(Sqe::rw(iop::READ, 0, 77, 0, 1), &[], false);
+        assert!(!c.status.is_success());
+        let (writes, reads) = (writes + 1, reads + 1);
         let m = scrape(r.metrics_addr());
         let l = format!("{{subsystem=\"{A}\"}}");
         assert_eq!(metric(&m, &format!("nvmf_write_commands_total{l}")), writes);
         assert_eq!(metric(&m, &format!("nvmf_read_commands_total{l}")), reads);
-        assert_eq!(metric(&m, &format!("nvmf_write_bytes_total{l}")), writes * 4096);
-        assert_eq!(metric(&m, &format!("nvmf_read_bytes_total{l}")), reads * 4096);
+        assert_eq!(metric(&m, &format!("nvmf_write_bytes_total{l}")), writes * 4096 + 4096);
+        assert_eq!(metric(&m, &format!("nvmf_read_bytes_total{l}")), reads * 4096 + 4096);
+        let hl = |op: &str| format!("{{subsystem=\"{A}\",op=\"{op}\"}}");
+        assert_eq!(metric(&m, &format!("nvmf_io_total_latency_seconds_count{}", hl("write"))), writes);
+        assert_eq!(metric(&m, &format!("nvmf_io_backend_latency_seconds_count{}", hl("read"))), reads);
+        let inf = |op: &str| format!("{{subsystem=\"{A}\",op=\"{op}\",le=\"+Inf\"}}");
+        assert_eq!(metric(&m, &format!("nvmf_io_total_latency_seconds_bucket{}", inf("read"))), reads);
+        let el = |st: &str| format!("{{subsystem=\"{A}\",status=\"{st}\"}}");
+        assert_eq!(metric(&m, &format!("nvmf_io_errors_total{}", el("lba_out_of_range"))), 1);
+        assert_eq!(metric(&m, &format!("nvmf_io_errors_total{}", el("invalid_namespace"))), 1);
+        assert_eq!(metric(&m, &format!("nvmf_digest_errors_total{l}")), 0);
+        assert_eq!(metric(&m, "nvmf_keep_alive_expiries_total"), 0);
         assert_eq!(metric(&m, &format!("nvmf_controllers{l}")), 1);
         assert_eq!(metric(&m, &format!("nvmf_io_queues{l}")), 1);
     }
@@ -361,8 +380,12 @@ fn metrics_count_ios_exactly() {
         let m = scrape(r.metrics_addr());
         let l = format!("{{subsystem=\"{A}\"}}");
         if metric(&m, &format!("nvmf_controllers{l}")) == 0 {
-            assert_eq!(metric(&m, &format!("nvmf_write_commands_total{l}")), writes);
-            assert_eq!(metric(&m, &format!("nvmf_read_commands_total{l}")), reads);
+            assert_eq!(metric(&m, &format!("nvmf_write_commands_total{l}")), writes + 1);
+            assert_eq!(metric(&m, &format!("nvmf_read_commands_total{l}")), reads + 1);
+            let el = format!("{{subsystem=\"{A}\",status=\"lba_out_of_range\"}}");
+            assert_eq!(metric(&m, &format!("nvmf_io_errors_total{el}")), 1, "errors survive the queue");
+            let hl = format!("{{subsystem=\"{A}\",op=\"write\"}}");
+            assert_eq!(metric(&m, &format!("nvmf_io_total_latency_seconds_count{hl}")), writes + 1);
             assert!(m.contains("nvmf_core_busy_loops_total{core=\"0\"}"));
             break;
         }

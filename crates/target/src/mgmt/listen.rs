@@ -107,6 +107,8 @@ impl MgmtListeners {
             out.threads.push(spawn("nvmf-rpc-tcp", move || accept_tcp(l, s, move |c| serve_http_rpc(c, &m, &token)))?);
         }
         if let Some(addr) = opts.metrics_addr {
+            // Queues connected from now on keep latency histograms.
+            mgmt.server().target().latency_histograms.store(true, Ordering::Relaxed);
             let l =
                 TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("metrics listen {addr}: {e}")))?;
             let bound = l.local_addr()?;

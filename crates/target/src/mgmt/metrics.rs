@@ -6,6 +6,10 @@
 //! never go backwards.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::ctrl::{ERROR_KINDS, LATENCY_BUCKETS};
+use crate::subsys::IoTotals;
 
 use super::Mgmt;
 
@@ -76,6 +80,9 @@ pub fn render(m: &Mgmt) -> String {
             o.val(name, &[("subsystem", nqn)], f(t));
         }
     }
+    latency_and_errors(&mut o, &totals);
+    o.head("nvmf_keep_alive_expiries_total", "counter", "Controllers torn down by keep-alive timeout.");
+    o.val("nvmf_keep_alive_expiries_total", &[], server.target().keep_alive_expiries.load(Ordering::Relaxed));
     for (name, help, f) in [
         (
             "nvmf_core_busy_loops_total",
@@ -101,4 +108,52 @@ pub fn render(m: &Mgmt) -> String {
         }
     }
     o.0
+}
+
+/// Upper bound (seconds) of histogram bucket `k` (see [`crate::ctrl::LatencyHistogram`]).
+fn le(k: usize) -> String {
+    if k + 1 == LATENCY_BUCKETS {
+        "+Inf".into()
+    } else {
+        format!("{}", (1u64 << k) as f64 / 1e6)
+    }
+}
+
+fn latency_and_errors(o: &mut Out, totals: &[(String, IoTotals)]) {
+    for (name, help, pick) in [
+        (
+            "nvmf_io_total_latency_seconds",
+            "Command received to response queued, at engine-callback resolution (needs --metrics when queues connect).",
+            (|t: &IoTotals, k: usize| t.stats.total[k]) as fn(&IoTotals, usize) -> ([u64; LATENCY_BUCKETS], u64),
+        ),
+        ("nvmf_io_backend_latency_seconds", "Storage op submitted to completed (0 for memory backends).", |t, k| {
+            t.stats.backend[k]
+        }),
+    ] {
+        o.head(name, "histogram", help);
+        for (nqn, t) in totals {
+            for (k, op) in ["read", "write"].iter().enumerate() {
+                let (buckets, sum_us) = pick(t, k);
+                let mut cum = 0u64;
+                for (b, n) in buckets.iter().enumerate() {
+                    cum += n;
+                    let bucket = format!("{name}_bucket");
+                    o.val(&bucket, &[("subsystem", nqn), ("op", op), ("le", &le(b))], cum);
+                }
+                let _ = writeln!(o.0, "{name}_sum{{subsystem=\"{}\",op=\"{op}\"}} {}", esc(nqn), sum_us as f64 / 1e6);
+                o.val(&format!("{name}_count"), &[("subsystem", nqn), ("op", op)], cum);
+            }
+        }
+    }
+    o.head("nvmf_io_errors_total", "counter", "I/O queue completions with an error status, by status.");
+    for (nqn, t) in totals {
+        for (k, n) in t.stats.errors.iter().enumerate() {
+            let status = ERROR_KINDS.get(k).map(|e| e.0).unwrap_or("other");
+            o.val("nvmf_io_errors_total", &[("subsystem", nqn), ("status", status)], *n);
+        }
+    }
+    o.head("nvmf_digest_errors_total", "counter", "Header and data digest (CRC32C) errors on I/O queues.");
+    for (nqn, t) in totals {
+        o.val("nvmf_digest_errors_total", &[("subsystem", nqn)], t.stats.digest_errors);
+    }
 }
