@@ -40,6 +40,38 @@
 //!   is never freed (and [`Handler::on_closed`] is not called) while storage
 //!   ops are in flight, because their buffers belong to the handler.
 //!
+//! * Zero-copy output: [`ConnIo::send_borrowed`] splices a handler-owned buffer
+//!   into the output stream (sent with `sendmsg` + iovec, no copy);
+//!   [`Handler::on_sent`] returns it. Batches without borrowed segments use a
+//!   plain `Send`.
+//! * Cross-thread work: [`ConnIo::waker`] gives a `Send + Sync` [`ConnWaker`];
+//!   `wake()` from any thread makes the owning core call [`Handler::on_wake`]
+//!   (a channel send + an eventfd write; the core keeps a read armed on the
+//!   eventfd, so this is the only cross-thread path and it is off the per-I/O path
+//!   of the engine itself).
+//! * A panicking handler closes only its own connection (`catch_unwind` around
+//!   every callback; `on_closed` is not called on a poisoned handler, but the
+//!   connection still waits for its in-flight storage ops before being freed).
+//!
+//! ## io_uring setup
+//!
+//! Each core tries, in order, `SINGLE_ISSUER|DEFER_TASKRUN|TASKRUN_FLAG`, then
+//! `SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG`, then no flags (always with
+//! `SUBMIT_ALL` and a CQ 4x the SQ), and registers the ring fd
+//! (`IORING_REGISTER_RING_FDS`) for the poll-mode `io_uring_enter`. The
+//! environment variable `NVMF_ENGINE_RING=defer|coop|plain` forces one variant
+//! (for measurements); `NVMF_ENGINE_NO_REGRING=1` disables the registered ring fd.
+//! If no variant can be created (io_uring disabled by
+//! `/proc/sys/kernel/io_uring_disabled`, seccomp, old kernel) [`Engine::start`]
+//! fails with [`EngineError::IoUringSetup`].
+//!
+//! Syscalls per operation (measured with `nvmf-pingpong e ... --stats`, see
+//! README.md): a QD1 request/response costs 2 `io_uring_enter` per op (one that
+//! runs the deferred recv completion, one that submits the send and re-arms the
+//! recv), the same count as raw `recv`+`send`; at QD32 the engine needs about
+//! 0.07 enters per op (72 B → 4120 B) because one recv carries many requests and
+//! one send carries all their responses.
+//!
 //! ## Limits (bounds)
 //!
 //! | what | bound |
@@ -54,6 +86,8 @@
 //! | `ring_entries` | `8 ..= 32768`, power of two is not required (the kernel rounds up); default 1024; the CQ is 4x |
 //! | in-flight ops per core | 2 per connection (recv + send) + 1 wakeup + storage ops (bounded by the handlers, the engine does not cap them; a full SQ is flushed with an extra `submit`) |
 //! | storage op length | `u32` bytes per op |
+//! | borrowed tx segments | any number per batch; at most 1024 iovecs (`UIO_MAXIOV`) per `sendmsg`, the rest follows in later sends |
+//! | `CloseAfterFlush` | waits for all queued tx to be sent and storage ops to finish; a peer that never reads keeps it open until engine shutdown's timeout |
 //! | shutdown | [`Engine::shutdown`] waits at most `timeout` for graceful close, then force-closes sockets and waits at most 2 s more for in-flight storage ops; handlers of ops that never complete are leaked rather than freed |
 //!
 //! ## Threading

@@ -6,7 +6,8 @@
 //! nvmf-pingpong c PORT REQ RESP MODE SECONDS [QD]        raw client
 //! nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] engine server
 //! options: --json (client output as one JSON object), --host IP (default 127.0.0.1),
-//!          --stats (engine server: per-second syscalls/loops per op on stderr)
+//!          --stats (engine server: per-second syscalls/loops per op on stderr),
+//!          --zc (engine server: answer with ConnIo::send_borrowed instead of copying into tx)
 //! ```
 //! The server answers every complete REQ-byte request with RESP bytes. The client at
 //! QD 1 measures per-op latency (avg, min, p50, p99, p99.9, max); at QD > 1 it keeps QD
@@ -244,6 +245,7 @@ struct Answer {
     req: usize,
     resp: usize,
     have: usize,
+    zc: bool,
     pattern: Arc<Vec<u8>>,
 }
 
@@ -254,6 +256,13 @@ impl Handler for Answer {
         self.have += r;
         let n = self.have / self.req;
         self.have %= self.req;
+        if self.zc && self.resp <= self.pattern.len() {
+            for _ in 0..n {
+                // SAFETY: the pattern is kept alive by this handler (Arc) and never modified.
+                unsafe { io.send_borrowed(self.pattern.as_ptr(), self.resp, 0) };
+            }
+            return Flow::Continue;
+        }
         let mut tot = n * self.resp;
         while tot > 0 {
             let c = tot.min(self.pattern.len());
@@ -274,22 +283,23 @@ impl Handler for Answer {
 struct AnswerFactory {
     req: usize,
     resp: usize,
+    zc: bool,
     pattern: Arc<Vec<u8>>,
 }
 
 impl HandlerFactory for AnswerFactory {
     fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Answer { req: self.req, resp: self.resp, have: 0, pattern: self.pattern.clone() }))
+        Some(Box::new(Answer { req: self.req, resp: self.resp, have: 0, zc: self.zc, pattern: self.pattern.clone() }))
     }
 }
 
-fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>, stats: bool) {
+fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>, stats: bool, zc: bool) {
     let cfg = EngineConfig { cores: core.into_iter().collect(), mode, ..Default::default() };
     let eng = Engine::start(cfg).unwrap_or_else(|e| {
         eprintln!("engine: {e}");
         std::process::exit(1)
     });
-    let f = Arc::new(AnswerFactory { req, resp, pattern: Arc::new(vec![0x5au8; 1 << 20]) });
+    let f = Arc::new(AnswerFactory { req, resp, zc, pattern: Arc::new(vec![0x5au8; 1 << 20]) });
     let l = eng.listen(addr, f).unwrap_or_else(|e| {
         eprintln!("listen: {e}");
         std::process::exit(1)
@@ -328,11 +338,13 @@ fn main() {
     let mut host: IpAddr = "127.0.0.1".parse().unwrap();
     let mut core = None;
     let mut stats = false;
+    let mut zc = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
             "--stats" => stats = true,
+            "--zc" => zc = true,
             "--host" => host = args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage()),
             "--core" => core = Some(args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
@@ -362,7 +374,7 @@ fn main() {
         }
         "e" | "engine" => {
             let mode: Mode = pos[4].parse().unwrap_or_else(|_| usage());
-            engine_server(addr, req, resp, mode, core, stats);
+            engine_server(addr, req, resp, mode, core, stats, zc);
         }
         _ => usage(),
     }
