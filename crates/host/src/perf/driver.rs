@@ -29,6 +29,9 @@ const CONNECT_TAG: u64 = u64::MAX;
 #[derive(Debug, Default)]
 pub struct RunControl {
     pub stop: AtomicBool,
+    /// Set once every queue is connected, so all queues start their work
+    /// together (otherwise the first queue runs alone while the others connect).
+    pub go: AtomicBool,
 }
 
 /// Published by a queue every tick for the progress line (relaxed stores, not per I/O).
@@ -39,6 +42,8 @@ pub struct QueueProgress {
     pub errors: AtomicU64,
     /// 0 connecting, 1 prefill, 2 timed run, 3 readback, 4 done.
     pub phase: AtomicU64,
+    /// The I/O queue Connect succeeded (or the queue already failed): the run may start.
+    pub connected: AtomicBool,
 }
 
 /// Everything one queue needs, built by the control thread.
@@ -162,7 +167,7 @@ impl PerfQueue {
 
     /// Issue I/Os until iodepth are in flight or the workload has none now.
     fn fill(&mut self, now_ms: u64, now_ns: u64) {
-        if self.state != State::Running {
+        if self.state != State::Running || !self.control.go.load(Ordering::Relaxed) {
             return;
         }
         if self.workload.phase() == Phase::Main {
@@ -211,6 +216,7 @@ impl PerfQueue {
         if c.tag == CONNECT_TAG {
             if c.is_success() {
                 self.state = State::Running;
+                self.publish();
             } else {
                 self.fail(format!("I/O queue Connect failed: {}", c.status().name()));
             }
@@ -277,7 +283,7 @@ impl PerfQueue {
 
     fn publish(&self) {
         let p = &self.progress;
-        p.ios.store(self.stats.reads + self.stats.writes, Ordering::Relaxed);
+        p.ios.store(self.stats.reads + self.stats.writes + self.stats.verify_phase_ios, Ordering::Relaxed);
         p.bytes.store(self.stats.read_bytes + self.stats.write_bytes, Ordering::Relaxed);
         p.errors.store(self.stats.io_errors + self.stats.verify_errors, Ordering::Relaxed);
         let phase = match (self.state, self.workload.phase()) {
@@ -288,6 +294,8 @@ impl PerfQueue {
             (_, Phase::Readback) => 3,
         };
         p.phase.store(phase, Ordering::Relaxed);
+        let connected = matches!(self.state, State::Running | State::Finished);
+        p.connected.store(connected, Ordering::Relaxed);
     }
 
     /// Common tail of every callback: issue work, move output, decide the flow.

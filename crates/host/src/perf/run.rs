@@ -151,7 +151,9 @@ pub fn run(
     let mut results: Vec<QueueStats> = Vec::with_capacity(cfg.io_queues as usize);
     let mut failure: Option<String> = None;
     while results.len() < cfg.io_queues as usize {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        // Poll quickly until the start barrier is lifted, then at a relaxed pace.
+        let wait_ms = if control.go.load(Ordering::Relaxed) { 100 } else { 2 };
+        match rx.recv_timeout(Duration::from_millis(wait_ms)) {
             Ok(s) => {
                 if s.io_errors > 0 {
                     // One broken queue ends the timed phase of all (like spdk_nvme_perf).
@@ -176,6 +178,11 @@ pub fn run(
             }
         }
         let phases: Vec<u64> = progress.iter().map(|p| p.phase.load(Ordering::Relaxed)).collect();
+        if !control.go.load(Ordering::Relaxed)
+            && (progress.iter().all(|p| p.connected.load(Ordering::Relaxed)) || !results.is_empty())
+        {
+            control.go.store(true, Ordering::Relaxed);
+        }
         if deadline.is_some_and(|d| Instant::now() > d) {
             control.stop.store(true, Ordering::Relaxed);
             failure = Some("queues did not finish in time".into());
