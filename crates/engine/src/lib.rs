@@ -402,6 +402,13 @@ impl ConnIo<'_> {
     pub fn tx(&mut self) -> &mut Vec<u8> {
         self.tx
     }
+    /// Unconsumed rx bytes and the output buffer at the same time (parse and
+    /// answer in one pass without moving the Vec out); call
+    /// [`consume`](Self::consume) afterwards.
+    #[inline]
+    pub fn rx_tx(&mut self) -> (&[u8], &mut Vec<u8>) {
+        (self.rx.data(), self.tx)
+    }
     /// Monotonic milliseconds since the engine started.
     #[inline]
     pub fn now_ms(&self) -> u64 {

@@ -77,9 +77,9 @@ struct Echo {
 }
 impl Handler for Echo {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let n = io.rx().len();
-        let data = io.rx().to_vec();
-        io.tx().extend_from_slice(&data);
+        let (rx, tx) = io.rx_tx();
+        let n = rx.len();
+        tx.extend_from_slice(rx);
         io.consume(n);
         Flow::Continue
     }
