@@ -211,9 +211,9 @@ impl HandlerFactory for QueueFactory {
         if port.addr.port() == 0 {
             port.addr.set_port(info.local.port());
         }
-        tracing::debug!(peer = %info.peer, local = %info.local, core = info.core, "connection accepted");
+        tracing::info!(peer = %info.peer, local = %info.local, core = info.core, "connection accepted");
         let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer);
-        Some(Box::new(QueueHandler { q, pending: Vec::new(), connections: self.connections.clone() }))
+        Some(Box::new(QueueHandler { q, pending: Vec::new(), connections: self.connections.clone(), peer: info.peer }))
     }
 }
 
@@ -244,6 +244,7 @@ struct QueueHandler {
     /// Storage requests made during a callback, submitted right after it.
     pending: Vec<StorageReq>,
     connections: Arc<AtomicUsize>,
+    peer: SocketAddr,
 }
 
 /// Monotonic µs since the first call (latency histograms; only read when
@@ -312,8 +313,11 @@ impl Handler for QueueHandler {
     }
 
     fn on_closed(&mut self, reason: CloseReason) {
-        if let Some((cntlid, qid)) = self.q.ids() {
-            tracing::debug!("ctrl {cntlid} queue {qid}: connection closed ({reason:?})");
+        match self.q.ids() {
+            Some((cntlid, qid)) => {
+                tracing::info!(peer = %self.peer, "ctrl {cntlid} queue {qid}: connection closed ({reason:?})")
+            }
+            None => tracing::info!(peer = %self.peer, "connection closed before Connect ({reason:?})"),
         }
         self.q.on_closed();
         self.connections.fetch_sub(1, Ordering::AcqRel);
