@@ -131,6 +131,12 @@ fn kill_and_restore_paths_under_verify() {
 fn ana_inaccessible_moves_io_and_failback_returns() {
     let srv = start_target(None, None);
     let io = srv.io_addrs();
+    // Paths from the discovery log (each I/O listener also answers discovery here).
+    let mut found = MultipathDevice::paths_from_discovery(io[0], NQN).unwrap();
+    found.sort();
+    let mut want = io.clone();
+    want.sort();
+    assert_eq!(found, want, "discovery lists both listeners");
     let mut dev = MultipathDevice::open(&io, mp_options(IoPolicy::Failover { failback: true })).unwrap();
     wait_paths_up(&mut dev, 2);
     let mut buf = vec![0u8; 4096];
