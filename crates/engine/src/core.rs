@@ -96,11 +96,18 @@ pub(crate) struct CoreShared {
     core_index: usize,
     cpu: Option<usize>,
     v: [AtomicU64; NSTAT],
+    /// Sockets handed to this core by acceptors and not yet registered or refused
+    /// (control path only: once per connection).
+    pub(crate) pending_handoffs: AtomicU64,
 }
 
 impl CoreShared {
     pub(crate) fn new(core_index: usize, cpu: Option<usize>) -> Self {
-        CoreShared { core_index, cpu, v: Default::default() }
+        CoreShared { core_index, cpu, v: Default::default(), pending_handoffs: AtomicU64::new(0) }
+    }
+    /// Load estimate used by acceptors: live connections + pending handoffs.
+    pub(crate) fn load(&self) -> u64 {
+        self.v[3].load(Ordering::Relaxed) + self.pending_handoffs.load(Ordering::Relaxed)
     }
     fn publish(&self, s: &LocalStats) {
         let a = [
@@ -882,7 +889,10 @@ impl Core {
     fn commands(&mut self) {
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             match cmd {
-                Command::Accepted { conn, factory } => self.register(conn, |info| factory.create(info)),
+                Command::Accepted { conn, factory } => {
+                    self.register(conn, |info| factory.create(info));
+                    self.shared.pending_handoffs.fetch_sub(1, Ordering::Relaxed);
+                }
                 Command::Connect { conn, make } => self.register(conn, |info| Some(make(info))),
                 Command::RemoveListener { id, ack } => {
                     for (slot, c) in self.conns.iter_mut().enumerate() {

@@ -94,7 +94,9 @@
 //!
 //! Handlers are created on the core that owns the connection (via
 //! [`HandlerFactory::create`] or the closure given to [`Engine::connect`]) and
-//! never move. Accepted sockets cross threads once (channel + eventfd wake-up).
+//! never move. Accepted sockets cross threads once (channel + eventfd wake-up),
+//! to the least-loaded core (live connections + handoffs in flight, ties
+//! round-robin). Do not call [`Engine::shutdown`] from a core thread (it joins them).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -670,7 +672,8 @@ impl Engine {
     }
 
     /// Bind `addr` and start an acceptor thread; accepted sockets (TCP_NODELAY)
-    /// are handed to cores round-robin, where `factory.create` makes the handler.
+    /// are handed to the least-loaded core (live connections + handoffs in
+    /// flight; ties round-robin), where `factory.create` makes the handler.
     pub fn listen(&self, addr: SocketAddr, factory: Arc<dyn HandlerFactory>) -> Result<ListenerId, EngineError> {
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
@@ -829,8 +832,12 @@ fn acceptor(
             Ok(l) => l,
             Err(_) => continue,
         };
+        // Least-loaded core (live connections + sockets still in flight to it),
+        // ties broken round-robin.
         let n = inner.cores.len();
-        let idx = inner.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let start = inner.rr.fetch_add(1, Ordering::Relaxed);
+        let idx = (0..n).map(|k| (start + k) % n).min_by_key(|&i| inner.cores[i].shared.load()).unwrap_or(0);
+        inner.cores[idx].shared.pending_handoffs.fetch_add(1, Ordering::Relaxed);
         // SAFETY: ownership transfer.
         let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
         let _ = inner.cores[idx].send(Command::Accepted {

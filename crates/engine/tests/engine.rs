@@ -183,6 +183,8 @@ fn many_connections_two_cores() {
         assert_eq!(ev.created.load(Ordering::SeqCst), 64);
         let on: Vec<usize> = ev.cores.lock().unwrap().clone();
         assert!(on.contains(&0) && on.contains(&1), "connections spread over both cores: {on:?}");
+        let per: Vec<u64> = eng.stats().iter().map(|s| s.connections).collect();
+        assert!(per.iter().all(|c| (24..=40).contains(c)), "least-loaded placement is balanced: {per:?}");
         let total: u64 = eng.stats().iter().map(|s| s.connections).sum();
         assert_eq!(total, 64);
         drop(conns);
