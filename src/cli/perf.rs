@@ -216,7 +216,12 @@ fn run_multipath(a: &PerfArgs, cfg: &PerfConfig, paths: &str) -> anyhow::Result<
         println!("{}", r.paths_text());
     }
     if s.errors > 0 || s.verify_errors > 0 || r.double_completions > 0 {
-        bail!("{} I/O error(s), {} verify error(s), {} double completion(s)", s.errors, s.verify_errors, r.double_completions);
+        bail!(
+            "{} I/O error(s), {} verify error(s), {} double completion(s)",
+            s.errors,
+            s.verify_errors,
+            r.double_completions
+        );
     }
     if s.reads + s.writes == 0 {
         bail!("no I/O completed");
