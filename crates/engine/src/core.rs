@@ -604,7 +604,10 @@ impl Core {
             let pending_sqes = !self.sq.ring.submission().is_empty();
             if poll || rerun || !self.dirty.is_empty() || !self.sq.ring.completion().is_empty() {
                 // never sleep
-                let need = pending_sqes || !self.taskrun_flag || self.sq.ring.submission().taskrun();
+                let need = pending_sqes || !self.taskrun_flag || {
+                    let sq = self.sq.ring.submission();
+                    sq.taskrun() || sq.cq_overflow()
+                };
                 if need {
                     self.stats.enters += 1;
                     let to_submit = self.sq.ring.submission().len() as u32;
