@@ -9,7 +9,7 @@
 # mp-host-ktarget (acceptance 4): `nvmf perf --paths` against the kernel target
 #   in the host VM, reached through its two nvmet ports (H1 -> 4420 = port 1,
 #   H2 -> 8009 = port 2; every subsystem is linked to both); port 1's ANA group 1
-#   is made inaccessible, restored, then port 1 is unlinked and linked again.
+#   is made inaccessible, restored (failback), then port 1 is unlinked and linked again.
 #   0 verify errors, 0 double completions, both paths carry I/O.
 
 SUBNQN_MP=nqn.2026-11.io.nvmf:multipath
@@ -79,7 +79,7 @@ c_mp_kernel_multipath() {
 c_mp_host_ktarget() {
     henv
     local out=$STATE/perf-mp.json err=$STATE/perf-mp.err pid rc=0 runtime=40
-    nv $((runtime + 120)) perf --paths "127.0.0.1:$H1,127.0.0.1:$H2" -n "$KT_NQN1" --iopolicy failover \
+    nv $((runtime + 120)) perf --paths "127.0.0.1:$H1,127.0.0.1:$H2" -n "$KT_NQN1" --iopolicy failover-failback \
         --rw randrw --bs 4k --iodepth 16 --size 32MiB --runtime "$runtime" --verify \
         --output-format json >"$out" 2>"$err" &
     pid=$!
@@ -122,7 +122,9 @@ bad = []
 if d["errors"] or d["verify_errors"]: bad.append("I/O or verify errors")
 if m["double_completions"]: bad.append("double completions")
 if not all(p["ios"] > 0 for p in m["paths"]): bad.append("a path carried no I/O")
-if not any(p["path_errors"] > 0 or p["downs"] > 0 for p in m["paths"]): bad.append("no path change seen")
+if m["paths"][0]["path_errors"] == 0: bad.append("no ANA refusal seen on path A")
+if m["paths"][0]["downs"] == 0: bad.append("path A never went down")
+if m["path_switches"] < 3: bad.append("I/O did not move A -> B -> A -> B")
 if bad: print("FAILED:", ", ".join(bad)); sys.exit(1)
 PY
 }

@@ -20,7 +20,11 @@ path_dir() {
 }
 ana_of() { _d=$(path_dir "$1") && cat "$_d/ana_state"; }
 ios_of() { _d=$(path_dir "$1") && awk '{ print $1 + $5 }' "$_d/stat"; }
-show() { nvme list-subsys 2>&1 | sed -n 1,12p; }
+# show: nvme list-subsys of the multipath disk (per path: state and ANA state)
+show() {
+    if [ -s /tmp/mp.dev ]; then nvme list-subsys "$(cat /tmp/mp.dev)" 2>&1 | sed -n 1,12p
+    else nvme list-subsys 2>&1 | sed -n 1,12p; fi
+}
 # wait_ana PORT STATE: up to 15 s
 wait_ana() {
     _i=0
@@ -38,6 +42,7 @@ moving() {
 case $PHASE in
 start)
     cleanup_all
+    rm -f /tmp/mp.dev
     [ "$(cat /sys/module/nvme_core/parameters/multipath 2>/dev/null)" = Y ] || fail "native multipath is off"
     nconnect "$TADDR" "$PORTA" "$NQN" >/dev/null || fail "connect A"
     nconnect "$TADDR" "$PORTB" "$NQN" >/dev/null || fail "connect B"
@@ -47,6 +52,10 @@ start)
     wait_ana "$PORTA" optimized
     wait_ana "$PORTB" optimized
     echo "$dev" >/tmp/mp.dev
+    show
+    n=$(show | grep -c 'live optimized')
+    [ "$n" -ge 2 ] || fail "nvme list-subsys does not show two live optimized paths"
+    echo "list-subsys: $n paths live optimized"
     setsid fio --name=mp --filename="$dev" --ioengine=libaio --direct=1 --rw=randrw --rwmixread=50 \
         --bs=4k --iodepth=16 --size=64M --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
         --runtime=75 --time_based --eta=never >/tmp/mp.fio 2>&1 </dev/null &
@@ -58,6 +67,7 @@ start)
 a-inaccessible)
     wait_ana "$PORTA" inaccessible
     show
+    show | grep -q "trsvcid=$PORTA.* inaccessible" || fail "list-subsys does not show path A inaccessible"
     moving "$PORTB"
     a=$(ios_of "$PORTA"); sleep 2; b=$(ios_of "$PORTA")
     [ $((b - a)) -le 2 ] || fail "I/O still sent through the inaccessible path ($((b - a)) in 2 s)"
