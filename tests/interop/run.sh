@@ -34,6 +34,7 @@ SUBNQN_RESTRICTED=nqn.2026-11.io.nvmf:restricted
 ALLOWED_HOSTNQN=nqn.2026-11.io.nvmf:host:allowed
 KT_NQN1=nqn.2026-11.io.nvmf:kernel-target:one
 KT_NQN2=nqn.2026-11.io.nvmf:kernel-target:two
+KT_NQN3=nqn.2026-11.io.nvmf:kernel-target:restricted
 KT_SERIAL=NVMFINTEROPSN
 KT_MODEL=nvmf-interop-kernel-target
 
@@ -61,6 +62,7 @@ CASES=(
     "kernel-hostfwd-icreq|host||60|c_kernel_hostfwd"
     "host-discover|host|discover:--output-format|60|c_host_discover"
     "host-identify|host|identify:--namespace,--output-format|90|c_host_identify"
+    "host-hostnqn|host|identify:--hostnqn discover:--hostnqn,--output-format|90|c_host_hostnqn"
     "host-rw-64m|host|write:--namespace-id,--start-block,--block-count,--data read:--namespace-id,--start-block,--block-count,--data|240|c_host_rw"
     "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format|120|c_host_perf_plain"
     "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--hdr-digest,--data-digest|120|c_host_perf_digest"
@@ -509,8 +511,9 @@ c_target_kill_mid_io() {
 host_setup() {
     local h1 h2 try
     {
-        printf 'export KT_SUBSYS="%s" KT_PORTS="4420 8009" KT_SERIAL=%s KT_MODEL=%s\n' \
-            "$KT_NQN1:128:512 $KT_NQN2:64:512" "$KT_SERIAL" "$KT_MODEL"
+        printf 'export KT_SUBSYS="%s" KT_PORTS="4420 8009" KT_SERIAL=%s KT_MODEL=%s KT_RESTRICT="%s"\n' \
+            "$KT_NQN1:128:512 $KT_NQN2:64:512 $KT_NQN3:32:512" "$KT_SERIAL" "$KT_MODEL" \
+            "$KT_NQN3|$ALLOWED_HOSTNQN"
         cat "$HERE/cases/ktarget.sh"
     } >"$STATE/host.boot.sh"
     for try in 1 2 3; do
@@ -548,6 +551,8 @@ c_host_discover() {
     out=$(nv 30 discover -a 127.0.0.1 -s "$H2") || { echo "$out"; return 1; }
     echo "$out"
     grep -qF "$KT_NQN1" <<<"$out" && grep -qF "$KT_NQN2" <<<"$out" || { echo "missing a subsystem"; return 1; }
+    # nvmet lists only the subsystems this host may use: not the restricted one
+    if grep -qF "$KT_NQN3" <<<"$out"; then echo "$KT_NQN3 listed for a host not allowed"; return 1; fi
     nv 30 discover -a 127.0.0.1 -s "$H2" --output-format json >"$STATE/disc.json" ||
         { cat "$STATE/disc.json"; return 1; }
     cat "$STATE/disc.json"
@@ -584,6 +589,34 @@ EOF
     # 128 MiB of 512 B blocks: nsze 262144 (0x40000) somewhere in the output
     grep -qE '262144|0x40000' <<<"$out" || { echo "namespace size 262144 blocks not shown"; return 1; }
 }
+c_host_hostnqn() {
+    henv
+    local out rc=0
+    step "restricted subsystem, default host NQN: refused, cleanly"
+    out=$(nv 30 identify -a 127.0.0.1 -s "$H1" -n "$KT_NQN3" 2>&1) || rc=$?
+    echo "$out" | tail -n 5; echo "rc=$rc"
+    host_clean_failure "$rc" "$out" || return 1
+    step "the same with -q $ALLOWED_HOSTNQN: served"
+    out=$(nv 30 identify -a 127.0.0.1 -s "$H1" -n "$KT_NQN3" -q "$ALLOWED_HOSTNQN") || { echo "$out"; return 1; }
+    grep -E '^(sn|mn|subnqn) ' <<<"$out" || true
+    grep -qF "$KT_SERIAL-2" <<<"$out" || { echo "serial $KT_SERIAL-2 not shown"; return 1; }
+    step "discovery with --hostnqn lists the restricted subsystem"
+    nv 30 discover -a 127.0.0.1 -s "$H2" --hostnqn "$ALLOWED_HOSTNQN" --output-format json >"$STATE/disc-q.json" ||
+        { cat "$STATE/disc-q.json"; return 1; }
+    python3 "$HERE/tools/jcheck.py" nqns "$STATE/disc-q.json" "$KT_NQN3"
+    step "unknown subsystem NQN: refused, cleanly"
+    rc=0; out=$(nv 30 identify -a 127.0.0.1 -s "$H1" -n nqn.2026-11.io.nvmf:does-not-exist 2>&1) || rc=$?
+    echo "$out" | tail -n 5; echo "rc=$rc"
+    host_clean_failure "$rc" "$out"
+}
+# host_clean_failure RC OUTPUT: an nvmf host command failed the way it should: a
+# non-zero exit of its own (not a timeout or signal), no panic
+host_clean_failure() {
+    [ "$1" != 0 ] || { echo "succeeded, but must fail"; return 1; }
+    [ "$1" -lt 124 ] || { echo "timeout or signal (rc=$1)"; return 1; }
+    if grep -qE 'panicked|RUST_BACKTRACE' <<<"$2"; then echo "panic"; return 1; fi
+    echo "failed cleanly (rc=$1)"
+}
 c_host_rw() {
     henv
     local d=$STATE/rw blocks=$((64 << 20 >> 9)) help cnt sum g
@@ -604,6 +637,10 @@ c_host_rw() {
         --block-count "$(( cnt == blocks ? 16 : 15 ))" --data - >"$d/stdout" || return 1
     cmp "$d/stdout" <(dd if="$d/pat" bs=512 skip=8 count=16 status=none) || return 1
     echo "--data - (stdout), 16 blocks at LBA 8: equal"
+    nv 60 read -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --namespace-id 1 --start-block 1000 \
+        --block-count "$(( cnt == blocks ? 2048 : 2047 ))" -g -G --data "$d/dg" || return 1
+    cmp "$d/dg" <(dd if="$d/pat" bs=512 skip=1000 count=2048 status=none) || return 1
+    echo "read with -g -G, 1 MiB at LBA 1000: equal"
     sum=$(sha256sum <"$d/pat" | cut -d' ' -f1)
     g=$(printf 'dd if=/dev/kt0 bs=1M count=64 iflag=direct 2>/dev/null | sha256sum\n' | gsh host 60) || return 1
     echo "host sha256 $sum; guest backing device /dev/kt0: $g"

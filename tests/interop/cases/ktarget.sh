@@ -3,6 +3,8 @@
 # env: KT_SUBSYS="nqn:size_mb:block_size ..." (nsid 1 each, memory-backed null_blk)
 #      KT_PORTS="4420 8009" (0.0.0.0, every subsystem linked to every port)
 #      KT_SERIAL / KT_MODEL (optional, set on every subsystem: serial gets -<index>)
+#      KT_RESTRICT="nqn|hostnqn" (optional: only that host may use that subsystem;
+#      nvmet then also leaves it out of other hosts' discovery logs)
 . /usr/share/lab/case.sh
 . /usr/share/lab/nvmet.sh
 set -u
@@ -33,6 +35,10 @@ for spec in $KT_SUBSYS; do
     echo "subsystem $nqn: nsid 1 -> $dev (${mb} MiB, ${bs} B blocks)"
     i=$((i + 1))
 done
+if [ -n "${KT_RESTRICT:-}" ]; then
+    nvmet_allow_host "${KT_RESTRICT%%|*}" "${KT_RESTRICT#*|}" || exit 1
+    echo "subsystem ${KT_RESTRICT%%|*}: only host ${KT_RESTRICT#*|}"
+fi
 p=1
 for port in $KT_PORTS; do
     nvmet_port "$p" "$port" || exit 1
