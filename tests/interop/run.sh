@@ -494,8 +494,8 @@ c_target_kill_mid_io() {
     pids=$(socat_pids "$PA" | tr '\n' ' ')
     echo "socat processes carrying 10.0.2.100:$PA: ${pids:-none}"
     [ -n "$pids" ] || return 1
-    # shellcheck disable=SC2086
-    kill -KILL $pids
+    # shellcheck disable=SC2086  # (one may have ended on its own meanwhile)
+    kill -KILL $pids 2>/dev/null || true
     talive t1 || { echo "target died"; return 1; }
     gexec target 120 killio.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=finish
     talive t1 || { echo "target died"; return 1; }
