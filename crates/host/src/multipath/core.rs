@@ -44,21 +44,22 @@ pub const QUEUED_IOS_MAX_DEFAULT: usize = 4096;
 pub const QUEUE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// Default for [`MultipathConfig::attempts_max`].
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 32;
-/// Margin added to the target's keep-alive expiry in [`fence_ms_for_kato`]:
-/// the target's timer granularity plus storage ops already submitted.
+/// Least time added to the target's keep-alive expiry in [`fence_ms_for_kato`]
+/// when the controller reports no Command Quiesce Time: the target's timer
+/// granularity plus storage operations already submitted.
 pub const FENCE_MARGIN_MS: u64 = 1_000;
 
-/// The write fence for a controller connected with `kato_ms`, or quiescing
-/// commands within `cqt_ms` (Identify Controller CQT, 0 = not reported).
+/// The write fence for a controller connected with `kato_ms` that reports a
+/// Command Quiesce Time of `cqt_ms` (Identify Controller bytes 386-387,
+/// milliseconds; 0 = not reported).
 ///
-/// Keep-alive expiry: nvmf's target tears a controller down 1.5 x KATO after
-/// its last command, Linux nvmet within 2 x KATO; we assume the latter. A
-/// reported CQT bounds it too, whichever is shorter.
+/// The controller learns that the host is gone when its keep-alive timer
+/// expires (nvmf's target 1.5 x KATO after the last command, Linux nvmet
+/// within 2 x KATO: we assume the latter), then needs up to CQT to quiesce
+/// what it was executing (TP 4129): `2 x KATO + max(CQT, margin)`.
 pub fn fence_ms_for_kato(kato_ms: u64, cqt_ms: u64) -> u64 {
-    assert!(kato_ms > 0 || cqt_ms > 0, "without keep alive or CQT a failed controller may run forever");
-    let by_kato = if kato_ms > 0 { 2 * kato_ms } else { u64::MAX };
-    let by_cqt = if cqt_ms > 0 { cqt_ms } else { u64::MAX };
-    by_kato.min(by_cqt) + FENCE_MARGIN_MS
+    assert!(kato_ms > 0, "without keep alive a controller that lost its host may run forever");
+    2 * kato_ms + cqt_ms.max(FENCE_MARGIN_MS)
 }
 
 /// How I/O is spread over the usable paths.
@@ -314,6 +315,8 @@ struct PathEntry {
     ana: AnaState,
     outstanding: u32,
     counters: PathCounters,
+    /// Longer fence this path's controller needs (it reports a CQT).
+    fence_ms: Option<u64>,
 }
 
 /// The multipath state machine. See the [module docs](self).
@@ -348,6 +351,7 @@ impl Multipath {
             ana: AnaState::Inaccessible,
             outstanding: 0,
             counters: PathCounters::default(),
+            fence_ms: None,
         };
         Multipath {
             cfg,
@@ -446,6 +450,12 @@ impl Multipath {
         e.health = PathHealth::Live;
         e.ana = ana;
         self.dispatch(now_ms);
+    }
+
+    /// Path `p`'s controller needs writes of unknown fate fenced for at least
+    /// `fence_ms` (from its KATO and CQT); only ever lengthens the configured fence.
+    pub fn set_path_fence_ms(&mut self, p: usize, fence_ms: u64) {
+        self.paths[p].fence_ms = Some(fence_ms);
     }
 
     /// The ANA state seen through path `p` changed (log page read after an AEN).
@@ -563,6 +573,7 @@ impl Multipath {
         self.paths[p].counters.fate_unknown += 1;
         match (e.is_write, self.cfg.write_retry) {
             (true, WriteRetry::Fenced { fence_ms }) => {
+                let fence_ms = fence_ms.max(self.paths[p].fence_ms.unwrap_or(0));
                 self.counters.fenced_writes += 1;
                 self.ios[io as usize] = Some(IoEntry { at: Where::Fenced { until_ms: now_ms + fence_ms }, ..e });
                 self.fenced.push(io);
@@ -936,9 +947,24 @@ mod tests {
     }
 
     #[test]
-    fn fence_covers_keep_alive_or_cqt() {
+    fn a_path_reporting_cqt_lengthens_its_fence() {
+        let mut m = two_up(IoPolicy::Failover { failback: false });
+        m.set_path_fence_ms(0, 7_000);
+        m.submit(1, true, 0).unwrap();
+        let s = sends(&mut m);
+        m.path_down(0, 0);
+        m.on_outcome(s[0].0, s[0].1, 0, Outcome::FateUnknown, 0);
+        m.on_tick(3_000);
+        assert!(sends(&mut m).is_empty(), "the configured 3 s fence is not enough for this path");
+        m.on_tick(7_000);
+        assert_eq!(sends(&mut m).len(), 1);
+    }
+
+    #[test]
+    fn fence_covers_keep_alive_and_cqt() {
         assert_eq!(fence_ms_for_kato(5_000, 0), 11_000);
-        assert_eq!(fence_ms_for_kato(5_000, 2_000), 3_000);
-        assert_eq!(fence_ms_for_kato(0, 2_000), 3_000);
+        assert_eq!(fence_ms_for_kato(5_000, 2_500), 12_500);
+        assert_eq!(fence_ms_for_kato(2_000, 100), 5_000);
+        assert!(std::panic::catch_unwind(|| fence_ms_for_kato(0, 2_000)).is_err());
     }
 }

@@ -153,7 +153,7 @@ struct NsFacts {
 }
 
 enum FromPath {
-    Up { path: usize, ana: AnaState, cntlid: u16, ns: NsFacts },
+    Up { path: usize, ana: AnaState, cntlid: u16, ns: NsFacts, cqt_ms: u16 },
     Down { path: usize, why: String },
     Ana { path: usize, ana: AnaState },
     Done { path: usize, io: IoId, attempt: u32, c: Completion },
@@ -196,6 +196,7 @@ pub struct MultipathDevice {
     block_size: u32,
     nsze: u64,
     ns_id: Option<[u8; 16]>,
+    kato_ms: u64,
 }
 
 /// Wrapper so the channel type can be `Debug`.
@@ -237,6 +238,7 @@ impl MultipathDevice {
             block_size: 0,
             nsze: 0,
             ns_id: None,
+            kato_ms: opts.connect.kato_s as u64 * 1000,
         };
         let deadline = Instant::now() + Duration::from_millis(opts.open_timeout_ms);
         while (0..d.paths.len()).all(|p| d.core.path_health(p) == PathHealth::Down) {
@@ -419,7 +421,7 @@ impl MultipathDevice {
     fn handle(&mut self, m: FromPath) {
         let now = self.now_ms();
         match m {
-            FromPath::Up { path, ana, cntlid, ns } => {
+            FromPath::Up { path, ana, cntlid, ns, cqt_ms } => {
                 match self.ns_id {
                     None => {
                         self.ns_id = Some(ns.id);
@@ -436,8 +438,11 @@ impl MultipathDevice {
                     }
                     Some(_) => {}
                 }
-                tracing::info!(path, addr = %self.paths[path].addr, cntlid, ana = ana.name(), "path up");
+                tracing::info!(path, addr = %self.paths[path].addr, cntlid, ana = ana.name(), cqt_ms, "path up");
                 self.paths[path].cntlid = Some(cntlid);
+                if cqt_ms > 0 {
+                    self.core.set_path_fence_ms(path, fence_ms_for_kato(self.kato_ms, cqt_ms as u64));
+                }
                 self.core.path_up(path, ana, now);
             }
             FromPath::Down { path, why } => {
@@ -600,8 +605,16 @@ fn bring_up(ctx: &PathCtx, copts: &ConnectOptions) -> Result<Controller> {
     };
     let ana = read_ana(&mut ctrl, ns.anagrpid)?;
     let facts = NsFacts { block_size: ns.block_size(), nsze: ns.nsze, id };
-    ctx.send(FromPath::Up { path: ctx.index, ana, cntlid: ctrl.cntlid(), ns: facts });
+    let cqt_ms = command_quiesce_time_ms(&mut ctrl)?;
+    ctx.send(FromPath::Up { path: ctx.index, ana, cntlid: ctrl.cntlid(), ns: facts, cqt_ms });
     Ok(ctrl)
+}
+
+/// Identify Controller CQT (bytes 386-387, milliseconds; TP 4129), 0 when not reported.
+fn command_quiesce_time_ms(ctrl: &mut Controller) -> Result<u16> {
+    const CQT_OFFSET: usize = 386;
+    let b = ctrl.identify_raw(nvmf_proto::opcodes::cns::CONTROLLER, 0)?;
+    Ok(b.get(CQT_OFFSET..CQT_OFFSET + 2).map(|v| u16::from_le_bytes([v[0], v[1]])).unwrap_or(0))
 }
 
 /// ANA state of `group` through this controller (optimized when it does not report ANA).
