@@ -11,6 +11,8 @@ pub const IO_QUEUES_MAX: u32 = 1024;
 pub const BLOCK_SIZE_MAX_BYTES: u64 = 8 << 20;
 /// Longest `--runtime`.
 pub const RUNTIME_MAX_S: u64 = 7 * 24 * 3600;
+/// Data buffers of a run: `--iodepth` x `--bs` per queue, all queues together.
+pub const BUFFER_BYTES_MAX: u64 = 2 << 30;
 /// Verify mode keeps 4 bytes + 1 bit per `--bs` unit in range: cap the range so
 /// the map stays under ~256 MiB (use `--size` to narrow a big namespace).
 pub const VERIFY_UNITS_MAX: u64 = 64 << 20;
@@ -177,6 +179,12 @@ impl PerfConfig {
         if self.runtime_s == 0 || self.runtime_s > RUNTIME_MAX_S {
             return Err(format!("--runtime must be 1..={RUNTIME_MAX_S} seconds"));
         }
+        let buffers = self.iodepth as u64 * self.block_size_bytes * self.io_queues as u64;
+        if buffers > BUFFER_BYTES_MAX {
+            return Err(format!(
+                "--iodepth x --bs x --nr-io-queues needs {buffers} bytes of buffers, over the {BUFFER_BYTES_MAX} limit"
+            ));
+        }
         if self.namespace_id == 0 || self.namespace_id == u32::MAX {
             return Err("--namespace-id must be a single namespace (1..0xfffffffe)".into());
         }
@@ -279,5 +287,7 @@ mod tests {
         assert!(PerfConfig { iodepth: 0, ..Default::default() }.validate().is_err());
         assert!(PerfConfig { rwmixread: 101, ..Default::default() }.validate().is_err());
         assert!(PerfConfig::default().validate().is_ok());
+        let huge = PerfConfig { iodepth: 1024, block_size_bytes: 8 << 20, ..Default::default() };
+        assert!(huge.validate().is_err(), "8 GiB of buffers must be refused");
     }
 }
