@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 
 use nvmf_proto::log::ana_state;
-use nvmf_proto::status::{path, sct};
+use nvmf_proto::status::{generic, path, sct};
 use nvmf_proto::Status;
 
 /// Default for [`MultipathConfig::queued_ios_max`].
@@ -504,8 +504,13 @@ impl Multipath {
                     pe.counters.path_errors += 1;
                     pe.ana = ana;
                     self.requeue(io, e, now_ms);
-                } else if s.sct == sct::PATH && s.sc != path::ABORTED_BY_HOST && !s.dnr {
-                    // Other path errors (controller/host pathing): not executed.
+                } else if !s.dnr
+                    && ((s.sct == sct::PATH && s.sc != path::ABORTED_BY_HOST)
+                        || (s.sct == sct::GENERIC && s.sc == generic::TRANSIENT_TRANSPORT_ERROR))
+                {
+                    // Other path errors (controller/host pathing) and transient
+                    // transport errors (e.g. a data digest mismatch): the
+                    // controller reports it did not complete the command.
                     pe.counters.path_errors += 1;
                     self.requeue(io, e, now_ms);
                 } else if s.sct == sct::PATH && s.sc == path::ABORTED_BY_HOST {
@@ -672,7 +677,6 @@ impl Multipath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nvmf_proto::status::generic;
 
     const OK: Outcome = Outcome::Status(Status::SUCCESS);
 
@@ -864,6 +868,19 @@ mod tests {
             m.on_outcome(s[0].0, s[0].1, 0, path_err, 0);
         }
         assert_eq!(completions(&mut m), vec![(1, IoResult::TooManyAttempts)]);
+    }
+
+    #[test]
+    fn transient_transport_errors_are_retried_unless_dnr() {
+        let mut m = two_up(IoPolicy::RoundRobin);
+        m.submit(1, false, 0).unwrap();
+        let s = sends(&mut m);
+        let t = Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR);
+        m.on_outcome(s[0].0, s[0].1, s[0].2, Outcome::Status(t), 0);
+        let r = sends(&mut m);
+        assert_eq!(r.len(), 1);
+        m.on_outcome(r[0].0, r[0].1, r[0].2, Outcome::Status(t.dnr()), 0);
+        assert_eq!(completions(&mut m), vec![(1, IoResult::Status(t.dnr()))]);
     }
 
     #[test]
