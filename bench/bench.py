@@ -37,6 +37,16 @@ PINGPONG_C_SRC = os.environ.get("PINGPONG_C", "/work/shared/bench/pingpong.c")
 NQN = os.environ.get("NVMF_BENCH_NQN", "nqn.2026-11.io.nvmf:default")
 TARGET_CPU, HOST_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Command prefix for every measured process. With --nice N it puts the process
+# in a new session (start_new_session below) and sets both the session's
+# autogroup nice and its own nice: with sched_autogroup on, a plain nice only
+# orders processes within one session and does nothing against other sessions.
+PRIO = []
+NEW_SESSION = False
+
+
+def prio_wrap(n):
+    return ["sh", "-c", 'echo %d > /proc/self/autogroup 2>/dev/null; exec nice -n %d "$@"' % (n, n), "sh"]
 
 # (key, label, perf args, limit key, metric); metric: lat | ops | read_tput | write_tput
 ROWS = [
@@ -137,15 +147,16 @@ class PingPong:
     def run(self, key, secs):
         req, resp, mode, qd = LIMITS[key]
         port = free_port()
-        srv = subprocess.Popen(["taskset", "-c", TARGET_CPU, self.bin, "s", str(port), str(req), str(resp), mode],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        srv = subprocess.Popen(PRIO + ["taskset", "-c", TARGET_CPU, self.bin, "s", str(port), str(req), str(resp), mode],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=NEW_SESSION)
         try:
             wait_port(port, srv)
-            cmd = ["taskset", "-c", HOST_CPU, self.bin, "c", str(port), str(req), str(resp), mode, str(secs), str(qd)]
+            cmd = PRIO + ["taskset", "-c", HOST_CPU, self.bin, "c", str(port), str(req), str(resp), mode, str(secs), str(qd)]
             json_mode = self.kind == "nvmf-pingpong"
             if json_mode:
                 cmd.append("--json")
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30).stdout.strip()
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30,
+                                 start_new_session=NEW_SESSION).stdout.strip()
         finally:
             stop(srv)
         if json_mode:
@@ -167,18 +178,18 @@ class PingPong:
 def run_nvmf_row(row, digests, secs):
     key, label, a, _, _ = row
     port = free_port()
-    tgt = subprocess.Popen([NVMF, "target", "--cores", TARGET_CPU, "--mode", a["mode"], "--namespace", "null:1TiB",
-                            "--listen", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+    tgt = subprocess.Popen(PRIO + [NVMF, "target", "--cores", TARGET_CPU, "--mode", a["mode"], "--namespace", "null:1TiB",
+                            "--listen", "127.0.0.1:%d" % port, "--discovery-listen", "none"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=NEW_SESSION)
     try:
         wait_port(port, tgt)
-        cmd = [NVMF, "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--rw", a["rw"], "--bs", a["bs"],
+        cmd = PRIO + [NVMF, "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--rw", a["rw"], "--bs", a["bs"],
                "--iodepth", str(a["iodepth"]), "--runtime", str(secs), "--cores", HOST_CPU, "--mode", a["mode"],
                "--output-format", "json"]
         if digests:
             cmd += ["-g", "-G"]
         cpu0, t0 = proc_cpu_s(tgt.pid), time.time()
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 90)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 90, start_new_session=NEW_SESSION)
         cpu1, t1 = proc_cpu_s(tgt.pid), time.time()
         rss = proc_rss_kib(tgt.pid)
     finally:
@@ -221,7 +232,8 @@ def rss_section(secs_hold=3):
     out = {}
     port = free_port()
     tgt = subprocess.Popen([NVMF, "target", "--cores", TARGET_CPU, "--mode", "interrupt", "--namespace", "null:1TiB",
-                            "--listen", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--listen", "127.0.0.1:%d" % port, "--discovery-listen", "none"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, tgt)
         time.sleep(0.5)
@@ -263,8 +275,15 @@ def main():
     ap.add_argument("--no-digests", action="store_true", help="skip the digests-on runs")
     ap.add_argument("--no-rss", action="store_true", help="skip the idle-queue RSS measurement")
     ap.add_argument("--limits-only", action="store_true", help="only the ping-pong limits")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="run every measured process (limits and rows alike) at this nice value, e.g. -20 on a "
+                         "machine shared with other work (needs root for negative values)")
     args = ap.parse_args()
     secs = 1 if args.quick else args.runtime
+    if args.nice is not None:
+        global NEW_SESSION
+        PRIO[:] = prio_wrap(args.nice)
+        NEW_SESSION = True
     repeat = 1 if args.quick else max(1, args.repeat)
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
     digest_modes = [False] if args.no_digests else [False, True]
@@ -306,7 +325,7 @@ def main():
               "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname()),
                           # Other work on the machine distorts everything: record how busy it was.
                           "loadavg_1m_start": load_start[0], "loadavg_1m_end": os.getloadavg()[0]},
-              "runtime_s": secs, "repeat": repeat, "pingpong": pp.kind, "rows": [], "limits": {}, "errors": errors}
+              "runtime_s": secs, "repeat": repeat, "nice": args.nice, "pingpong": pp.kind, "rows": [], "limits": {}, "errors": errors}
     for lk, rs in limits.items():
         report["limits"][lk] = {
             "req": LIMITS[lk][0], "resp": LIMITS[lk][1], "mode": LIMITS[lk][2], "qd": LIMITS[lk][3],
@@ -367,8 +386,9 @@ def fmt(v, spec="%.2f"):
 def print_table(rep):
     out = sys.stderr if "--json" in sys.argv else sys.stdout
     p = lambda s="": print(s, file=out)
-    p("nvmf benchmark %s  (%s, %d s x %d, ping-pong: %s)" % (rep["date"], rep["machine"]["uname"].split()[2],
-                                                              rep["runtime_s"], rep["repeat"], rep["pingpong"]))
+    p("nvmf benchmark %s  (%s, %d s x %d, ping-pong: %s, nice %s)" % (
+        rep["date"], rep["machine"]["uname"].split()[2], rep["runtime_s"], rep["repeat"], rep["pingpong"],
+        rep["nice"] if rep["nice"] is not None else "unchanged"))
     m = rep["machine"]
     p("load average (1 min) before the runs %.2f, after %.2f (the benchmark itself adds ~2; other load distorts)" % (
         m["loadavg_1m_start"], m["loadavg_1m_end"]))
