@@ -31,12 +31,61 @@ pub struct QueueCounters {
     pub write_bytes: AtomicU64,
     /// Histograms, errors, digest errors (management metrics).
     pub io: IoStats,
+    /// Per-namespace counts: the first [`NS_COUNTERS_MAX`] NSIDs this queue
+    /// sees get a slot each (claimed by the owning core, never released).
+    pub per_ns: [NsCounters; NS_COUNTERS_MAX],
+    /// Commands to namespaces beyond those slots: (reads, writes, read bytes, written bytes).
+    pub per_ns_other: NsCounters,
+}
+
+/// Namespaces counted separately per queue (more are summed as "other").
+pub const NS_COUNTERS_MAX: usize = 16;
+
+/// Read/write counts of one namespace on one queue (nsid 0: slot unused).
+#[derive(Default, Debug)]
+pub struct NsCounters {
+    pub nsid: AtomicU32,
+    pub read_cmds: AtomicU64,
+    pub write_cmds: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+impl NsCounters {
+    fn load(&self) -> [u64; 4] {
+        [&self.read_cmds, &self.write_cmds, &self.read_bytes, &self.write_bytes].map(|a| a.load(Ordering::Relaxed))
+    }
 }
 
 impl QueueCounters {
     #[inline]
     pub fn bump(c: &AtomicU64, by: u64) {
         c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    }
+
+    /// Count a completed read or write of `bytes` on namespace `nsid` (owning core only).
+    #[inline]
+    pub fn count_ns(&self, nsid: u32, write: bool, bytes: u64) {
+        let mut slot = &self.per_ns_other;
+        for c in &self.per_ns {
+            let n = c.nsid.load(Ordering::Relaxed);
+            if n == nsid {
+                slot = c;
+                break;
+            }
+            if n == 0 {
+                c.nsid.store(nsid, Ordering::Relaxed);
+                slot = c;
+                break;
+            }
+        }
+        if write {
+            Self::bump(&slot.write_cmds, 1);
+            Self::bump(&slot.write_bytes, bytes);
+        } else {
+            Self::bump(&slot.read_cmds, 1);
+            Self::bump(&slot.read_bytes, bytes);
+        }
     }
 }
 
@@ -106,9 +155,38 @@ pub struct IoStatsSnapshot {
     pub backend: [([u64; LATENCY_BUCKETS], u64); 2],
     pub errors: [u64; 12],
     pub digest_errors: u64,
+    /// (nsid, [reads, writes, read bytes, written bytes]); nsid 0 = unused.
+    pub per_ns: [(u32, [u64; 4]); NS_COUNTERS_MAX],
+    /// Namespaces that did not fit in `per_ns`.
+    pub per_ns_other: [u64; 4],
 }
 
 impl IoStatsSnapshot {
+    /// Add one namespace's counts (by NSID).
+    pub fn add_ns(&mut self, nsid: u32, v: [u64; 4]) {
+        if nsid == 0 {
+            return;
+        }
+        let target = match self.per_ns.iter().position(|(n, _)| *n == nsid || *n == 0) {
+            Some(i) => {
+                self.per_ns[i].0 = nsid;
+                &mut self.per_ns[i].1
+            }
+            None => &mut self.per_ns_other,
+        };
+        for (a, b) in target.iter_mut().zip(v) {
+            *a += b;
+        }
+    }
+    /// Add the per-namespace counts of one queue.
+    pub fn add_queue_ns(&mut self, q: &QueueCounters) {
+        for c in &q.per_ns {
+            self.add_ns(c.nsid.load(Ordering::Relaxed), c.load());
+        }
+        for (a, b) in self.per_ns_other.iter_mut().zip(q.per_ns_other.load()) {
+            *a += b;
+        }
+    }
     pub fn add(&mut self, s: &IoStats) {
         for k in 0..2 {
             s.total[k].add_to(&mut self.total[k]);
@@ -132,6 +210,12 @@ impl IoStatsSnapshot {
             *a += b;
         }
         self.digest_errors += o.digest_errors;
+        for (n, v) in o.per_ns {
+            self.add_ns(n, v);
+        }
+        for (a, b) in self.per_ns_other.iter_mut().zip(o.per_ns_other) {
+            *a += b;
+        }
     }
 }
 
@@ -288,6 +372,7 @@ impl Controller {
             r.read_bytes += c.read_bytes.load(Ordering::Relaxed);
             r.write_bytes += c.write_bytes.load(Ordering::Relaxed);
             r.stats.add(&c.io);
+            r.stats.add_queue_ns(c);
         }
         l.retain(|x| !Arc::ptr_eq(x, c));
     }
@@ -296,6 +381,7 @@ impl Controller {
         let mut t = IoStatsSnapshot::default();
         for c in self.queue_counters.lock().unwrap().iter() {
             t.add(&c.io);
+            t.add_queue_ns(c);
         }
         t
     }

@@ -969,6 +969,7 @@ impl Queue {
                 let status = if flushed {
                     QueueCounters::bump(&self.counters.write_cmds, 1);
                     QueueCounters::bump(&self.counters.write_bytes, len as u64);
+                    self.counters.count_ns(self.slots[i].sqe.nsid, true, len as u64);
                     Status::SUCCESS
                 } else {
                     Status::new(sct::MEDIA, media::WRITE_FAULT)
@@ -1161,6 +1162,7 @@ impl Queue {
                 }
                 QueueCounters::bump(&self.counters.write_cmds, 1);
                 QueueCounters::bump(&self.counters.write_bytes, len as u64);
+                self.counters.count_ns(sqe.nsid, true, len as u64);
                 Some(Status::SUCCESS)
             }
             IoPlan::Compare { off, len } => {
@@ -1248,6 +1250,7 @@ impl Queue {
         }
         QueueCounters::bump(&self.counters.read_cmds, 1);
         QueueCounters::bump(&self.counters.read_bytes, len as u64);
+        self.counters.count_ns(ns.nsid, false, len as u64);
         if success_flag {
             None
         } else {
@@ -1310,6 +1313,7 @@ impl Queue {
                 self.free_slot(i);
                 QueueCounters::bump(&self.counters.read_cmds, 1);
                 QueueCounters::bump(&self.counters.read_bytes, len as u64);
+                self.counters.count_ns(self.slots[i].sqe.nsid, false, len as u64);
                 self.send_data_and_complete(out, cid, buf.as_slice(len as usize), 0);
                 self.slots[i].buf = buf;
             }
@@ -1327,11 +1331,13 @@ impl Queue {
                 // Remember the write for the counters via a second pass: count now.
                 QueueCounters::bump(&self.counters.write_cmds, 1);
                 QueueCounters::bump(&self.counters.write_bytes, len as u64);
+                self.counters.count_ns(s.sqe.nsid, true, len as u64);
                 return QueueFlow::Continue;
             }
             (OP_WRITE, _) => {
                 QueueCounters::bump(&self.counters.write_cmds, 1);
                 QueueCounters::bump(&self.counters.write_bytes, len as u64);
+                self.counters.count_ns(self.slots[i].sqe.nsid, true, len as u64);
                 self.free_slot(i);
                 self.respond(out, cid, Status::SUCCESS, 0, 0);
             }

@@ -370,6 +370,11 @@ fn metrics_count_ios_exactly() {
         assert_eq!(metric(&m, &format!("nvmf_io_errors_total{}", el("lba_out_of_range"))), 1);
         assert_eq!(metric(&m, &format!("nvmf_io_errors_total{}", el("invalid_namespace"))), 1);
         assert_eq!(metric(&m, &format!("nvmf_digest_errors_total{l}")), 0);
+        let nl = |nsid: u32| format!("{{subsystem=\"{A}\",nsid=\"{nsid}\"}}");
+        assert_eq!(metric(&m, &format!("nvmf_ns_write_commands_total{}", nl(1))), writes - 1);
+        assert_eq!(metric(&m, &format!("nvmf_ns_write_commands_total{}", nl(2))), 1);
+        assert_eq!(metric(&m, &format!("nvmf_ns_read_commands_total{}", nl(1))), reads - 1);
+        assert_eq!(metric(&m, &format!("nvmf_ns_read_bytes_total{}", nl(2))), 8192);
         assert_eq!(metric(&m, "nvmf_keep_alive_expiries_total"), 0);
         assert_eq!(metric(&m, &format!("nvmf_controllers{l}")), 1);
         assert_eq!(metric(&m, &format!("nvmf_io_queues{l}")), 1);
@@ -386,6 +391,12 @@ fn metrics_count_ios_exactly() {
             assert_eq!(metric(&m, &format!("nvmf_io_errors_total{el}")), 1, "errors survive the queue");
             let hl = format!("{{subsystem=\"{A}\",op=\"write\"}}");
             assert_eq!(metric(&m, &format!("nvmf_io_total_latency_seconds_count{hl}")), writes + 1);
+            let nl = format!("{{subsystem=\"{A}\",nsid=\"1\"}}");
+            assert_eq!(
+                metric(&m, &format!("nvmf_ns_write_commands_total{nl}")),
+                writes,
+                "per-namespace counts survive"
+            );
             assert!(m.contains("nvmf_core_busy_loops_total{core=\"0\"}"));
             break;
         }

@@ -80,6 +80,25 @@ pub fn render(m: &Mgmt) -> String {
             o.val(name, &[("subsystem", nqn)], f(t));
         }
     }
+    for (i, (name, help)) in [
+        ("nvmf_ns_read_commands_total", "Read commands completed per namespace."),
+        ("nvmf_ns_write_commands_total", "Write commands completed per namespace."),
+        ("nvmf_ns_read_bytes_total", "Bytes read per namespace."),
+        ("nvmf_ns_write_bytes_total", "Bytes written per namespace."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        o.head(name, "counter", help);
+        for (nqn, t) in &totals {
+            for (nsid, v) in t.stats.per_ns.iter().filter(|(n, _)| *n != 0) {
+                o.val(name, &[("subsystem", nqn), ("nsid", &nsid.to_string())], v[i]);
+            }
+            if t.stats.per_ns_other[0] + t.stats.per_ns_other[1] != 0 {
+                o.val(name, &[("subsystem", nqn), ("nsid", "other")], t.stats.per_ns_other[i]);
+            }
+        }
+    }
     latency_and_errors(&mut o, &totals);
     o.head("nvmf_keep_alive_expiries_total", "counter", "Controllers torn down by keep-alive timeout.");
     o.val("nvmf_keep_alive_expiries_total", &[], server.target().keep_alive_expiries.load(Ordering::Relaxed));
