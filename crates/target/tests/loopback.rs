@@ -580,6 +580,17 @@ fn ana_inaccessible_group_fails_io_with_a_path_status() {
     let (_, d) = a.exec(g.to_sqe(0), &[], true);
     let (_, groups) = parse_ana_log(&d[..16 + 32 + 8]).unwrap();
     assert_eq!((groups[0].grpid, groups[0].state, groups[0].nsids.clone()), (1, ana_state::INACCESSIBLE, vec![1, 2]));
+    // Return Groups Only: no NSID lists; and a log page offset.
+    let g = GetLogPageCmd { lid: 0x0c, lsp: 1, rae: true, len: 64, offset: 0, lsi: 0, nsid: 0 };
+    let (_, d) = a.exec(g.to_sqe(0), &[], true);
+    let (_, groups) = parse_ana_log(&d[..48]).unwrap();
+    assert!(groups[0].nsids.is_empty());
+    let g = GetLogPageCmd { lid: 0x0c, lsp: 0, rae: true, len: 8, offset: 16, lsi: 0, nsid: 0 };
+    let (c, d) = a.exec(g.to_sqe(0), &[], true);
+    assert!(c.status.is_success());
+    assert_eq!(&d[..4], &1u32.to_le_bytes(), "offset 16 starts at the first group descriptor");
+    let g = GetLogPageCmd { lid: 0x0c, lsp: 0, rae: true, len: 8, offset: 1 << 20, lsi: 0, nsid: 0 };
+    assert_eq!(a.exec(g.to_sqe(0), &[], true).0.status.sc, generic::INVALID_FIELD, "offset beyond the log");
     srv.target().set_ana_state(NQN, 1, 1, ana_state::OPTIMIZED).unwrap();
     assert!(read(&mut q, 1, 0, 1, 512).0.is_success());
     srv.shutdown(Duration::from_secs(2));
