@@ -337,7 +337,7 @@ impl Handler for PerfQueue {
             Err(e) => {
                 let n = io.rx().len();
                 io.consume(n);
-                self.fail(format!("queue {}: {e}", self.setup.queue.qid));
+                self.fail(e.to_string());
                 self.queue.move_output_to(io.tx());
                 return Flow::CloseAfterFlush;
             }
@@ -357,14 +357,14 @@ impl Handler for PerfQueue {
             return Flow::CloseAfterFlush;
         }
         if matches!(self.state, State::Ic | State::Connecting) && now_ms.saturating_sub(created) > CONNECT_TIMEOUT_MS {
-            self.fail(format!("queue {}: no IC/Connect answer in {CONNECT_TIMEOUT_MS} ms", self.setup.queue.qid));
+            self.fail(format!("no IC/Connect answer in {CONNECT_TIMEOUT_MS} ms"));
             self.queue.move_output_to(io.tx());
             return Flow::CloseAfterFlush;
         }
         self.expired.clear();
         if self.queue.on_tick(now_ms, &mut self.expired) > 0 {
             let n = self.expired.len();
-            self.fail(format!("queue {}: {n} command(s) timed out", self.setup.queue.qid));
+            self.fail(format!("{n} command(s) timed out"));
             self.queue.move_output_to(io.tx());
             return Flow::CloseAfterFlush;
         }
@@ -374,13 +374,13 @@ impl Handler for PerfQueue {
 
     fn on_closed(&mut self, reason: CloseReason) {
         if self.state != State::Finished {
-            self.fail(format!("queue {}: connection closed ({reason:?})", self.setup.queue.qid));
+            self.fail(format!("connection closed ({reason:?})"));
         }
     }
 
     fn on_shutdown(&mut self, _io: &mut ConnIo<'_>) -> Flow {
         if self.state != State::Finished {
-            self.fail(format!("queue {}: engine shut down during the run", self.setup.queue.qid));
+            self.fail("engine shut down during the run".to_string());
         }
         Flow::CloseAfterFlush
     }

@@ -192,7 +192,7 @@ impl Summary {
             vreads += q.verified_reads;
             for s in &q.error_samples {
                 if samples.len() < 4 * ERROR_SAMPLES_MAX {
-                    samples.push(format!("queue {}: {s}", q.queue));
+                    samples.push(format!("I/O queue {}: {s}", q.queue + 1));
                 }
             }
             if let (Some(s), Some(e)) = (q.main_start, q.main_end) {
