@@ -595,3 +595,37 @@ fn ana_inaccessible_group_fails_io_with_a_path_status() {
     assert!(read(&mut q, 1, 0, 1, 512).0.is_success());
     srv.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn sq_flow_control_enabled_reports_sqhd_and_no_success_flag() {
+    use nvmf_proto::fabrics::{ConnectCmd, ConnectData};
+    let srv = start_target(small_limits());
+    let addr = srv.io_addrs()[0];
+    let (_a, cntlid) = admin(addr, false, false, 0);
+    let mut q = Host::ic(addr, false, false, 0);
+    // CATTR 0: the host keeps SQ flow control, so SQHD must advance (SQ of 8 entries).
+    let c = ConnectCmd { recfmt: 0, qid: 1, sqsize: 7, cattr: 0, kato_ms: 0 };
+    let d = ConnectData { hostid: [7; 16], cntlid, subnqn: NQN.into(), hostnqn: HOSTNQN.into() };
+    let (cqe, _) = q.exec(c.to_sqe(1), &d.encode(), true);
+    assert!(cqe.status.is_success());
+    assert_eq!(cqe.sqhd, 1);
+    for i in 0..10u16 {
+        let mut s = rw(iop::READ, 1, 0, 1);
+        s.cid = 100 + i;
+        s.sgl1 = Sgl::transport(512);
+        q.send_cmd(&s, &[]);
+        match q.recv() {
+            HPdu::C2H { flags: f, .. } => assert_eq!(f & flags::SUCCESS, 0, "no SUCCESS flag with flow control"),
+            other => panic!("{other:?}"),
+        }
+        match q.recv() {
+            HPdu::Resp(c) => {
+                assert_eq!(c.cid, 100 + i);
+                assert_eq!(c.sqhd, (i + 2) % 8, "SQHD wraps at SQSIZE + 1");
+                assert_eq!(c.sqid, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    srv.shutdown(Duration::from_secs(2));
+}
