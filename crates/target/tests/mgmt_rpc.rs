@@ -405,3 +405,39 @@ fn metrics_count_ios_exactly() {
     }
     r.stop();
 }
+
+#[test]
+fn garbage_params_get_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&base_config(dir.path()), dir.path());
+    let sock = r.sock.as_path();
+    let before = running_toml(sock);
+    let keys = ["nqn", "nsid", "kind", "size", "path", "host", "addr", "listener", "group", "state", "cntlid", "allow"];
+    let bad = [
+        json!(null),
+        json!(-1),
+        json!(1.5),
+        json!(u64::MAX),
+        json!(""),
+        json!("x".repeat(5000)),
+        json!("\u{0}\u{ffff}"),
+        json!([1, 2]),
+        json!({"a": {"b": []}}),
+        json!(true),
+    ];
+    let mutating = |m: &str| !(m.ends_with("_list") || m.ends_with("_get") || matches!(m, "stats" | "rpc_methods"));
+    for m in METHODS.iter().filter(|m| **m != "save_config") {
+        for k in keys {
+            for v in &bad {
+                let req = json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": {k: v}});
+                let resp = raw(sock, &serde_json::to_vec(&req).unwrap());
+                assert_eq!(resp["id"], 1, "{m} {k}={v}: {resp}");
+                if mutating(m) {
+                    assert!(resp.get("error").is_some(), "{m} {k}={v} succeeded: {resp}");
+                }
+            }
+        }
+    }
+    assert_eq!(running_toml(sock), before);
+    r.stop();
+}

@@ -129,6 +129,13 @@ impl MgmtListeners {
         if self.stop.swap(true, Ordering::AcqRel) {
             return;
         }
+        // The accept loops block in accept(): wake each with a connection.
+        if let Some(p) = &self.socket_path {
+            let _ = UnixStream::connect(p);
+        }
+        for a in [self.tcp_addr, self.metrics_addr].into_iter().flatten() {
+            let _ = TcpStream::connect_timeout(&a, Duration::from_secs(1));
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -166,7 +173,6 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     }
     let l = UnixListener::bind(path).map_err(ctx)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
-    l.set_nonblocking(true)?;
     Ok(l)
 }
 
@@ -199,8 +205,8 @@ fn accept_unix(l: UnixListener, mgmt: Arc<Mgmt>, stop: Arc<AtomicBool>) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         match l.accept() {
+            Ok(_) if stop.load(Ordering::Acquire) => break,
             Ok((mut c, _)) => {
-                let _ = c.set_nonblocking(false);
                 let _ = c.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)));
                 let Some(slot) = take_slot(&active) else {
                     let _ = c.write_all(&busy_body());
@@ -215,7 +221,6 @@ fn accept_unix(l: UnixListener, mgmt: Arc<Mgmt>, stop: Arc<AtomicBool>) {
                 }
                 conns.retain(|t| !t.is_finished());
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {
                 tracing::warn!("management socket accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
@@ -310,13 +315,10 @@ fn accept_tcp(l: TcpListener, stop: Arc<AtomicBool>, serve: impl Fn(TcpStream) +
     let serve = Arc::new(serve);
     let active = Arc::new(AtomicUsize::new(0));
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    if l.set_nonblocking(true).is_err() {
-        return;
-    }
     while !stop.load(Ordering::Acquire) {
         match l.accept() {
+            Ok(_) if stop.load(Ordering::Acquire) => break,
             Ok((mut c, _)) => {
-                let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)));
                 let _ = c.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)));
                 let Some(slot) = take_slot(&active) else {
@@ -332,7 +334,7 @@ fn accept_tcp(l: TcpListener, stop: Arc<AtomicBool>, serve: impl Fn(TcpStream) +
                 }
                 conns.retain(|t| !t.is_finished());
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            // e.g. EMFILE: back off instead of spinning.
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
