@@ -30,6 +30,7 @@ pub struct PerfArgs {
     /// Data digest (CRC32C on every PDU's data).
     #[arg(short = 'G', long = "data-digest")]
     pub data_digest: bool,
+    /// Namespace to load (NSID).
     #[arg(long, default_value_t = 1)]
     pub namespace_id: u32,
     /// read | write | randread | randwrite | randrw
@@ -57,7 +58,8 @@ pub struct PerfArgs {
     /// poll (busy-poll, lowest latency, 100% CPU) or interrupt (sleep when idle).
     #[arg(long, default_value = "poll")]
     pub mode: String,
-    /// Write a self-checking pattern and check it on every read (see docs).
+    /// Write a self-checking pattern (LBA, generation, CRC per block), check every read, read back
+    /// everything written at the end (BENCHMARKS.md, "nvmf perf").
     #[arg(long)]
     pub verify: bool,
     /// Bytes of the namespace to use (default: all from --offset).
