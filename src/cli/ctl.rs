@@ -65,13 +65,16 @@ pub enum CtlCmd {
     Ana(AnaCmd),
     /// Connected controllers.
     Controllers {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: Option<String>,
     },
     /// Disconnect a controller (all its queues).
     Disconnect {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// Controller ID (see `controllers`).
         #[arg(long)]
         cntlid: u16,
     },
@@ -95,8 +98,10 @@ pub enum SubsystemCmd {
     /// Create a subsystem (any host may connect unless --host is given).
     Add {
         nqn: String,
+        /// Serial number (default: derived from the NQN).
         #[arg(long)]
         serial: Option<String>,
+        /// Model number (default "nvmf").
         #[arg(long)]
         model: Option<String>,
         /// Allowed host NQN (repeatable).
@@ -122,33 +127,45 @@ pub enum SubsystemCmd {
 pub enum NamespaceCmd {
     /// Add a namespace: ram:SIZE, null:SIZE, file:PATH[:SIZE], block:DEVICE.
     Add {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// ram:SIZE, null:SIZE, file:PATH[:SIZE] or block:DEVICE.
         #[arg(long, value_name = "KIND:ARG")]
         namespace: String,
+        /// Namespace ID (default: the lowest free one).
         #[arg(long)]
         nsid: Option<u32>,
+        /// 512 or 4096 (default 512).
         #[arg(long)]
         block_size: Option<u32>,
+        /// 32 hex digits (default: derived from NQN and NSID).
         #[arg(long)]
         nguid: Option<String>,
+        /// UUID (default: derived from NQN and NSID).
         #[arg(long)]
         uuid: Option<String>,
+        /// ANA group 1..=128 (default 1).
         #[arg(long)]
         ana_group: Option<u32>,
     },
     Remove {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// Namespace ID.
         #[arg(long)]
         nsid: u32,
     },
     /// Change the size of a file namespace; hosts get a namespace change event.
     Resize {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// Namespace ID.
         #[arg(long)]
         nsid: u32,
+        /// New size, e.g. 2GiB.
         #[arg(long, value_name = "SIZE")]
         size: String,
     },
@@ -158,14 +175,18 @@ pub enum NamespaceCmd {
 pub enum HostCmd {
     /// Allow a host (the subsystem then admits only its listed hosts).
     Add {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// Host NQN.
         #[arg(long, value_name = "NQN")]
         host: String,
     },
     Remove {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// Host NQN.
         #[arg(long, value_name = "NQN")]
         host: String,
     },
@@ -177,16 +198,21 @@ pub enum ListenerCmd {
     /// Listen on ADDR:PORT (all subsystems, or --subsystem only; on an existing
     /// listener --subsystem adds it to the exported ones).
     Add {
+        /// ADDR:PORT (port 0: any free port for `listener add`).
         addr: String,
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: Option<String>,
+        /// Port ID reported in discovery (default: the lowest free one).
         #[arg(long)]
         port_id: Option<u16>,
     },
     /// Stop listening (with --subsystem: stop exporting that subsystem there;
     /// the listener goes when it exported only that one).
     Remove {
+        /// ADDR:PORT (port 0: any free port for `listener add`).
         addr: String,
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: Option<String>,
     },
@@ -196,11 +222,14 @@ pub enum ListenerCmd {
 pub enum ReferralCmd {
     List,
     Add {
+        /// ADDR:PORT (port 0: any free port for `listener add`).
         addr: String,
+        /// Port ID reported in discovery (default: the lowest free one).
         #[arg(long)]
         port_id: Option<u16>,
     },
     Remove {
+        /// ADDR:PORT (port 0: any free port for `listener add`).
         addr: String,
     },
 }
@@ -208,16 +237,20 @@ pub enum ReferralCmd {
 #[derive(clap::Subcommand, Debug)]
 pub enum AnaCmd {
     Set {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
+        /// The listener (as in `listener list`).
         #[arg(long, value_name = "ADDR:PORT")]
         listener: String,
+        /// ANA group ID.
         #[arg(long)]
         group: u32,
         #[arg(long, value_parser = ["optimized", "non-optimized", "inaccessible"])]
         state: String,
     },
     Get {
+        /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
         subsystem: String,
     },
