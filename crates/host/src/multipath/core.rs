@@ -42,6 +42,8 @@ pub const QUEUED_IOS_MAX_DEFAULT: usize = 4096;
 /// Default for [`MultipathConfig::queue_timeout_ms`]: the ANA transition time
 /// nvmf's target advertises (ANATT 10 s); an I/O waits no longer for a path.
 pub const QUEUE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+/// Longest wait for a path an ANATT may ask for (ANATT is one byte of seconds).
+pub const QUEUE_TIMEOUT_MAX_MS: u64 = 255_000;
 /// Default for [`MultipathConfig::attempts_max`].
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 32;
 /// Least time added to the target's keep-alive expiry in [`fence_ms_for_kato`]
@@ -458,6 +460,13 @@ impl Multipath {
         self.paths[p].fence_ms = Some(fence_ms);
     }
 
+    /// A controller reports an ANA Transition Time of `anatt_ms`: I/O waiting
+    /// for a path may wait that long (only ever lengthens the configured
+    /// `queue_timeout_ms`, and at most to [`QUEUE_TIMEOUT_MAX_MS`]).
+    pub fn allow_queue_timeout_ms(&mut self, anatt_ms: u64) {
+        self.cfg.queue_timeout_ms = self.cfg.queue_timeout_ms.max(anatt_ms.min(QUEUE_TIMEOUT_MAX_MS));
+    }
+
     /// The ANA state seen through path `p` changed (log page read after an AEN).
     pub fn set_ana(&mut self, p: usize, ana: AnaState, now_ms: u64) {
         self.paths[p].ana = ana;
@@ -788,6 +797,22 @@ mod tests {
         m.on_tick(10_600);
         assert_eq!(completions(&mut m), vec![(2, IoResult::NoPath)]);
         assert_eq!(m.counters().no_path_failures, 1);
+    }
+
+    #[test]
+    fn anatt_lengthens_the_wait_for_a_path() {
+        let mut m = Multipath::new(cfg(IoPolicy::RoundRobin), 1);
+        m.allow_queue_timeout_ms(5_000);
+        assert_eq!(m.config().queue_timeout_ms, 10_000, "never shortened");
+        m.allow_queue_timeout_ms(30_000);
+        m.path_up(0, AnaState::Change, 0);
+        m.submit(1, false, 0).unwrap();
+        m.on_tick(29_999);
+        assert!(m.next_action().is_none());
+        m.on_tick(30_000);
+        assert_eq!(completions(&mut m), vec![(1, IoResult::NoPath)]);
+        m.allow_queue_timeout_ms(u64::MAX);
+        assert_eq!(m.config().queue_timeout_ms, QUEUE_TIMEOUT_MAX_MS);
     }
 
     #[test]

@@ -153,7 +153,7 @@ struct NsFacts {
 }
 
 enum FromPath {
-    Up { path: usize, ana: AnaState, cntlid: u16, ns: NsFacts, cqt_ms: u16 },
+    Up { path: usize, ana: AnaState, cntlid: u16, ns: NsFacts, cqt_ms: u16, anatt_s: u8 },
     Down { path: usize, why: String },
     Ana { path: usize, ana: AnaState },
     Done { path: usize, io: IoId, attempt: u32, c: Completion },
@@ -421,7 +421,7 @@ impl MultipathDevice {
     fn handle(&mut self, m: FromPath) {
         let now = self.now_ms();
         match m {
-            FromPath::Up { path, ana, cntlid, ns, cqt_ms } => {
+            FromPath::Up { path, ana, cntlid, ns, cqt_ms, anatt_s } => {
                 match self.ns_id {
                     None => {
                         self.ns_id = Some(ns.id);
@@ -440,6 +440,7 @@ impl MultipathDevice {
                 }
                 tracing::info!(path, addr = %self.paths[path].addr, cntlid, ana = ana.name(), cqt_ms, "path up");
                 self.paths[path].cntlid = Some(cntlid);
+                self.core.allow_queue_timeout_ms(anatt_s as u64 * 1000);
                 if cqt_ms > 0 {
                     self.core.set_path_fence_ms(path, fence_ms_for_kato(self.kato_ms, cqt_ms as u64));
                 }
@@ -606,7 +607,8 @@ fn bring_up(ctx: &PathCtx, copts: &ConnectOptions) -> Result<Controller> {
     let ana = read_ana(&mut ctrl, ns.anagrpid)?;
     let facts = NsFacts { block_size: ns.block_size(), nsze: ns.nsze, id };
     let cqt_ms = command_quiesce_time_ms(&mut ctrl)?;
-    ctx.send(FromPath::Up { path: ctx.index, ana, cntlid: ctrl.cntlid(), ns: facts, cqt_ms });
+    let anatt_s = ctrl.identify().anatt;
+    ctx.send(FromPath::Up { path: ctx.index, ana, cntlid: ctrl.cntlid(), ns: facts, cqt_ms, anatt_s });
     Ok(ctrl)
 }
 
