@@ -323,7 +323,7 @@ impl Handler for QueueHandler {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn on_shutdown(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        flow(self.q.on_shutdown())
+    fn on_shutdown(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        flow(self.q.on_shutdown(io.tx()))
     }
 }

@@ -1437,9 +1437,23 @@ impl Queue {
         QueueFlow::Continue
     }
 
-    /// Graceful shutdown: nothing is cached, so close once storage drained
-    /// (the driver keeps the connection until in-flight storage completes).
-    pub fn on_shutdown(&mut self) -> QueueFlow {
+    /// Graceful shutdown. Nothing is cached, so: commands still waiting for
+    /// host data and held AERs are failed (Aborted due to SQ Deletion), storage
+    /// ops in flight complete normally (the driver keeps the connection until
+    /// they drain), then the connection closes.
+    pub fn on_shutdown(&mut self, out: &mut Vec<u8>) -> QueueFlow {
+        let aborted = Status::new(sct::GENERIC, generic::ABORTED_SQ_DELETION);
+        for i in 0..self.slots.len() {
+            if self.slots[i].stage == Stage::AwaitData {
+                let cid = self.slots[i].sqe.cid;
+                self.free_slot(i);
+                self.respond(out, cid, aborted, 0, 0);
+            }
+        }
+        let aers = self.conn.as_mut().and_then(|c| c.admin.as_mut()).map(|a| std::mem::take(&mut a.aers));
+        for cid in aers.unwrap_or_default() {
+            self.respond(out, cid, aborted, 0, 0);
+        }
         self.phase = Phase::Closing;
         QueueFlow::CloseAfterFlush
     }

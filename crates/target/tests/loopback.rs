@@ -629,3 +629,30 @@ fn sq_flow_control_enabled_reports_sqhd_and_no_success_flag() {
     }
     srv.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn shutdown_fails_commands_waiting_for_data_and_closes() {
+    let srv = start_target(small_limits());
+    let addr = srv.io_addrs()[0];
+    let (mut a, mut q) = full_bringup(addr, false, false, 0);
+    let mut aer = Sqe::new(aop::ASYNC_EVENT_REQUEST, 0, 0);
+    aer.cid = 300;
+    a.send_cmd(&aer, &[]);
+    let mut s = rw(iop::WRITE, 1, 0, 8);
+    s.cid = 301;
+    s.sgl1 = Sgl::transport(4096);
+    q.send_cmd(&s, &[]);
+    assert!(matches!(q.recv(), HPdu::R2T(_)));
+    std::thread::sleep(Duration::from_millis(50));
+    srv.shutdown(Duration::from_secs(2));
+    match q.recv() {
+        HPdu::Resp(c) => assert_eq!((c.cid, c.status.sc), (301, generic::ABORTED_SQ_DELETION)),
+        other => panic!("{other:?}"),
+    }
+    match a.recv() {
+        HPdu::Resp(c) => assert_eq!((c.cid, c.status.sc), (300, generic::ABORTED_SQ_DELETION)),
+        other => panic!("{other:?}"),
+    }
+    assert!(q.closed_by_peer());
+    assert!(a.closed_by_peer());
+}
