@@ -301,12 +301,12 @@ fn verify_catches_a_corrupted_read() {
 fn verify_catches_a_lost_write() {
     let fake = start_fake();
     // Writes to the first block are acknowledged but not stored after the
-    // first one: a sequential writer wrapping a 64-unit range rewrites it, and
+    // first one: a sequential writer wrapping a 16-unit range rewrites it, and
     // the readback must find the old generation there.
     fake.faults.drop_rewrites_of_offset0.store(true, Ordering::Relaxed);
-    let cfg = PerfConfig { rw: RwPattern::Write, verify: true, size_bytes: 256 << 10, iodepth: 1, ..base() };
+    let cfg = PerfConfig { rw: RwPattern::Write, verify: true, size_bytes: 64 << 10, iodepth: 1, ..base() };
     let s = perf(&fake, &cfg);
-    assert!(s.writes > 128, "range must wrap at least twice ({} writes)", s.writes);
+    assert!(s.writes > 32, "range must wrap at least twice ({} writes)", s.writes);
     assert_eq!(s.errors, 0);
     assert_eq!(s.verify_errors, 1, "{:?}", s.error_samples);
     assert!(s.error_samples[0].contains("lba 0: stale or lost write"), "{:?}", s.error_samples);
