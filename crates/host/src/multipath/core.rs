@@ -496,6 +496,15 @@ impl Multipath {
         self.dispatch(now_ms);
     }
 
+    /// Whether attempt `attempt` of `io` is the one in flight on `path`.
+    pub fn is_current(&self, io: IoId, attempt: u32, p: usize) -> bool {
+        self.ios
+            .get(io as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|e| e.attempt == attempt && e.at == Where::OnPath { path: p })
+    }
+
     /// Attempt `attempt` of `io` sent on `path` ended with `outcome`.
     pub fn on_outcome(&mut self, io: IoId, attempt: u32, p: usize, outcome: Outcome, now_ms: u64) {
         let current = self.ios.get(io as usize).copied().flatten();

@@ -460,11 +460,15 @@ impl MultipathDevice {
                     Fate::Known => Outcome::Status(c.cqe.status),
                     Fate::Unknown => Outcome::FateUnknown,
                 };
-                self.give_back(io, c.buf);
+                if self.core.is_current(io, attempt, path) {
+                    self.give_back(io, c.buf);
+                }
                 self.core.on_outcome(io, attempt, path, outcome, now);
             }
             FromPath::NotSent { path, io, attempt, buf } => {
-                self.give_back(io, buf);
+                if self.core.is_current(io, attempt, path) {
+                    self.give_back(io, buf);
+                }
                 self.core.on_outcome(io, attempt, path, Outcome::NotSent, now);
             }
         }
@@ -593,6 +597,9 @@ fn unpack_tag(t: u64) -> (IoId, u32) {
 
 fn bring_up(ctx: &PathCtx, copts: &ConnectOptions) -> Result<Controller> {
     let mut ctrl = Controller::connect(ctx.addr, copts.clone())?;
+    if ctrl.nr_io_queues() == 0 {
+        return Err(Error::Controller("the controller granted no I/O queue".into()));
+    }
     let ns = ctrl.identify_namespace(ctx.opts.nsid)?;
     if ns.nsze == 0 {
         return Err(Error::Controller(format!("namespace {} is not active", ctx.opts.nsid)));
@@ -636,7 +643,7 @@ fn serve(ctx: &PathCtx, ctrl: &mut Controller) -> Ended {
     let mut group = None;
     loop {
         // Commands from the device.
-        let q = ctrl.io_queue(0).expect("one I/O queue");
+        let Some(q) = ctrl.io_queue(0) else { return Ended::Failed("no I/O queue".into()) };
         let idle = q.queue().outstanding() == 0;
         let first = if idle {
             match ctx.cmds.recv_timeout(Duration::from_millis(PATH_WAIT_SLICE_MS).min(probe_interval)) {
