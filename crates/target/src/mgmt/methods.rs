@@ -241,16 +241,21 @@ impl Dispatch for Mgmt {
                 format!("method not found: {method:?} (rpc_methods lists them)"),
             )),
         };
-        match &r {
-            Ok(_)
-                if !method.ends_with("_list")
-                    && !method.ends_with("_get")
-                    && !matches!(method, "stats" | "rpc_methods") =>
-            {
-                tracing::info!("rpc {method}: ok")
+        let mut args = Value::Object(params.clone()).to_string();
+        if args.len() > 200 {
+            let mut cut = 200;
+            while !args.is_char_boundary(cut) {
+                cut -= 1;
             }
-            Ok(_) => tracing::debug!("rpc {method}: ok"),
-            Err(e) => tracing::info!("rpc {method}: {e}"),
+            args.truncate(cut);
+            args.push('…');
+        }
+        let read_only =
+            method.ends_with("_list") || method.ends_with("_get") || matches!(method, "stats" | "rpc_methods");
+        match &r {
+            Ok(_) if !read_only => tracing::info!("rpc {method} {args}: ok"),
+            Ok(_) => tracing::debug!("rpc {method} {args}: ok"),
+            Err(e) => tracing::info!("rpc {method} {args}: {e}"),
         }
         r
     }
