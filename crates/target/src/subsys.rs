@@ -179,6 +179,10 @@ impl Subsystem {
         let m = self.ana_states.lock().unwrap();
         m.get(&(port_id, group)).copied().unwrap_or(nvmf_proto::log::ana_state::OPTIMIZED)
     }
+    /// Forget the ANA states set for port `port_id` (the port went away).
+    pub fn clear_ana_port(&self, port_id: u16) {
+        self.ana_states.lock().unwrap().retain(|(p, _), _| *p != port_id);
+    }
     /// I/O totals over live queues plus the queues that already closed.
     pub fn io_totals(&self) -> IoTotals {
         // Held throughout so a queue retiring meanwhile is counted exactly once.

@@ -278,6 +278,11 @@ fn every_method_and_bad_requests_change_nothing() {
     ok(sock, "listener_remove", json!({"addr": laddr, "subsystem": B}));
     ok(sock, "listener_remove", json!({"addr": laddr}));
     assert!(std::net::TcpStream::connect(&laddr).is_err(), "removed listener still accepts");
+    // Same address and port ID again: the ANA state set before does not come back.
+    ok(sock, "listener_add", json!({"addr": laddr, "subsystem": B, "port_id": l["port_id"]}));
+    let ana = ok(sock, "ana_get", json!({"nqn": B}));
+    assert!(ana.as_array().unwrap().iter().all(|g| g["state"] == "optimized"), "{ana}");
+    ok(sock, "listener_remove", json!({"addr": laddr}));
     ok(sock, "subsystem_delete", json!({"nqn": B}));
     err(sock, "listener_remove", json!({"addr": r.io_addr().to_string()}), code::CONFLICT, "last");
     r.stop();

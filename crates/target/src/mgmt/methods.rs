@@ -579,6 +579,10 @@ impl Mgmt {
         }
         let cand = cand.normalized().map_err(|e| config_error(e, false))?;
         self.server.remove_listener(addr).map_err(serve_error)?;
+        // A later listener with the same port ID starts from "optimized" again.
+        for sub in t.subsystems() {
+            sub.clear_ana_port(port.port_id);
+        }
         *cfg = cand;
         Ok(json!({"addr": addr.to_string(), "removed": true}))
     }
