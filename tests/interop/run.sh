@@ -64,10 +64,10 @@ CASES=(
     "host-identify|host|identify:--namespace,--output-format|90|c_host_identify"
     "host-hostnqn|host|identify:--hostnqn discover:--hostnqn,--output-format|90|c_host_hostnqn"
     "host-rw-64m|host|write:--namespace-id,--start-block,--block-count,--data read:--namespace-id,--start-block,--block-count,--data|240|c_host_rw"
-    "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format|120|c_host_perf_plain"
-    "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--hdr-digest,--data-digest|120|c_host_perf_digest"
+    "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format|240|c_host_perf_plain"
+    "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format,--hdr-digest,--data-digest|240|c_host_perf_digest"
     "mp-host-ktarget|host|perf:--paths,--iopolicy,--verify,--output-format|200|c_mp_host_ktarget"
-    "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--output-format,--reconnect-delay,--ctrl-loss-tmo|180|c_host_reconnect"
+    "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format,--reconnect-delay,--ctrl-loss-tmo|260|c_host_reconnect"
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
     target-fio-verify target-pattern-ram target-fs target-disconnect-clean
@@ -650,8 +650,11 @@ perf_check() { python3 "$HERE/tools/jcheck.py" perf "$1"; }
 host_perf() {
     henv
     local out=$STATE/perf-$RANDOM.json
-    nv $((PERF_RUNTIME + 60)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
-        --iodepth 32 --nr-io-queues 2 --runtime "$PERF_RUNTIME" --verify "$@" \
+    # --size: with --verify, perf reads back every block written after the timed run;
+    # 64 MiB bounds that phase (and the run's length) under TCG. The timeout allows
+    # connect + runtime + readback on a loaded machine.
+    nv $((PERF_RUNTIME + 150)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
+        --iodepth 32 --nr-io-queues 2 --runtime "$PERF_RUNTIME" --verify --size 64MiB "$@" \
         --output-format json >"$out" || { cat "$out"; return 1; }
     cat "$out"
     perf_check "$out"
@@ -661,8 +664,8 @@ c_host_perf_digest() { host_perf -g -G; }
 c_host_reconnect() {
     henv
     local out=$STATE/perf-reconnect.json err=$STATE/perf-reconnect.err pid rc=0 runtime=30
-    nv $((runtime + 90)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
-        --iodepth 32 --nr-io-queues 2 --runtime "$runtime" --verify \
+    nv $((runtime + 150)) perf -a 127.0.0.1 -s "$H1" -n "$KT_NQN1" --rw randrw --bs 4k \
+        --iodepth 32 --nr-io-queues 2 --runtime "$runtime" --verify --size 64MiB \
         --reconnect-delay 1 --ctrl-loss-tmo 30 --output-format json >"$out" 2>"$err" &
     pid=$!
     sleep 6   # mid-run on purpose: perf is 30 s long
