@@ -6,6 +6,7 @@ the exact schema is not fixed, strictly where it is).
   jcheck.py values FILE VALUE... every VALUE is some string value (whitespace-trimmed)
   jcheck.py perf FILE            top-level "errors" == 0 and "iops" > 0 (and, when
                                  present, "verify_errors" == 0, "verified_reads" > 0)
+  jcheck.py no-corruption FILE   "verify_errors" is 0 (or absent)
 Exit 0 when the assertion holds, 1 when not, 2 when FILE is not JSON.
 """
 import json
@@ -60,6 +61,11 @@ def main(argv):
             ok = ok and isinstance(doc["verified_reads"], int) and doc["verified_reads"] > 0
         print("perf json: errors=%r iops=%r%s -> %s" % (err, iops, extra, "ok" if ok else "BAD"))
         return 0 if ok else 1
+    if cmd == "no-corruption":
+        # a failed run may have I/O errors, but nothing it read may have been wrong
+        ve = doc.get("verify_errors") if isinstance(doc, dict) else None
+        print("perf json (failed run): errors=%r verify_errors=%r" % (doc.get("errors") if isinstance(doc, dict) else None, ve))
+        return 0 if ve in (None, 0) else 1
     print(__doc__)
     return 2
 
