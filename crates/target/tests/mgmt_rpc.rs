@@ -446,3 +446,46 @@ fn garbage_params_get_errors_not_panics() {
     assert_eq!(running_toml(sock), before);
     r.stop();
 }
+
+#[test]
+fn tcp_listener_needs_the_bearer_token_and_bounds_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config(dir.path());
+    let server = Arc::new(nvmf_target::serve(&cfg).unwrap());
+    let mgmt = Mgmt::new(server.clone(), &cfg).unwrap();
+    let opts = RpcOptions {
+        tcp_addr: Some("127.0.0.1:0".parse().unwrap()),
+        token: Some("t0ken".into()),
+        ..RpcOptions::default()
+    };
+    let l = MgmtListeners::start(mgmt, &opts).unwrap();
+    let addr = l.tcp_addr.unwrap();
+    let post = |auth: Option<&str>, body: &[u8], claimed_len: usize| -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {claimed_len}\r\n");
+        if let Some(a) = auth {
+            head.push_str(&format!("Authorization: Bearer {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"rpc_methods"}"#;
+    let r = post(Some("t0ken"), body, body.len());
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("subsystem_list"), "{r}");
+    let r = post(None, body, body.len());
+    assert!(r.starts_with("HTTP/1.1 401") && r.contains("-32004"), "{r}");
+    let r = post(Some("t0kem"), body, body.len());
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    let r = post(Some("t0ken"), b"", (1 << 20) + 1);
+    assert!(r.starts_with("HTTP/1.1 413") && r.contains("-32600"), "{r}");
+    // Without a token there is no TCP listener at all.
+    let m2 = Mgmt::new(server.clone(), &cfg).unwrap();
+    let no_token = RpcOptions { tcp_addr: Some("127.0.0.1:0".parse().unwrap()), ..RpcOptions::default() };
+    assert!(MgmtListeners::start(m2, &no_token).is_err());
+    l.stop();
+    Arc::try_unwrap(server).ok().expect("released").shutdown(Duration::from_secs(2));
+}
