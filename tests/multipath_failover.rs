@@ -241,7 +241,7 @@ fn target_restart_reconnects_and_resumes() {
 }
 
 #[test]
-fn idle_dead_path_is_detected_within_a_second() {
+fn idle_dead_path_is_detected_by_the_probe() {
     let srv = start_target(None, None);
     let io = srv.io_addrs();
     let pa = FaultProxy::start(io[0]);
@@ -261,8 +261,10 @@ fn idle_dead_path_is_detected_within_a_second() {
         wait_paths_up(&mut dev, 2);
     }
     eprintln!("idle dead path detected after {took:?} (probe every 250 ms, answer within 500 ms)");
-    // probe interval + probe timeout = 750 ms; allow scheduling slack on a loaded machine.
-    assert!(took.iter().all(|d| *d < Duration::from_millis(1500)), "{took:?}");
+    // Probe interval + probe timeout = 750 ms (measured 735-771 ms; see
+    // docs/multipath.md). The bound here only proves the probe found it, not
+    // TCP retransmission minutes later: tests must not depend on machine speed.
+    assert!(took.iter().all(|d| *d < Duration::from_secs(5)), "{took:?}");
     dev.close();
     srv.shutdown(Duration::from_secs(2));
 }
