@@ -1234,9 +1234,8 @@ impl Queue {
             let hdr = DataHdr { cccid: cid, ttag: 0, offset: done, length: n };
             encode_data_pdu_header(out, true, f, &hdr, &self.tx);
             let data_start = out.len();
-            out.resize(data_start + n as usize, 0);
-            match ns.backend.read_sync(off + done as u64, &mut out[data_start..]) {
-                Some(Ok(())) => {}
+            match ns.backend.read_append(off + done as u64, n as usize, out) {
+                Some(Ok(())) => debug_assert_eq!(out.len(), data_start + n as usize),
                 _ => {
                     out.truncate(pdu_start);
                     return Some(false);

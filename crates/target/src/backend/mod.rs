@@ -42,6 +42,20 @@ pub trait Backend: Send + Sync {
     fn size_bytes(&self) -> u64;
     /// Copy `dst.len()` bytes at `offset` into `dst`. `None`: use the fd path.
     fn read_sync(&self, offset: u64, dst: &mut [u8]) -> Option<io::Result<()>>;
+    /// Append `len` bytes read at `offset` to `out` (the read path builds C2HData
+    /// PDUs in place this way). `None`: use the fd path. On error `out` is
+    /// left as it was. The default zero-fills then reads; memory backends
+    /// override it to write each byte once, which matters at millions of reads
+    /// a second.
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Option<io::Result<()>> {
+        let start = out.len();
+        out.resize(start + len, 0);
+        let r = self.read_sync(offset, &mut out[start..]);
+        if !matches!(r, Some(Ok(()))) {
+            out.truncate(start);
+        }
+        r
+    }
     /// Store `src` at `offset`. `None`: use the fd path.
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>>;
     /// Descriptor for io_uring reads/writes/fsyncs, for file and block backends.

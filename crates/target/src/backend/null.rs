@@ -28,6 +28,10 @@ impl Backend for NullBackend {
     fn read_sync(&self, offset: u64, dst: &mut [u8]) -> Option<io::Result<()>> {
         Some(check_range(offset, dst.len() as u64, self.size_bytes).map(|()| dst.fill(0)))
     }
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Option<io::Result<()>> {
+        // One zero fill, no second pass over the same bytes.
+        Some(check_range(offset, len as u64, self.size_bytes).map(|()| out.resize(out.len() + len, 0)))
+    }
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>> {
         Some(check_range(offset, src.len() as u64, self.size_bytes))
     }
@@ -48,6 +52,17 @@ impl Backend for NullBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_append_zero_fills_once() {
+        let b = NullBackend::new(1 << 20);
+        let mut out = vec![1u8; 2];
+        b.read_append(0, 4096, &mut out).unwrap().unwrap();
+        assert_eq!(out.len(), 4098);
+        assert!(out[2..].iter().all(|&x| x == 0));
+        assert!(b.read_append(1 << 20, 512, &mut out).unwrap().is_err());
+        assert_eq!(out.len(), 4098);
+    }
 
     #[test]
     fn reads_zeros_discards_writes() {

@@ -116,6 +116,20 @@ impl Backend for RamBackend {
             unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
         }))
     }
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Option<io::Result<()>> {
+        Some(self.at(offset, len as u64).map(|src| {
+            out.reserve(len);
+            let start = out.len();
+            // SAFETY: src is valid for len bytes (checked by `at`); the spare
+            // capacity holds at least len bytes (reserved above) and is a
+            // distinct allocation; every byte up to start + len is written
+            // before set_len makes it visible.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(start), len);
+                out.set_len(start + len);
+            }
+        }))
+    }
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>> {
         Some(self.at(offset, src.len() as u64).map(|dst| {
             // SAFETY: dst is valid for src.len() bytes (checked); src is a distinct Rust buffer.
@@ -140,6 +154,21 @@ impl Backend for RamBackend {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn read_append_matches_read_sync_and_leaves_out_alone_on_error() {
+        let b = RamBackend::new(1 << 20).unwrap();
+        let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        b.write_sync(4096, &pattern).unwrap().unwrap();
+        let mut out = vec![0xaa; 3];
+        b.read_append(4096, 8192, &mut out).unwrap().unwrap();
+        assert_eq!(&out[..3], &[0xaa; 3]);
+        assert_eq!(&out[3..], &pattern[..]);
+        assert_eq!(read(&b, 4096, 8192), pattern);
+        let before = out.clone();
+        assert!(b.read_append((1 << 20) - 512, 1024, &mut out).unwrap().is_err());
+        assert_eq!(out, before, "a failed read appends nothing");
+    }
 
     fn read(b: &RamBackend, offset: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0xee; len];
