@@ -19,14 +19,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = corpus_dir(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let data = std::fs::read(entry.unwrap().path()).unwrap();
-        f(&data);
-        n += 1;
-    }
-    n
+    nvmf_proto::fuzz::replay_corpus(&corpus_dir(target), f)
 }
 
 /// What a host sends: IC, admin Connect, enable, Identify, then I/O on the

@@ -5,7 +5,23 @@
 //! Each function must never panic, whatever the input; the invariants they
 //! assert are the decoders' contracts.
 
+use std::path::Path;
+
 use crate::pdu::{self, Decoded, FrameConfig, Pdu, Role, TxConfig};
+
+/// Run every file of a corpus directory through `f` and return how many ran.
+/// The replay tests of every crate use this, so a corpus is read one way.
+pub fn replay_corpus(dir: &Path, f: fn(&[u8])) -> usize {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.expect("corpus directory entry").path();
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        f(&data);
+        n += 1;
+    }
+    n
+}
 
 /// Decode a stream of PDUs as either side, with the framing parameters taken
 /// from the first input byte, and check the framer's contracts.

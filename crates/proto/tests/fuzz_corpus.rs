@@ -16,15 +16,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = corpus_dir(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        f(&data);
-        n += 1;
-    }
-    n
+    nvmf_proto::fuzz::replay_corpus(&corpus_dir(target), f)
 }
 
 fn seeds_pdu() -> Vec<(String, Vec<u8>)> {
