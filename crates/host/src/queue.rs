@@ -81,6 +81,7 @@
 
 use std::collections::VecDeque;
 
+use nvmf_proto::copy::{copy_bytes, extend_bytes};
 use nvmf_proto::digest::crc32c;
 use nvmf_proto::opcodes::{admin, fctype};
 use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcReq, IcResp, TxConfig};
@@ -94,6 +95,9 @@ pub const TRANSFER_LEN_MAX_BYTES: u32 = 64 << 20;
 /// In-capsule data limit on the admin queue: an 8 KiB capsule (as Linux's
 /// NVME_TCP_ADMIN_CCSZ) minus the 64-byte SQE. It holds the 1 KiB Connect data.
 pub const ADMIN_IN_CAPSULE_DATA_MAX_BYTES: u32 = 8192 - 64;
+/// With [`QueueConfig::h2c_data_borrowed`], payloads from this size up are
+/// lent to the driver; smaller ones are cheaper to copy than to track.
+pub const LEND_MIN_BYTES: usize = 16 * 1024;
 /// Smallest MAXH2CDATA a host accepts (Linux and SPDK reject less).
 pub const MAXH2CDATA_MIN_BYTES: u32 = 4096;
 /// Largest CPDA / HPDA value (0's based dwords: 128-byte alignment).
@@ -149,6 +153,15 @@ pub struct QueueConfig {
     pub transfer_len_max_bytes: u32,
     /// Default per-command timeout (0 = none).
     pub command_timeout_ms: u64,
+    /// Leave write payloads of at least [`LEND_MIN_BYTES`] (H2CData and
+    /// in-capsule data) in the request buffers instead of copying them
+    /// into the output: the output then holds borrowed pieces that only
+    /// [`HostQueue::take_output`] hands out, and the driver confirms each with
+    /// [`HostQueue::output_sent`] (or all at once with
+    /// [`HostQueue::release_output`] once the connection is gone). A command
+    /// whose data is still lent out completes only after that. For drivers
+    /// that can send from borrowed memory (the engine's `send_borrowed`).
+    pub h2c_data_borrowed: bool,
 }
 
 impl QueueConfig {
@@ -165,6 +178,7 @@ impl QueueConfig {
             in_capsule_data_max_bytes: ADMIN_IN_CAPSULE_DATA_MAX_BYTES,
             transfer_len_max_bytes: 1 << 20,
             command_timeout_ms: ADMIN_COMMAND_TIMEOUT_MS,
+            h2c_data_borrowed: false,
         }
     }
     /// I/O queue defaults: no in-capsule data until the caller sets it from
@@ -328,6 +342,32 @@ struct Slot {
     /// H2C bytes the controller asked for with R2Ts so far.
     requested_len: u32,
     data_digest_error: bool,
+    /// H2CData payloads of this command lent to the driver and not yet
+    /// confirmed sent: the buffer must not leave the queue before it is 0.
+    lent_pieces: u32,
+    /// The command's completion, held back while `lent_pieces > 0`.
+    parked: Option<(Cqe, Fate)>,
+}
+
+/// An H2CData payload left in its command's buffer, spliced into the output
+/// stream at byte `at` of `out`.
+#[derive(Clone, Copy, Debug)]
+struct LentPiece {
+    at: usize,
+    slot: u16,
+    offset: u32,
+    len: u32,
+}
+
+/// One piece of the output, in stream order (see [`HostQueue::take_output`]).
+#[derive(Debug)]
+pub enum OutputPiece<'a> {
+    /// Bytes to send (copy them: they are gone after `take_output` returns).
+    Bytes(&'a [u8]),
+    /// A payload inside a command's buffer: send it from there and confirm
+    /// with [`HostQueue::output_sent`]`(token)`. The memory stays valid and
+    /// unchanged until then (the command cannot complete before).
+    Lent { data: &'a [u8], token: u64 },
 }
 
 /// The host side of one NVMe/TCP queue. See the [module docs](self).
@@ -343,6 +383,8 @@ pub struct HostQueue {
     free: Vec<u16>,
     done: VecDeque<Completion>,
     out: Vec<u8>,
+    /// Borrowed payloads of the output (only with `h2c_data_borrowed`), by position.
+    out_lent: Vec<LentPiece>,
 }
 
 impl HostQueue {
@@ -365,6 +407,7 @@ impl HostQueue {
             free: (0..depth as u16).rev().collect(),
             done: VecDeque::with_capacity(depth),
             out: Vec::with_capacity(pdu::IC_PDU_LEN),
+            out_lent: Vec::new(),
             cfg,
         };
         let mut dg = 0;
@@ -422,8 +465,10 @@ impl HostQueue {
 
     // ------------------------------------------------------------ output
 
-    /// Bytes waiting to be sent to the controller, in order.
+    /// Bytes waiting to be sent to the controller, in order. Not for queues
+    /// with [`QueueConfig::h2c_data_borrowed`] (use [`take_output`](Self::take_output)).
     pub fn output(&self) -> &[u8] {
+        assert!(self.out_lent.is_empty(), "output() on a queue with lent payloads: use take_output");
         &self.out
     }
     /// The first `n` bytes of [`output`](Self::output) were sent.
@@ -436,12 +481,75 @@ impl HostQueue {
         self.out.clear();
     }
     /// Move all pending output to the end of `tx` (swapping buffers when `tx`
-    /// is empty, so no bytes are copied).
+    /// is empty, so no bytes are copied). Not for queues with lent payloads
+    /// pending ([`has_lent_output`](Self::has_lent_output)).
     pub fn move_output_to(&mut self, tx: &mut Vec<u8>) {
+        assert!(self.out_lent.is_empty(), "move_output_to on a queue with lent payloads: use take_output");
         if tx.is_empty() {
             std::mem::swap(tx, &mut self.out);
         } else {
             tx.append(&mut self.out);
+        }
+    }
+
+    /// The output holds payloads lent from command buffers.
+    pub fn has_lent_output(&self) -> bool {
+        !self.out_lent.is_empty()
+    }
+
+    /// Hand the whole output to `f` piece by piece, in stream order, and clear
+    /// it. Every [`OutputPiece::Lent`] must later be confirmed with
+    /// [`output_sent`](Self::output_sent) or [`release_output`](Self::release_output).
+    pub fn take_output(&mut self, mut f: impl FnMut(OutputPiece<'_>)) {
+        let mut pos = 0;
+        for p in &self.out_lent {
+            debug_assert!(p.at >= pos && p.at <= self.out.len(), "lent pieces out of order");
+            if p.at > pos {
+                f(OutputPiece::Bytes(&self.out[pos..p.at]));
+                pos = p.at;
+            }
+            let s = &self.slots[p.slot as usize];
+            debug_assert!(s.busy && s.lent_pieces > 0, "lent piece of an idle slot");
+            let data = &s.buf[p.offset as usize..(p.offset + p.len) as usize];
+            f(OutputPiece::Lent { data, token: make_cid(p.slot, s.gen) as u64 });
+        }
+        if pos < self.out.len() {
+            f(OutputPiece::Bytes(&self.out[pos..]));
+        }
+        self.out.clear();
+        self.out_lent.clear();
+    }
+
+    /// A lent payload (its `token`) was handed to the kernel: the driver no
+    /// longer reads it. Unknown tokens are ignored (a bug in the driver, not
+    /// a wire condition).
+    pub fn output_sent(&mut self, token: u64) {
+        let cid = token as u16;
+        let index = (cid & CID_INDEX_MASK) as usize;
+        let Some(s) = self.slots.get_mut(index) else { return };
+        if !s.busy || make_cid(index as u16, s.gen) != cid || s.lent_pieces == 0 {
+            debug_assert!(false, "output_sent for a token with nothing lent");
+            return;
+        }
+        s.lent_pieces -= 1;
+        if s.lent_pieces == 0 {
+            if let Some((cqe, fate)) = s.parked.take() {
+                self.complete(index, cqe, fate);
+            }
+        }
+    }
+
+    /// The connection is gone and the driver references no lent payload any
+    /// more (after the engine's `on_closed`): drop every loan and release the
+    /// completions that waited for them.
+    pub fn release_output(&mut self) {
+        self.out_lent.clear();
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            s.lent_pieces = 0;
+            if let Some((cqe, fate)) = s.parked.take() {
+                self.complete(i, cqe, fate);
+            }
         }
     }
 
@@ -501,9 +609,21 @@ impl HostQueue {
             received_len: 0,
             requested_len: 0,
             data_digest_error: false,
+            lent_pieces: 0,
+            parked: None,
         };
-        let data: &[u8] = if in_capsule { &slot.buf } else { &[] };
-        pdu::encode_capsule_cmd(&mut self.out, &sqe, data, &self.tx);
+        if in_capsule && self.cfg.h2c_data_borrowed && len >= LEND_MIN_BYTES {
+            // Zero copy: the driver sends the in-capsule data from the buffer.
+            pdu::encode_capsule_cmd_header(&mut self.out, &sqe, len, &self.tx);
+            self.out_lent.push(LentPiece { at: self.out.len(), slot: index, offset: 0, len: len as u32 });
+            slot.lent_pieces += 1;
+            if self.tx.ddgst {
+                pdu::finish_data_pdu(&mut self.out, crc32c(&slot.buf), &self.tx);
+            }
+        } else {
+            let data: &[u8] = if in_capsule { &slot.buf } else { &[] };
+            pdu::encode_capsule_cmd(&mut self.out, &sqe, data, &self.tx);
+        }
         Ok(cid)
     }
 
@@ -516,7 +636,7 @@ impl HostQueue {
     pub fn on_tick(&mut self, now_ms: u64, expired: &mut Vec<u16>) -> usize {
         let before = expired.len();
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if s.busy && !s.expired_reported && now_ms >= s.deadline_ms {
+            if s.busy && s.parked.is_none() && !s.expired_reported && now_ms >= s.deadline_ms {
                 s.expired_reported = true;
                 expired.push(make_cid(i as u16, s.gen));
             }
@@ -656,7 +776,8 @@ impl HostQueue {
     fn lookup(&self, cid: u16) -> Option<usize> {
         let index = (cid & CID_INDEX_MASK) as usize;
         let s = self.slots.get(index)?;
-        (s.busy && make_cid(index as u16, s.gen) == cid).then_some(index)
+        // A parked command already has its answer: a second one is not outstanding.
+        (s.busy && s.parked.is_none() && make_cid(index as u16, s.gen) == cid).then_some(index)
     }
 
     fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), (u16, u32, &'static str)> {
@@ -705,7 +826,7 @@ impl HostQueue {
             return Err((fes::INVALID_HEADER_FIELD, fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
         }
         if digest_ok {
-            s.buf[hdr.offset as usize..end as usize].copy_from_slice(data);
+            copy_bytes(&mut s.buf[hdr.offset as usize..end as usize], data);
         } else {
             // Keep receiving; the command completes with a transport error.
             s.data_digest_error = true;
@@ -753,7 +874,13 @@ impl HostQueue {
             let h = DataHdr { cccid: hdr.cccid, ttag: hdr.ttag, offset: off, length: n };
             let chunk = &s.buf[off as usize..(off + n) as usize];
             pdu::encode_data_pdu_header(&mut self.out, false, if last { flags::LAST_PDU } else { 0 }, &h, &self.tx);
-            self.out.extend_from_slice(chunk);
+            if self.cfg.h2c_data_borrowed && n as usize >= LEND_MIN_BYTES {
+                // Zero copy: the driver sends the payload from the command's buffer.
+                self.out_lent.push(LentPiece { at: self.out.len(), slot: i as u16, offset: off, len: n });
+                s.lent_pieces += 1;
+            } else {
+                extend_bytes(&mut self.out, chunk);
+            }
             if self.tx.ddgst {
                 pdu::finish_data_pdu(&mut self.out, crc32c(chunk), &self.tx);
             }
@@ -765,6 +892,14 @@ impl HostQueue {
     fn complete(&mut self, i: usize, mut cqe: Cqe, fate: Fate) {
         let s = &mut self.slots[i];
         debug_assert!(s.busy, "completing a free slot");
+        if s.lent_pieces > 0 {
+            // The driver still sends from this buffer: hand it back only after
+            // output_sent / release_output.
+            if s.parked.is_none() {
+                s.parked = Some((cqe, fate));
+            }
+            return;
+        }
         let cid = make_cid(i as u16, s.gen);
         cqe.cid = cid;
         let c = Completion { cid, tag: s.tag, cqe, fate, buf: std::mem::take(&mut s.buf) };
@@ -801,7 +936,11 @@ mod tests {
     }
 
     /// A queue past IC with the given digests.
-    fn ready(mut cfg: QueueConfig) -> HostQueue {
+    fn ready(cfg: QueueConfig) -> HostQueue {
+        ready_maxh2c(cfg, MAXH2CDATA)
+    }
+
+    fn ready_maxh2c(mut cfg: QueueConfig, maxh2cdata: u32) -> HostQueue {
         cfg.queue_depth = cfg.queue_depth.max(1);
         let (hd, dd) = (cfg.hdr_digest, cfg.data_digest);
         let mut q = HostQueue::new(cfg);
@@ -810,7 +949,7 @@ mod tests {
         q.clear_output();
         let mut b = Vec::new();
         let dg = (hd as u8) | ((dd as u8) << 1);
-        pdu::encode_ic_resp(&mut b, &IcResp { pfv: 0, cpda: 0, dgst: dg, maxh2cdata: MAXH2CDATA });
+        pdu::encode_ic_resp(&mut b, &IcResp { pfv: 0, cpda: 0, dgst: dg, maxh2cdata });
         assert_eq!(q.receive(&b), Ok(128));
         assert!(q.is_ready());
         q
@@ -993,6 +1132,94 @@ mod tests {
         assert_eq!(term_req_of(&mut q).0, fes::R2T_LIMIT_EXCEEDED);
         let c = q.pop_completion().unwrap();
         assert_eq!((c.cid, c.fate, c.buf.len()), (cid, Fate::Unknown, 20000));
+    }
+
+    /// Flatten lent output the way a driver's socket would see it; returns
+    /// the bytes and the tokens of the lent pieces.
+    fn take_all(q: &mut HostQueue) -> (Vec<u8>, Vec<u64>) {
+        let (mut bytes, mut tokens) = (Vec::new(), Vec::new());
+        q.take_output(|p| match p {
+            OutputPiece::Bytes(b) => bytes.extend_from_slice(b),
+            OutputPiece::Lent { data, token } => {
+                bytes.extend_from_slice(data);
+                tokens.push(token);
+            }
+        });
+        (bytes, tokens)
+    }
+
+    #[test]
+    fn lent_write_payloads_hold_the_completion_until_sent() {
+        let cfg = QueueConfig { h2c_data_borrowed: true, data_digest: true, ..QueueConfig::io(1, 4) };
+        let mut q = ready_maxh2c(QueueConfig { in_capsule_data_max_bytes: 32768, ..cfg }, 16384);
+        let tx = ctrl_tx(false, true);
+        let frame = FrameConfig { role: Role::Controller, ..ctrl_frame(false, true) };
+        // In-capsule 20000 bytes (over LEND_MIN_BYTES): header copied, data lent.
+        let small: Vec<u8> = (0..20000u32).map(|i| (i * 3) as u8).collect();
+        let cid = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 0, 40), small.clone()), 0).unwrap();
+        assert!(q.has_lent_output());
+        let (bytes, tokens) = take_all(&mut q);
+        assert!(!q.has_lent_output() && tokens.len() == 1);
+        let Ok(Decoded::Pdu(Pdu::CapsuleCmd { data, data_digest_ok, .. }, n)) = pdu::decode(&bytes, &frame) else {
+            panic!("bad capsule")
+        };
+        assert_eq!((data, data_digest_ok, n), (&small[..], true, bytes.len()));
+        // The controller answers before the driver confirmed the send: the
+        // completion (and the buffer) waits for output_sent.
+        q.receive(&resp(cid, Status::SUCCESS, &tx)).unwrap();
+        assert!(q.pop_completion().is_none());
+        assert_eq!(q.outstanding(), 1);
+        q.output_sent(tokens[0]);
+        let c = q.pop_completion().unwrap();
+        assert!(c.is_success() && c.buf == small);
+
+        // R2T path: 40000 bytes split at MAXH2CDATA (16384): two full chunks
+        // are lent, the 7232-byte tail (under LEND_MIN_BYTES) is copied.
+        let big: Vec<u8> = (0..40000u32).map(|i| (i * 7) as u8).collect();
+        let cid = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 0, 80), big.clone()), 0).unwrap();
+        let (bytes, tokens) = take_all(&mut q);
+        assert!(tokens.is_empty(), "over the in-capsule limit: no data in the capsule");
+        assert!(matches!(pdu::decode(&bytes, &frame), Ok(Decoded::Pdu(Pdu::CapsuleCmd { .. }, _))));
+        let mut b = Vec::new();
+        pdu::encode_r2t(&mut b, &DataHdr { cccid: cid, ttag: 1, offset: 0, length: 40000 }, &tx);
+        q.receive(&b).unwrap();
+        let (bytes, tokens) = take_all(&mut q);
+        assert_eq!(tokens, vec![cid as u64, cid as u64]);
+        let mut at = 0;
+        let mut got = Vec::new();
+        while at < bytes.len() {
+            let Ok(Decoded::Pdu(Pdu::H2CData { data, data_digest_ok: true, .. }, n)) =
+                pdu::decode(&bytes[at..], &frame)
+            else {
+                panic!("bad H2CData")
+            };
+            got.extend_from_slice(data);
+            at += n;
+        }
+        assert_eq!(got, big);
+        q.receive(&resp(cid, Status::SUCCESS, &tx)).unwrap();
+        q.output_sent(tokens[0]);
+        assert!(q.pop_completion().is_none(), "one piece still lent");
+        q.output_sent(tokens[1]);
+        assert!(q.pop_completion().unwrap().is_success());
+    }
+
+    #[test]
+    fn failing_with_lent_payloads_parks_until_release() {
+        let cfg = QueueConfig { h2c_data_borrowed: true, in_capsule_data_max_bytes: 32768, ..QueueConfig::io(1, 4) };
+        let mut q = ready(cfg);
+        let cid = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 0, 40), vec![7u8; 20000]), 0).unwrap();
+        let (_, tokens) = take_all(&mut q);
+        assert_eq!(tokens.len(), 1);
+        q.fail("connection lost");
+        assert!(q.pop_completion().is_none(), "buffer still lent");
+        // A late answer for the parked command is not outstanding any more.
+        let tx = ctrl_tx(false, false);
+        q.release_output();
+        let c = q.pop_completion().unwrap();
+        assert_eq!((c.cid, c.fate, c.buf.len()), (cid, Fate::Unknown, 20000));
+        assert!(q.receive(&resp(cid, Status::SUCCESS, &tx)).is_err());
+        assert!(q.pop_completion().is_none(), "completed exactly once");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - [`identify`], [`log`], [`features`]: admin data structures.
 //! - [`opcodes`]: opcode, CNS, log page and feature identifiers.
 //! - [`digest`]: CRC32C header/data digests.
+//! - [`copy`]: payload copies that avoid a slow `rep movsb` case.
 
+pub mod copy;
 pub mod cqe;
 pub mod digest;
 pub mod fabrics;

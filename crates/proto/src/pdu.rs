@@ -471,12 +471,25 @@ fn push_padding(out: &mut Vec<u8>, n: usize) {
 
 /// Append a CapsuleCmd with optional in-capsule data.
 pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: &[u8], tx: &TxConfig) {
+    encode_capsule_cmd_header(out, sqe, data.len(), tx);
+    if !data.is_empty() {
+        crate::copy::extend_bytes(out, data);
+        if tx.ddgst {
+            out.extend_from_slice(&crc32c(data).to_le_bytes());
+        }
+    }
+}
+
+/// Append a CapsuleCmd's header (and the padding up to its data) for
+/// `data_len` bytes of in-capsule data that the caller sends next, followed
+/// by their digest when data digests are on ([`finish_data_pdu`]).
+pub fn encode_capsule_cmd_header(out: &mut Vec<u8>, sqe: &Sqe, data_len: usize, tx: &TxConfig) {
     let hlen = CAPSULE_CMD_HLEN;
     let hd = tx.hd_len();
-    let with_data = !data.is_empty();
+    let with_data = data_len != 0;
     let pdo = if with_data { tx.pdo(hlen) } else { 0 };
     let dd = if with_data && tx.ddgst { DIGEST_LEN } else { 0 };
-    let plen = if with_data { pdo + data.len() + dd } else { hlen + hd };
+    let plen = if with_data { pdo + data_len + dd } else { hlen + hd };
     let mut pflags = if tx.hdgst { flags::HDGSTF } else { 0 };
     if dd != 0 {
         pflags |= flags::DDGSTF;
@@ -487,10 +500,6 @@ pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: &[u8], tx: &TxConf
     push_header(out, &b, tx);
     if with_data {
         push_padding(out, pdo - hlen - hd);
-        out.extend_from_slice(data);
-        if dd != 0 {
-            out.extend_from_slice(&crc32c(data).to_le_bytes());
-        }
     }
 }
 
@@ -549,7 +558,7 @@ pub fn finish_data_pdu(out: &mut Vec<u8>, data_crc: u32, tx: &TxConfig) {
 pub fn encode_data_pdu(out: &mut Vec<u8>, c2h: bool, extra_flags: u8, hdr: &DataHdr, data: &[u8], tx: &TxConfig) {
     debug_assert_eq!(hdr.length as usize, data.len());
     encode_data_pdu_header(out, c2h, extra_flags, hdr, tx);
-    out.extend_from_slice(data);
+    crate::copy::extend_bytes(out, data);
     if tx.ddgst {
         finish_data_pdu(out, crc32c(data), tx);
     }

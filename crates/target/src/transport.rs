@@ -37,6 +37,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use nvmf_proto::copy::copy_bytes;
 use nvmf_proto::cqe::Cqe;
 use nvmf_proto::digest::crc32c;
 use nvmf_proto::fabrics::{ConnectCmd, CONNECT_DATA_LEN};
@@ -937,7 +938,7 @@ impl Queue {
                 }
             } else {
                 let o = hdr.offset as usize;
-                s.buf.as_mut_slice(o + data.len())[o..].copy_from_slice(data);
+                copy_bytes(&mut s.buf.as_mut_slice(o + data.len())[o..], data);
             }
         } else {
             tracing::warn!(peer = %self.peer, cid = hdr.cccid, "data digest error in H2CData");
@@ -1047,7 +1048,7 @@ impl Queue {
                 };
                 s.buf.ensure(cap.max(1));
                 if let Some(d) = capsule {
-                    s.buf.as_mut_slice(d.len()).copy_from_slice(d);
+                    copy_bytes(s.buf.as_mut_slice(d.len()), d);
                 }
                 i
             }

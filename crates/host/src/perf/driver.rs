@@ -17,7 +17,7 @@ use super::config::Geometry;
 use super::stats::{monotonic_ns, QueueStats, Stamp};
 use super::verify::{check_io, fill_io};
 use super::workload::{IoSpec, Op, Phase, Workload};
-use crate::queue::{Completion, HostQueue, QueueConfig, Request};
+use crate::queue::{Completion, HostQueue, OutputPiece, QueueConfig, Request};
 
 /// A queue that has not finished its IC + Connect by then is failed.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -125,8 +125,10 @@ impl PerfQueue {
             setup.verify,
             setup.workload_seed,
         );
+        // Write payloads go out from the I/O buffers (engine send_borrowed), not copied.
+        let queue_cfg = QueueConfig { h2c_data_borrowed: true, ..setup.queue.clone() };
         PerfQueue {
-            queue: HostQueue::new(setup.queue.clone()),
+            queue: HostQueue::new(queue_cfg),
             workload,
             state: State::Ic,
             stats: QueueStats::new(setup.queue_index, core),
@@ -298,6 +300,23 @@ impl PerfQueue {
         p.connected.store(connected, Ordering::Relaxed);
     }
 
+    /// Hand the queue's output to the engine: bytes are appended to tx, write
+    /// payloads are sent from the I/O buffers they live in.
+    fn move_output(&mut self, io: &mut ConnIo<'_>) {
+        if !self.queue.has_lent_output() {
+            self.queue.move_output_to(io.tx());
+            return;
+        }
+        self.queue.take_output(|piece| match piece {
+            OutputPiece::Bytes(b) => io.tx().extend_from_slice(b),
+            // SAFETY: the payload is inside a command buffer owned by
+            // self.queue, which keeps it (and its command) until output_sent
+            // (called from on_sent) or release_output (called from on_closed,
+            // after which the engine no longer reads it).
+            OutputPiece::Lent { data, token } => unsafe { io.send_borrowed(data.as_ptr(), data.len(), token) },
+        });
+    }
+
     /// Common tail of every callback: issue work, move output, decide the flow.
     fn step(&mut self, io: &mut ConnIo<'_>, now_ns: u64) -> Flow {
         let now_ms = io.now_ms();
@@ -314,7 +333,7 @@ impl PerfQueue {
         if self.state == State::Running && self.workload.is_done() {
             self.finish();
         }
-        self.queue.move_output_to(io.tx());
+        self.move_output(io);
         if self.state == State::Finished {
             Flow::CloseAfterFlush
         } else {
@@ -338,7 +357,7 @@ impl Handler for PerfQueue {
                 let n = io.rx().len();
                 io.consume(n);
                 self.fail(e.to_string());
-                self.queue.move_output_to(io.tx());
+                self.move_output(io);
                 return Flow::CloseAfterFlush;
             }
         }
@@ -358,23 +377,36 @@ impl Handler for PerfQueue {
         }
         if matches!(self.state, State::Ic | State::Connecting) && now_ms.saturating_sub(created) > CONNECT_TIMEOUT_MS {
             self.fail(format!("no IC/Connect answer in {CONNECT_TIMEOUT_MS} ms"));
-            self.queue.move_output_to(io.tx());
+            self.move_output(io);
             return Flow::CloseAfterFlush;
         }
         self.expired.clear();
         if self.queue.on_tick(now_ms, &mut self.expired) > 0 {
             let n = self.expired.len();
             self.fail(format!("{n} command(s) timed out"));
-            self.queue.move_output_to(io.tx());
+            self.move_output(io);
             return Flow::CloseAfterFlush;
         }
         self.publish();
         self.step(io, monotonic_ns())
     }
 
+    fn on_sent(&mut self, io: &mut ConnIo<'_>, token: u64) -> Flow {
+        self.queue.output_sent(token);
+        if self.state == State::Finished {
+            return Flow::CloseAfterFlush;
+        }
+        self.step(io, monotonic_ns())
+    }
+
     fn on_closed(&mut self, reason: CloseReason) {
         if self.state != State::Finished {
             self.fail(format!("connection closed ({reason:?})"));
+        }
+        // The engine reads no lent payload any more: take the buffers back.
+        self.queue.release_output();
+        while let Some(c) = self.queue.pop_completion() {
+            self.buffers.push(c.buf);
         }
     }
 

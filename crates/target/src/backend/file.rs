@@ -214,7 +214,7 @@ mod tests {
 
     fn write(b: &FileBackend, offset: u64, data: &[u8]) {
         let mut buf = AlignedBuf::zeroed(data.len(), DIRECT_IO_ALIGNMENT).unwrap();
-        buf.as_mut_slice().copy_from_slice(data);
+        nvmf_proto::copy::copy_bytes(buf.as_mut_slice(), data);
         sys::pwrite_all(b.fd().unwrap(), buf.as_slice(), offset).unwrap();
     }
 

@@ -113,7 +113,7 @@ impl Backend for RamBackend {
     fn read_sync(&self, offset: u64, dst: &mut [u8]) -> Option<io::Result<()>> {
         Some(self.at(offset, dst.len() as u64).map(|src| {
             // SAFETY: src is valid for dst.len() bytes (checked); dst is a distinct Rust buffer.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+            unsafe { nvmf_proto::copy::copy_raw(dst.as_mut_ptr(), src, dst.len()) }
         }))
     }
     fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Option<io::Result<()>> {
@@ -125,7 +125,7 @@ impl Backend for RamBackend {
             // distinct allocation; every byte up to start + len is written
             // before set_len makes it visible.
             unsafe {
-                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(start), len);
+                nvmf_proto::copy::copy_raw(out.as_mut_ptr().add(start), src, len);
                 out.set_len(start + len);
             }
         }))
@@ -133,7 +133,7 @@ impl Backend for RamBackend {
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>> {
         Some(self.at(offset, src.len() as u64).map(|dst| {
             // SAFETY: dst is valid for src.len() bytes (checked); src is a distinct Rust buffer.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+            unsafe { nvmf_proto::copy::copy_raw(dst, src.as_ptr(), src.len()) }
         }))
     }
     fn fd(&self) -> Option<RawFd> {
