@@ -439,6 +439,21 @@ impl ConnIo<'_> {
         }
         self.tx_ext.push(core::ExtSeg { at: self.tx.len(), ptr, len, token });
     }
+    /// [`send_borrowed`](Self::send_borrowed) at byte `at` of [`tx`](Self::tx)
+    /// instead of its end (for handlers that write headers first and learn
+    /// later which payloads go between them). `at` must not be before the
+    /// position of an earlier borrowed segment, nor past `tx().len()`.
+    ///
+    /// # Safety
+    /// As [`send_borrowed`](Self::send_borrowed).
+    pub unsafe fn send_borrowed_at(&mut self, at: usize, ptr: *const u8, len: usize, token: u64) {
+        assert!(at <= self.tx.len(), "borrowed segment past the end of tx");
+        assert!(self.tx_ext.last().is_none_or(|e| e.at <= at), "borrowed segments out of order");
+        if len == 0 {
+            return;
+        }
+        self.tx_ext.push(core::ExtSeg { at, ptr, len, token });
+    }
     /// A handle that makes the owning core call [`Handler::on_wake`] from any thread.
     pub fn waker(&self) -> ConnWaker {
         ConnWaker { core: self.sq.sender.clone(), slot: self.slot, id: self.conn_id }

@@ -263,6 +263,14 @@ fn flow(f: QueueFlow) -> Flow {
 }
 
 impl QueueHandler {
+    /// Splice the read data the queue lent (static, unchanging) into the output.
+    fn send_lent(&mut self, io: &mut ConnIo<'_>) {
+        for (at, data) in self.q.take_lent() {
+            // SAFETY: the data is 'static and never written (Backend::read_static).
+            unsafe { io.send_borrowed_at(at, data.as_ptr(), data.len(), 0) };
+        }
+    }
+
     fn submit_pending(&mut self, io: &mut ConnIo<'_>) {
         for r in self.pending.drain(..) {
             // SAFETY: the buffers belong to queue slots that stay in the
@@ -290,6 +298,7 @@ impl Handler for QueueHandler {
         let (n, f) = self.q.on_recv(io.rx(), now, &mut out, &mut Deferred(&mut self.pending));
         *io.tx() = out;
         io.consume(n);
+        self.send_lent(io);
         self.submit_pending(io);
         flow(f)
     }
@@ -302,6 +311,7 @@ impl Handler for QueueHandler {
         let mut out = std::mem::take(io.tx());
         let f = self.q.on_storage(token, result, now, &mut out, &mut Deferred(&mut self.pending));
         *io.tx() = out;
+        self.send_lent(io);
         self.submit_pending(io);
         flow(f)
     }
@@ -309,6 +319,7 @@ impl Handler for QueueHandler {
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let now = io.now_ms();
         let f = self.q.on_tick(now, io.tx());
+        self.send_lent(io);
         flow(f)
     }
 
@@ -324,6 +335,8 @@ impl Handler for QueueHandler {
     }
 
     fn on_shutdown(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        flow(self.q.on_shutdown(io.tx()))
+        let f = self.q.on_shutdown(io.tx());
+        self.send_lent(io);
+        flow(f)
     }
 }

@@ -293,6 +293,10 @@ pub struct Queue {
     latency: bool,
     /// µs clock from the driver ([`Queue::set_now_us`]); 0 when latency is off.
     now_us: u64,
+    /// Read data the driver sends without copying: (byte position in the
+    /// output where it belongs, the data). Drained with [`Queue::take_lent`]
+    /// after every call that writes output.
+    lent: Vec<(usize, &'static [u8])>,
 }
 
 impl Queue {
@@ -313,6 +317,7 @@ impl Queue {
             conn: None,
             slots: Vec::new(),
             free: Vec::new(),
+            lent: Vec::new(),
             scratch: Vec::new(),
             counters: Arc::new(QueueCounters::default()),
             latency,
@@ -344,7 +349,16 @@ impl Queue {
     // ------------------------------------------------------------ input
 
     /// Parse every complete PDU in `rx`; returns the bytes consumed.
+    /// Read data to splice into the output without copying, in order: each
+    /// `(at, data)` goes before byte `at` of the output this queue wrote (the
+    /// `out` of the call that produced it). The driver must take them after
+    /// every `on_recv` / `on_storage`; the data is `'static` and never changes.
+    pub fn take_lent(&mut self) -> std::vec::Drain<'_, (usize, &'static [u8])> {
+        self.lent.drain(..)
+    }
+
     pub fn on_recv(&mut self, rx: &[u8], now_ms: u64, out: &mut Vec<u8>, io: &mut dyn StorageIo) -> (usize, QueueFlow) {
+        debug_assert!(self.lent.is_empty(), "lent data not taken after the previous call");
         self.now_ms = now_ms;
         self.created_ms.get_or_insert(now_ms);
         let mut pos = 0;
@@ -1235,16 +1249,29 @@ impl Queue {
             let hdr = DataHdr { cccid: cid, ttag: 0, offset: done, length: n };
             encode_data_pdu_header(out, true, f, &hdr, &self.tx);
             let data_start = out.len();
-            match ns.backend.read_append(off + done as u64, n as usize, out) {
-                Some(Ok(())) => debug_assert_eq!(out.len(), data_start + n as usize),
-                _ => {
+            if let Some(r) = ns.backend.read_static(off + done as u64, n as usize) {
+                // Unchanging memory: the driver sends it from where it is.
+                let Ok(data) = r else {
                     out.truncate(pdu_start);
                     return Some(false);
+                };
+                debug_assert_eq!(data.len(), n as usize);
+                self.lent.push((data_start, data));
+                if self.tx.ddgst {
+                    finish_data_pdu(out, crc32c(data), &self.tx);
                 }
-            }
-            if self.tx.ddgst {
-                let crc = crc32c(&out[data_start..]);
-                finish_data_pdu(out, crc, &self.tx);
+            } else {
+                match ns.backend.read_append(off + done as u64, n as usize, out) {
+                    Some(Ok(())) => debug_assert_eq!(out.len(), data_start + n as usize),
+                    _ => {
+                        out.truncate(pdu_start);
+                        return Some(false);
+                    }
+                }
+                if self.tx.ddgst {
+                    let crc = crc32c(&out[data_start..]);
+                    finish_data_pdu(out, crc, &self.tx);
+                }
             }
             done += n;
         }

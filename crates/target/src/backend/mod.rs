@@ -56,6 +56,13 @@ pub trait Backend: Send + Sync {
         }
         r
     }
+    /// `len` bytes at `offset` as memory that never changes and lives for the
+    /// whole process, so the read path can send them without copying (the
+    /// engine's `send_borrowed`). `None`: not available (copy them instead).
+    fn read_static(&self, offset: u64, len: usize) -> Option<io::Result<&'static [u8]>> {
+        let _ = (offset, len);
+        None
+    }
     /// Store `src` at `offset`. `None`: use the fd path.
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>>;
     /// Descriptor for io_uring reads/writes/fsyncs, for file and block backends.

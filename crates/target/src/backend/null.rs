@@ -18,6 +18,21 @@ impl NullBackend {
     }
 }
 
+/// Largest read served from [`zeros`] (the largest C2HData PDU a target sends).
+pub const ZEROS_BYTES: usize = 1 << 20;
+
+/// One process-wide buffer of zeros that reads send from without copying.
+/// Its pages are written once so they are real memory, like any read buffer
+/// (not the kernel's shared zero page, which would flatter the benchmark).
+fn zeros() -> &'static [u8] {
+    static ZEROS: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    ZEROS.get_or_init(|| {
+        let mut v = vec![0xffu8; ZEROS_BYTES];
+        v.fill(0);
+        Box::leak(v.into_boxed_slice())
+    })
+}
+
 impl Backend for NullBackend {
     fn kind(&self) -> &'static str {
         "null"
@@ -31,6 +46,13 @@ impl Backend for NullBackend {
     fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Option<io::Result<()>> {
         // One zero fill, no second pass over the same bytes.
         Some(check_range(offset, len as u64, self.size_bytes).map(|()| out.resize(out.len() + len, 0)))
+    }
+    fn read_static(&self, offset: u64, len: usize) -> Option<io::Result<&'static [u8]>> {
+        let zeros = zeros();
+        if len > zeros.len() {
+            return None;
+        }
+        Some(check_range(offset, len as u64, self.size_bytes).map(|()| &zeros[..len]))
     }
     fn write_sync(&self, offset: u64, src: &[u8]) -> Option<io::Result<()>> {
         Some(check_range(offset, src.len() as u64, self.size_bytes))
@@ -51,6 +73,15 @@ impl Backend for NullBackend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_static_is_zeros_in_range_and_none_when_too_large() {
+        let b = NullBackend::new(1 << 20);
+        let z = b.read_static(4096, 131_072).unwrap().unwrap();
+        assert!(z.len() == 131_072 && z.iter().all(|&x| x == 0));
+        assert!(b.read_static((1 << 20) - 512, 1024).unwrap().is_err());
+        assert!(b.read_static(0, ZEROS_BYTES + 1).is_none(), "falls back to the copying path");
+    }
+
     use super::*;
 
     #[test]
