@@ -20,13 +20,16 @@ pub fn host_queue_input(data: &[u8]) {
             data_digest: ddgst,
             hpda: if sel & 4 != 0 { 7 } else { 0 },
             command_timeout_ms: 5,
+            // Lent write payloads: the completion must still come exactly once.
+            h2c_data_borrowed: sel & 8 != 0,
             ..QueueConfig::io(1, 8)
         };
         let mut q = HostQueue::new(cfg);
         q.clear_output();
         let mut ic = Vec::new();
         let dgst = (hdgst as u8) | ((ddgst as u8) << 1);
-        pdu::encode_ic_resp(&mut ic, &IcResp { pfv: 0, cpda: 0, dgst, maxh2cdata: 8192 });
+        let maxh2cdata = if sel & 8 != 0 { 32768 } else { 8192 };
+        pdu::encode_ic_resp(&mut ic, &IcResp { pfv: 0, cpda: 0, dgst, maxh2cdata });
         assert_eq!(q.receive(&ic), Ok(128));
         assert!(q.is_ready());
         q.set_in_capsule_data_max_bytes(4096);
@@ -43,7 +46,12 @@ pub fn host_queue_input(data: &[u8]) {
             buf.extend_from_slice(&rest[fed..fed + n]);
             fed += n;
             let r = q.receive(&buf);
-            q.clear_output();
+            if sel & 16 != 0 {
+                // Hold the loans until the end: completions park meanwhile.
+                q.take_output(|_| {});
+            } else {
+                q.clear_output();
+            }
             while q.pop_completion().is_some() {}
             now += 1;
             q.on_tick(now, &mut expired);
@@ -57,6 +65,7 @@ pub fn host_queue_input(data: &[u8]) {
             }
         }
         q.fail("fuzz input ended");
+        q.release_output();
         while q.pop_completion().is_some() {}
         assert_eq!(q.outstanding(), 0, "a failed queue completes everything exactly once");
     }

@@ -474,11 +474,19 @@ impl HostQueue {
     /// The first `n` bytes of [`output`](Self::output) were sent.
     pub fn consume_output(&mut self, n: usize) {
         assert!(n <= self.out.len());
+        assert!(self.out_lent.is_empty(), "consume_output on a queue with lent payloads: use take_output");
         self.out.drain(..n);
     }
-    /// All of [`output`](Self::output) was sent.
+    /// All of the output was sent (lent payloads included: their loans end).
     pub fn clear_output(&mut self) {
         self.out.clear();
+        let lent = std::mem::take(&mut self.out_lent);
+        for p in &lent {
+            let token = make_cid(p.slot, self.slots[p.slot as usize].gen) as u64;
+            self.output_sent(token);
+        }
+        self.out_lent = lent;
+        self.out_lent.clear();
     }
     /// Move all pending output to the end of `tx` (swapping buffers when `tx`
     /// is empty, so no bytes are copied). Not for queues with lent payloads
