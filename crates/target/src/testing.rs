@@ -155,6 +155,17 @@ pub fn test_queue(target: Arc<Target>) -> Queue {
     Queue::new(target, Arc::new(port), local, peer)
 }
 
+/// Lent read data must point inside the output, in order (what the engine
+/// asserts in `send_borrowed_at`).
+fn check_lent(q: &mut Queue, out: &[u8]) {
+    let mut last = 0;
+    for (at, data) in q.take_lent() {
+        assert!(at >= last && at <= out.len(), "lent data out of order or past the output");
+        assert!(!data.is_empty());
+        last = at;
+    }
+}
+
 /// Host NQN the fuzz prefaces connect with.
 const FUZZ_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f022";
 
@@ -205,6 +216,7 @@ pub fn fuzz_queue_input(bytes: &[u8]) {
         let mut out = Vec::new();
         let mut rx: Vec<u8> = preface;
         let (n, _) = q.on_recv(&rx, 0, &mut out, &mut storage);
+        check_lent(&mut q, &out);
         rx.drain(..n);
         let mut fed = 0;
         let mut now = 1;
@@ -214,9 +226,11 @@ pub fn fuzz_queue_input(bytes: &[u8]) {
             fed += n;
             let (consumed, flow) = q.on_recv(&rx, now, &mut out, &mut storage);
             assert!(consumed <= rx.len());
+            check_lent(&mut q, &out);
             rx.drain(..consumed);
             now += 1;
             let _ = q.on_tick(now, &mut out);
+            check_lent(&mut q, &out);
             out.clear();
             if flow != crate::transport::QueueFlow::Continue {
                 break;
