@@ -36,6 +36,18 @@
 //! completion ring (one entry per slot) and the output buffer (which grows to
 //! its high-water mark and is then reused).
 //!
+//! # Zero-copy writes
+//!
+//! With [`QueueConfig::h2c_data_borrowed`], write payloads of
+//! [`LEND_MIN_BYTES`] or more (H2CData and in-capsule data) are not copied
+//! into the output: [`HostQueue::take_output`] hands them out as
+//! [`OutputPiece::Lent`] slices of the command's own buffer, and the driver
+//! sends them from there (the engine's `send_borrowed`) and confirms each
+//! with [`HostQueue::output_sent`]. Until then the command's completion is
+//! held back, so its buffer cannot be reused while the kernel still reads it;
+//! [`HostQueue::release_output`] ends every loan once the connection is gone.
+//! `nvmf perf` runs this way.
+//!
 //! # Example: a blocking loop
 //!
 //! ```no_run
