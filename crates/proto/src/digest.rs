@@ -277,6 +277,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_and_split_match_the_crate(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000), split in 0usize..9000) {
+            let split = split.min(data.len());
+            proptest::prop_assert_eq!(crc32c(&data), crc32c::crc32c(&data));
+            proptest::prop_assert_eq!(crc32c_append(crc32c(&data[..split]), &data[split..]), crc32c::crc32c(&data));
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn known_folding_constants() {
