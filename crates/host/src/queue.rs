@@ -94,7 +94,7 @@
 use std::collections::VecDeque;
 
 use nvmf_proto::copy::{copy_bytes, extend_bytes};
-use nvmf_proto::digest::{copy_crc32c, crc32c};
+use nvmf_proto::digest::crc32c;
 use nvmf_proto::opcodes::{admin, fctype};
 use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcReq, IcResp, TxConfig};
 use nvmf_proto::status::{generic, path, sct};
@@ -710,18 +710,11 @@ impl HostQueue {
         let mut consumed = 0;
         loop {
             let buf = &rx[consumed..];
-            // Data digests are checked here, while the payload is copied.
-            match pdu::decode_with(buf, &self.frame, false) {
+            match pdu::decode(buf, &self.frame) {
                 Ok(Decoded::NeedMore(_)) => return Ok(consumed),
                 Ok(Decoded::Pdu(p, n)) => {
                     let hdr = &buf[..n.min(pdu::TERM_DATA_LEN_MAX)];
-                    let data_digest = match p {
-                        Pdu::C2HData { flags: f, .. } if f & flags::DDGSTF != 0 => {
-                            Some(u32::from_le_bytes(buf[n - 4..n].try_into().expect("4 bytes")))
-                        }
-                        _ => None,
-                    };
-                    if let Err((fes_v, fei_v, reason)) = self.handle(p, data_digest) {
+                    if let Err((fes_v, fei_v, reason)) = self.handle(p) {
                         return Err(self.protocol_error(fes_v, fei_v, reason, hdr));
                     }
                     if let State::Failed(e) = &self.state {
@@ -737,8 +730,7 @@ impl HostQueue {
         }
     }
 
-    /// `data_digest`: the DDGST a C2HData carried (not yet checked).
-    fn handle(&mut self, p: Pdu<'_>, data_digest: Option<u32>) -> Result<(), (u16, u32, &'static str)> {
+    fn handle(&mut self, p: Pdu<'_>) -> Result<(), (u16, u32, &'static str)> {
         if self.state == State::AwaitIcResp {
             return match p {
                 Pdu::IcResp(ic) => self.on_ic_resp(ic),
@@ -751,7 +743,7 @@ impl HostQueue {
         }
         match p {
             Pdu::CapsuleResp(cqe) => self.on_capsule_resp(cqe),
-            Pdu::C2HData { hdr, flags, data, .. } => self.on_c2h_data(hdr, flags, data, data_digest),
+            Pdu::C2HData { hdr, flags, data, data_digest_ok } => self.on_c2h_data(hdr, flags, data, data_digest_ok),
             Pdu::R2T(hdr) => self.on_r2t(hdr),
             Pdu::TermReq { fes, fei, .. } => {
                 self.fail_with(QueueError::TerminatedByController { fes, fei });
@@ -829,7 +821,7 @@ impl HostQueue {
         hdr: DataHdr,
         pflags: u8,
         data: &[u8],
-        data_digest: Option<u32>,
+        digest_ok: bool,
     ) -> Result<(), (u16, u32, &'static str)> {
         let Some(i) = self.lookup(hdr.cccid) else {
             return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a CID not outstanding"));
@@ -853,18 +845,10 @@ impl HostQueue {
         if pflags & flags::SUCCESS != 0 && pflags & flags::LAST_PDU == 0 {
             return Err((fes::INVALID_HEADER_FIELD, fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
         }
-        let dst = &mut s.buf[hdr.offset as usize..end as usize];
-        let digest_ok = match data_digest {
-            // One pass: the copy shares the loads of the CRC.
-            Some(want) => copy_crc32c(dst, data) == want,
-            None => {
-                copy_bytes(dst, data);
-                true
-            }
-        };
-        if !digest_ok {
-            // Keep receiving; the command completes with a transport error
-            // (the buffer's content is then unspecified, as for any failed read).
+        if digest_ok {
+            copy_bytes(&mut s.buf[hdr.offset as usize..end as usize], data);
+        } else {
+            // Keep receiving; the command completes with a transport error.
             s.data_digest_error = true;
         }
         s.received_len = end as u32;

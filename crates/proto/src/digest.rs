@@ -37,26 +37,9 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if data.len() >= FOLD_MIN_BYTES && fold::available_wide() {
         // SAFETY: the CPU features the folding code needs were detected.
-        return !unsafe { fold::crc32c_fused(!crc, data, std::ptr::null_mut()) };
+        return !unsafe { fold::crc32c_fused(!crc, data) };
     }
     crc32c::crc32c_append(crc, data)
-}
-
-/// Copy `src` into `dst` and return the digest of `src`, in one pass over
-/// the bytes where the CPU allows (the copy rides on the CRC's loads, so a
-/// received payload that is both checked and stored is read once).
-/// Panics if the lengths differ.
-#[inline]
-pub fn copy_crc32c(dst: &mut [u8], src: &[u8]) -> u32 {
-    assert_eq!(dst.len(), src.len(), "copy_crc32c: length mismatch");
-    #[cfg(target_arch = "x86_64")]
-    if src.len() >= FOLD_MIN_BYTES && fold::available_wide() {
-        // SAFETY: features detected; dst is valid for src.len() bytes and
-        // cannot overlap src (one is borrowed mutably).
-        return !unsafe { fold::crc32c_fused(!0, src, dst.as_mut_ptr()) };
-    }
-    crate::copy::copy_bytes(dst, src);
-    crc32c(src)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -118,46 +101,25 @@ mod fold {
     /// rest folded ([`crc32c_fold_wide`]) or, under 128 bytes, by the crc32
     /// instruction.
     ///
-    /// With a non-null `dst`, every byte read is also stored at the same
-    /// offset of `dst` (a copy that shares the loads of the CRC).
-    ///
     /// # Safety
-    /// As [`crc32c_fold_wide`]; a non-null `dst` must be valid for writes of
-    /// `data.len()` bytes and not overlap `data`.
+    /// As [`crc32c_fold_wide`].
     #[target_feature(enable = "vpclmulqdq,avx2,pclmulqdq,sse4.2")]
-    pub(super) unsafe fn crc32c_fused(mut state: u32, data: &[u8], dst: *mut u8) -> u32 {
+    pub(super) unsafe fn crc32c_fused(mut state: u32, data: &[u8]) -> u32 {
         let k1024 = _mm256_set_epi64x(K_1024.1, K_1024.0, K_1024.1, K_1024.0);
         let k256 = _mm256_set_epi64x(K_256.1, K_256.0, K_256.1, K_256.0);
         let k128 = _mm_set_epi64x(K_128.1, K_128.0);
-        let copy = !dst.is_null();
         let mut at = 0;
         while data.len() - at >= FUSE_CHUNK {
             let chunk = &data[at..at + FUSE_CHUNK];
             let (a, b) = chunk.split_at(FUSE_A);
             let (b1, rest) = b.split_at(FUSE_B);
             let (b2, b3) = rest.split_at(FUSE_B);
-            let chunk_at = at;
             let ld = |i: usize| -> __m256i {
                 debug_assert!(i + 32 <= a.len());
-                // SAFETY: i + 32 <= FUSE_A at every call; dst (when set) is
-                // valid for data.len() bytes (the caller's contract).
-                unsafe {
-                    let v = _mm256_loadu_si256(a.as_ptr().add(i) as *const __m256i);
-                    if copy {
-                        _mm256_storeu_si256(dst.add(chunk_at + i) as *mut __m256i, v);
-                    }
-                    v
-                }
+                // SAFETY: i + 32 <= FUSE_A at every call.
+                unsafe { _mm256_loadu_si256(a.as_ptr().add(i) as *const __m256i) }
             };
-            // `region` is the byte offset of the B region inside the chunk.
-            let q = |s: &[u8], region: usize, i: usize| -> u64 {
-                let v = u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-                if copy {
-                    // SAFETY: chunk_at + region + i + 8 <= data.len().
-                    unsafe { std::ptr::write_unaligned(dst.add(chunk_at + region + i) as *mut u64, v) };
-                }
-                v
-            };
+            let q = |s: &[u8], i: usize| -> u64 { u64::from_le_bytes(s[i..i + 8].try_into().unwrap()) };
             let mut y0 = _mm256_xor_si256(ld(0), _mm256_set_epi64x(0, 0, 0, state as i64));
             let mut y1 = ld(32);
             let mut y2 = ld(64);
@@ -173,9 +135,9 @@ mod fold {
                 }
                 let o = 48 * it;
                 for j in (0..48).step_by(8) {
-                    c1 = _mm_crc32_u64(c1, q(b1, FUSE_A, o + j));
-                    c2 = _mm_crc32_u64(c2, q(b2, FUSE_A + FUSE_B, o + j));
-                    c3 = _mm_crc32_u64(c3, q(b3, FUSE_A + 2 * FUSE_B, o + j));
+                    c1 = _mm_crc32_u64(c1, q(b1, o + j));
+                    c2 = _mm_crc32_u64(c2, q(b2, o + j));
+                    c3 = _mm_crc32_u64(c3, q(b3, o + j));
                 }
             }
             let mut y = fold256(y0, k256, y1);
@@ -188,15 +150,9 @@ mod fold {
             at += FUSE_CHUNK;
         }
         let rest = &data[at..];
-        // SAFETY (both): at <= data.len(), so dst + at is valid for rest.len() bytes.
-        let rest_dst = if copy { unsafe { dst.add(at) } } else { dst };
         if rest.len() >= 128 {
-            // SAFETY: same features; rest_dst as above.
-            return unsafe { crc32c_fold_wide(state, rest, rest_dst) };
-        }
-        if copy {
-            // SAFETY: rest_dst is valid for rest.len() bytes and apart from rest.
-            unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), rest_dst, rest.len()) };
+            // SAFETY: same features.
+            return unsafe { crc32c_fold_wide(state, rest) };
         }
         let mut i = 0;
         let mut crc = state as u64;
@@ -242,22 +198,13 @@ mod fold {
     ///
     /// # Safety
     /// The CPU must have VPCLMULQDQ, AVX2, PCLMULQDQ and SSE4.2 ([`available_wide`]).
-    /// A non-null `dst` gets a copy of `data` ([`crc32c_fused`]).
     #[target_feature(enable = "vpclmulqdq,avx2,pclmulqdq,sse4.2")]
-    pub(super) unsafe fn crc32c_fold_wide(state: u32, data: &[u8], dst: *mut u8) -> u32 {
+    pub(super) unsafe fn crc32c_fold_wide(state: u32, data: &[u8]) -> u32 {
         assert!(data.len() >= 128, "wide folding needs a 128-byte first block");
-        let copy = !dst.is_null();
         let load = |at: usize| -> __m256i {
             debug_assert!(at + 32 <= data.len());
-            // SAFETY: at + 32 <= data.len() at every call below; dst (when
-            // set) is valid for data.len() bytes.
-            unsafe {
-                let v = _mm256_loadu_si256(data.as_ptr().add(at) as *const __m256i);
-                if copy {
-                    _mm256_storeu_si256(dst.add(at) as *mut __m256i, v);
-                }
-                v
-            }
+            // SAFETY: at + 32 <= data.len() at every call below.
+            unsafe { _mm256_loadu_si256(data.as_ptr().add(at) as *const __m256i) }
         };
         let k1024 = _mm256_set_epi64x(K_1024.1, K_1024.0, K_1024.1, K_1024.0);
         let k256 = _mm256_set_epi64x(K_256.1, K_256.0, K_256.1, K_256.0);
@@ -281,20 +228,10 @@ mod fold {
         let k128 = _mm_set_epi64x(K_128.1, K_128.0);
         let mut x = fold(_mm256_castsi256_si128(y), k128, _mm256_extracti128_si256(y, 1));
         while at + 16 <= data.len() {
-            // SAFETY: at + 16 <= data.len(); dst as above.
-            let next = unsafe {
-                let v = _mm_loadu_si128(data.as_ptr().add(at) as *const __m128i);
-                if copy {
-                    _mm_storeu_si128(dst.add(at) as *mut __m128i, v);
-                }
-                v
-            };
+            // SAFETY: at + 16 <= data.len().
+            let next = unsafe { _mm_loadu_si128(data.as_ptr().add(at) as *const __m128i) };
             x = fold(x, k128, next);
             at += 16;
-        }
-        if copy {
-            // SAFETY: the tail (under 16 bytes) of dst, valid as above.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(at), dst.add(at), data.len() - at) };
         }
         // The 16 folded bytes carry the CRC of everything so far: finish them
         // (from a zero state) and the tail with the crc32 instruction.
@@ -332,9 +269,6 @@ mod tests {
             for start in [0usize, 1, 7, 24] {
                 let d = &data[start..start + len];
                 assert_eq!(crc32c(d), crc32c::crc32c(d), "len {len} start {start}");
-                let mut dst = vec![0u8; len];
-                assert_eq!(copy_crc32c(&mut dst, d), crc32c::crc32c(d), "copy len {len} start {start}");
-                assert!(dst == d, "copy len {len} start {start}");
             }
         }
         let d = &data[..131_072];
@@ -349,9 +283,6 @@ mod tests {
             let split = split.min(data.len());
             proptest::prop_assert_eq!(crc32c(&data), crc32c::crc32c(&data));
             proptest::prop_assert_eq!(crc32c_append(crc32c(&data[..split]), &data[split..]), crc32c::crc32c(&data));
-            let mut dst = vec![0u8; data.len() + 2];
-            proptest::prop_assert_eq!(copy_crc32c(&mut dst[1..data.len() + 1], &data), crc32c::crc32c(&data));
-            proptest::prop_assert!(dst[1..data.len() + 1] == data[..] && dst[0] == 0 && dst[data.len() + 1] == 0);
         }
     }
 

@@ -254,15 +254,6 @@ mod off {
 
 /// Decode the PDU at the front of `buf`.
 pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduError> {
-    decode_with(buf, cfg, true)
-}
-
-/// [`decode`], optionally leaving the data digest to the caller: with
-/// `check_data_digest` false, `data_digest_ok` is always true and a data PDU
-/// that carries a digest has it in the last 4 bytes of the PDU
-/// (`buf[len - 4..len]`, little-endian), for the caller to compare with the
-/// CRC it computes while copying the data ([`crate::digest::copy_crc32c`]).
-pub fn decode_with<'a>(buf: &'a [u8], cfg: &FrameConfig, check_data_digest: bool) -> Result<Decoded<'a>, PduError> {
     if buf.len() < COMMON_HDR_LEN {
         return Ok(Decoded::NeedMore(COMMON_HDR_LEN));
     }
@@ -371,7 +362,7 @@ pub fn decode_with<'a>(buf: &'a [u8], cfg: &FrameConfig, check_data_digest: bool
     }
     let (data, data_digest_ok) = if has_data {
         let data = &buf[pdo..plen - dd];
-        let ok = !has_dd || !check_data_digest || crc32c(data) == u32_at(buf, plen - dd);
+        let ok = !has_dd || crc32c(data) == u32_at(buf, plen - dd);
         (data, ok)
     } else {
         (&buf[0..0], true)
