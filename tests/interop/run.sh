@@ -751,6 +751,16 @@ run_case() { # runs C_* in a subshell with a watchdog; prints the verdict line
     [ $rc -ge 128 ] && touch "$STATE/$C_GROUP.dirty"
     kill "$wd" 2>/dev/null || true
     wait "$wd" 2>/dev/null || true
+    if [ $rc != 0 ] && [ -z "$C_NEEDS" ] && [ -z "${C_RETRIED:-}" ]; then
+        # A lab-only case (no nvmf code runs in it: it checks the VM, the kernel
+        # host and target, the port forwarding) failing is the lab, not nvmf:
+        # under TCG a guest command has been seen to hang once in ~10 runs.
+        # Reboot that VM and run the case once more.
+        say "RETRY $C_NAME (rc=$rc, lab-only case; log $log)"
+        touch "$STATE/$C_GROUP.dirty"
+        C_RETRIED=1 run_case
+        return
+    fi
     if [ $rc = 0 ]; then
         say "PASS $C_NAME ($((SECONDS - t0))s)"; PASS=$((PASS + 1))
     else

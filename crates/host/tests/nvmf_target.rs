@@ -8,6 +8,11 @@ use nvmf_target::config::TargetConfig;
 const NQN: &str = "nqn.2026-11.io.nvmf:hosttest";
 
 fn start() -> nvmf_target::server::Server {
+    serve_one("ram", "64MiB", r#"["127.0.0.1:0"]"#)
+}
+
+/// A target with one subsystem (`NQN`) and one namespace, on random ports.
+fn serve_one(kind: &str, size: &str, discovery_listen: &str) -> nvmf_target::server::Server {
     let toml = format!(
         r#"
 [engine]
@@ -15,12 +20,12 @@ mode = "interrupt"
 [[listener]]
 addr = "127.0.0.1:0"
 [discovery]
-listen = ["127.0.0.1:0"]
+listen = {discovery_listen}
 [[subsystem]]
 nqn = "{NQN}"
 [[subsystem.namespace]]
-kind = "ram"
-size = "64MiB"
+kind = "{kind}"
+size = "{size}"
 block_size = 512
 "#
     );
@@ -101,23 +106,7 @@ fn keep_alive_keeps_an_idle_controller() {
 /// the data digest computed over that buffer.
 #[test]
 fn null_namespace_reads_zeros_with_and_without_digests() {
-    let toml = format!(
-        r#"
-[engine]
-mode = "interrupt"
-[[listener]]
-addr = "127.0.0.1:0"
-[discovery]
-listen = []
-[[subsystem]]
-nqn = "{NQN}"
-[[subsystem.namespace]]
-kind = "null"
-size = "1GiB"
-block_size = 512
-"#
-    );
-    let srv = nvmf_target::server::serve(&TargetConfig::from_toml_str(&toml).unwrap()).unwrap();
+    let srv = serve_one("null", "1GiB", "[]");
     let io = srv.io_addrs()[0];
     for (hd, dd) in [(false, false), (true, true), (false, true)] {
         let mut o = opts(NQN);
