@@ -434,10 +434,8 @@ impl ConnIo<'_> {
     /// # Safety
     /// The memory must stay valid and unmodified until `on_sent(token)` or `on_closed`.
     pub unsafe fn send_borrowed(&mut self, ptr: *const u8, len: usize, token: u64) {
-        if len == 0 {
-            return;
-        }
-        self.tx_ext.push(core::ExtSeg { at: self.tx.len(), ptr, len, token });
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { self.send_borrowed_at(self.tx.len(), ptr, len, token) }
     }
     /// [`send_borrowed`](Self::send_borrowed) at byte `at` of [`tx`](Self::tx)
     /// instead of its end (for handlers that write headers first and learn

@@ -492,12 +492,10 @@ impl HostQueue {
     /// All of the output was sent (lent payloads included: their loans end).
     pub fn clear_output(&mut self) {
         self.out.clear();
-        let lent = std::mem::take(&mut self.out_lent);
-        for p in &lent {
-            let token = make_cid(p.slot, self.slots[p.slot as usize].gen) as u64;
-            self.output_sent(token);
+        for i in 0..self.out_lent.len() {
+            let slot = self.out_lent[i].slot;
+            self.output_sent(make_cid(slot, self.slots[slot as usize].gen) as u64);
         }
-        self.out_lent = lent;
         self.out_lent.clear();
     }
     /// Move all pending output to the end of `tx` (swapping buffers when `tx`

@@ -348,7 +348,6 @@ impl Queue {
 
     // ------------------------------------------------------------ input
 
-    /// Parse every complete PDU in `rx`; returns the bytes consumed.
     /// Read data to splice into the output without copying, in order: each
     /// `(at, data)` goes before byte `at` of the output this queue wrote (the
     /// `out` of the call that produced it). The driver must take them after
@@ -357,6 +356,7 @@ impl Queue {
         self.lent.drain(..)
     }
 
+    /// Parse every complete PDU in `rx`; returns the bytes consumed.
     pub fn on_recv(&mut self, rx: &[u8], now_ms: u64, out: &mut Vec<u8>, io: &mut dyn StorageIo) -> (usize, QueueFlow) {
         debug_assert!(self.lent.is_empty(), "lent data not taken after the previous call");
         self.now_ms = now_ms;

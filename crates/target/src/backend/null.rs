@@ -73,6 +73,8 @@ impl Backend for NullBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn read_static_is_zeros_in_range_and_none_when_too_large() {
         let b = NullBackend::new(1 << 20);
@@ -81,8 +83,6 @@ mod tests {
         assert!(b.read_static((1 << 20) - 512, 1024).unwrap().is_err());
         assert!(b.read_static(0, ZEROS_BYTES + 1).is_none(), "falls back to the copying path");
     }
-
-    use super::*;
 
     #[test]
     fn read_append_zero_fills_once() {
