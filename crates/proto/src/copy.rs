@@ -23,14 +23,9 @@ pub const VECTOR_COPY_MIN_BYTES: usize = 2048;
 #[inline]
 pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy_bytes: length mismatch");
-    #[cfg(target_arch = "x86_64")]
-    if src.len() >= VECTOR_COPY_MIN_BYTES && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked above); both slices are valid for
-        // len bytes and cannot overlap (one is borrowed mutably).
-        unsafe { copy_avx2(dst.as_mut_ptr(), src.as_ptr(), src.len()) };
-        return;
-    }
-    dst.copy_from_slice(src);
+    // SAFETY: both slices are valid for len bytes and cannot overlap (one is
+    // borrowed mutably).
+    unsafe { copy_raw(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
 }
 
 /// `out.extend_from_slice(src)` without `rep movsb` for large sizes.
