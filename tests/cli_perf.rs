@@ -111,3 +111,20 @@ fn bad_arguments_and_missing_namespace_fail() {
     let (rc, _, _) = perf(&t, &["--rw", "sideways"]);
     assert_ne!(rc, 0);
 }
+
+#[test]
+fn sq_flow_control_kept_on_request_in_poll_mode() {
+    // Default perf asks the controller to disable SQ flow control (reads end
+    // with a SUCCESS C2HData); --sq-flow-control keeps the response capsules.
+    let t = start_target("ram:16MiB");
+    for extra in [&[][..], &["--sq-flow-control"][..]] {
+        let mut args = vec!["--rw", "randrw", "--verify", "--runtime", "1", "--iodepth", "4", "--size", "4MiB"];
+        args.extend_from_slice(&["--mode", "poll", "--bs", "8k"]);
+        args.extend_from_slice(extra);
+        let (rc, j, err) = perf(&t, &args);
+        assert_eq!(rc, 0, "perf {extra:?} failed: {err}\n{j}");
+        assert_eq!((j["errors"].as_u64(), j["verify_errors"].as_u64()), (Some(0), Some(0)), "{j}");
+        assert_eq!(j["config"]["sq_flow_control"], !extra.is_empty(), "{j}");
+        assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
+    }
+}

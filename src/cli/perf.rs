@@ -30,6 +30,11 @@ pub struct PerfArgs {
     /// Data digest (CRC32C on every PDU's data).
     #[arg(short = 'G', long = "data-digest")]
     pub data_digest: bool,
+    /// Keep SQ flow control on the I/O queues (by default perf asks the
+    /// controller to disable it, as `nvme connect --disable-sqflow` does:
+    /// reads then need no response capsule).
+    #[arg(long)]
+    pub sq_flow_control: bool,
     /// Namespace to load (NSID).
     #[arg(long, default_value_t = 1)]
     pub namespace_id: u32,
@@ -112,6 +117,7 @@ pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
         offset_bytes: parse_size(&a.offset).map_err(anyhow::Error::msg).context("--offset")?,
         header_digest: a.hdr_digest,
         data_digest: a.data_digest,
+        sq_flow_control: a.sq_flow_control,
         seed: a.seed,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
@@ -129,6 +135,7 @@ fn config_json(a: &PerfArgs, cfg: &PerfConfig) -> serde_json::Value {
         "nr_io_queues": cfg.io_queues, "cores": cfg.cores, "mode": if cfg.poll { "poll" } else { "interrupt" },
         "verify": cfg.verify, "size": cfg.size_bytes, "offset": cfg.offset_bytes,
         "hdr_digest": cfg.header_digest, "data_digest": cfg.data_digest,
+        "sq_flow_control": cfg.sq_flow_control,
     })
 }
 

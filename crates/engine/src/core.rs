@@ -88,9 +88,10 @@ struct LocalStats {
     recv_ops: u64,
     send_ops: u64,
     storage_ops: u64,
+    direct_recv_ops: u64,
 }
 
-const NSTAT: usize = 10;
+const NSTAT: usize = 11;
 
 pub(crate) struct CoreShared {
     core_index: usize,
@@ -121,6 +122,7 @@ impl CoreShared {
             s.recv_ops,
             s.send_ops,
             s.storage_ops,
+            s.direct_recv_ops,
         ];
         for (d, x) in self.v.iter().zip(a) {
             d.store(x, Ordering::Relaxed);
@@ -141,6 +143,7 @@ impl CoreShared {
             recv_ops: g(7),
             send_ops: g(8),
             storage_ops: g(9),
+            direct_recv_ops: g(10),
         }
     }
 }
@@ -284,6 +287,13 @@ struct Conn {
     dirty: bool,
     rerun_recv: bool,
     poisoned: bool,
+    /// Poll mode: in `Core::hot` (received with direct non-blocking `recv`
+    /// calls each spin instead of an armed io_uring `Recv`).
+    hot: bool,
+    /// Poll mode: the last receive returned data, so the next one may go hot.
+    hot_eligible: bool,
+    /// Consecutive empty direct receives while hot.
+    hot_empty: u32,
 }
 
 impl Conn {
@@ -443,6 +453,9 @@ struct Core {
     next_tick_ms: u64,
     taskrun_flag: bool,
     reg_ring_idx: Option<u32>,
+    /// Poll mode: connections received with direct `recv` calls (no armed SQE).
+    hot: Vec<u32>,
+    hot_max: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -499,6 +512,16 @@ pub(crate) fn run_core(
         next_tick_ms: 0,
         taskrun_flag,
         reg_ring_idx: None,
+        hot: Vec::new(),
+        hot_max: if cfg.mode == Mode::Poll {
+            // NVMF_ENGINE_DIRECT_RECV overrides the config (for A/B measurements).
+            std::env::var("NVMF_ENGINE_DIRECT_RECV")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(cfg.poll_direct_recv_conns_max, |v: usize| v.min(crate::DIRECT_RECV_CONNS_MAX))
+        } else {
+            0
+        },
         cfg,
     };
     core.next_tick_ms = core.sq.now_ms + core.cfg.tick_ms;
@@ -553,14 +576,17 @@ impl Core {
                 }
             }
             let n = self.cqes.len();
-            idle_streak = if n > 0 { 0 } else { idle_streak.wrapping_add(1) };
-            if n > 0 {
+            for i in 0..n {
+                let (u, r) = self.cqes[i];
+                self.dispatch(u, r);
+            }
+            // 1b. direct receives on hot connections (poll mode)
+            let hot_got = !self.hot.is_empty() && self.poll_hot();
+            if n > 0 || hot_got {
+                idle_streak = 0;
                 self.stats.busy_loops += 1;
-                for i in 0..n {
-                    let (u, r) = self.cqes[i];
-                    self.dispatch(u, r);
-                }
             } else {
+                idle_streak = idle_streak.wrapping_add(1);
                 self.stats.idle_loops += 1;
             }
 
@@ -686,24 +712,7 @@ impl Core {
                     return;
                 };
                 c.recv_fly = false;
-                Self::mark(&mut self.dirty, c, idx);
-                if res > 0 {
-                    self.stats.bytes_rx += res as u64;
-                    self.stats.recv_ops += 1;
-                    if c.state == State::Open {
-                        c.rx.end += res as usize;
-                        let f = c.call(&mut self.sq, idx, |h, io| h.on_recv(io));
-                        c.apply(&mut self.sq, idx, f);
-                    }
-                } else if res == 0 {
-                    c.hard_close(&mut self.sq, idx, CloseReason::PeerClosed);
-                } else {
-                    let e = -res;
-                    if e != libc::EAGAIN && e != libc::EINTR && e != libc::ENOBUFS {
-                        let reason = if e == libc::ECANCELED { CloseReason::PeerClosed } else { CloseReason::Error(e) };
-                        c.hard_close(&mut self.sq, idx, reason);
-                    }
-                }
+                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, idx, res);
             }
             K_SEND => {
                 let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
@@ -768,6 +777,82 @@ impl Core {
         }
     }
 
+    /// Hand a receive result (io_uring CQE or direct `recv`) to the connection.
+    fn recv_result(sq: &mut SubmitCtx, stats: &mut LocalStats, dirty: &mut Vec<u32>, c: &mut Conn, idx: u32, res: i32) {
+        Self::mark(dirty, c, idx);
+        if res > 0 {
+            stats.bytes_rx += res as u64;
+            stats.recv_ops += 1;
+            c.hot_eligible = true;
+            if c.state == State::Open {
+                c.rx.end += res as usize;
+                let f = c.call(sq, idx, |h, io| h.on_recv(io));
+                c.apply(sq, idx, f);
+            }
+        } else if res == 0 {
+            c.hard_close(sq, idx, CloseReason::PeerClosed);
+        } else {
+            let e = -res;
+            if e != libc::EAGAIN && e != libc::EINTR && e != libc::ENOBUFS {
+                let reason = if e == libc::ECANCELED { CloseReason::PeerClosed } else { CloseReason::Error(e) };
+                c.hard_close(sq, idx, reason);
+            }
+        }
+    }
+
+    /// Poll mode: one non-blocking `recv` on every hot connection. Returns
+    /// whether any received data.
+    fn poll_hot(&mut self) -> bool {
+        let max_tx = self.cfg.send_buf_max_bytes;
+        let mut got = false;
+        let mut i = 0;
+        while i < self.hot.len() {
+            let slot = self.hot[i];
+            let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()).filter(|c| c.hot) else {
+                self.hot.swap_remove(i);
+                continue;
+            };
+            if c.state != State::Open || c.tx_pending() > max_tx || c.rx.is_full_unconsumed() {
+                // flush decides (backpressure, overflow, close)
+                c.hot = false;
+                Self::mark(&mut self.dirty, c, slot);
+                self.hot.swap_remove(i);
+                continue;
+            }
+            c.rx.compact();
+            let len = c.rx.buf.len() - c.rx.end;
+            // SAFETY: rx.buf[end..] is ours; no io_uring recv is in flight on a hot connection.
+            let r = unsafe {
+                libc::recv(
+                    c.fd.as_raw_fd(),
+                    c.rx.buf.as_mut_ptr().add(c.rx.end) as *mut libc::c_void,
+                    len,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let res = if r < 0 { -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) } else { r as i32 };
+            if res == -libc::EAGAIN {
+                c.hot_empty += 1;
+                if c.hot_empty >= crate::DIRECT_RECV_EMPTY_MAX {
+                    c.hot = false;
+                    c.hot_eligible = false;
+                    Self::mark(&mut self.dirty, c, slot);
+                    self.hot.swap_remove(i);
+                    continue;
+                }
+            } else {
+                c.hot_empty = 0;
+                got |= res > 0;
+                if res > 0 {
+                    self.stats.direct_recv_ops += 1;
+                }
+                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, slot, res);
+            }
+            i += 1;
+        }
+        got
+    }
+
     fn tick(&mut self) {
         for (slot, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
@@ -804,6 +889,9 @@ impl Core {
             match c.state {
                 State::Closing(reason) => {
                     if !c.recv_fly && !c.send_fly && c.storage_fly == 0 {
+                        if c.hot {
+                            self.hot.retain(|&s| s != slot);
+                        }
                         let mut c = self.conns[slot as usize].take().unwrap();
                         let poisoned = c.poisoned;
                         let r = std::panic::catch_unwind(AssertUnwindSafe(move || {
@@ -860,6 +948,20 @@ impl Core {
                     }
                 }
                 State::Open => {
+                    if c.hot {
+                        continue;
+                    }
+                    if !c.recv_fly
+                        && c.tx_pending() <= max_tx
+                        && c.hot_eligible
+                        && self.hot.len() < self.hot_max
+                        && !c.rx.is_full_unconsumed()
+                    {
+                        c.hot = true;
+                        c.hot_empty = 0;
+                        self.hot.push(slot);
+                        continue;
+                    }
                     if !c.recv_fly && c.tx_pending() <= max_tx {
                         if c.rx.is_full_unconsumed() {
                             tracing::debug!(core = self.idx, peer = %c.info.peer, "rx buffer full, closing");
@@ -970,6 +1072,9 @@ impl Core {
             dirty: false,
             rerun_recv: false,
             poisoned: false,
+            hot: false,
+            hot_eligible: false,
+            hot_empty: 0,
         };
         let slot = match self.free.pop() {
             Some(s) => {

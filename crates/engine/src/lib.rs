@@ -19,6 +19,15 @@
 //!    submit or the kernel flagged pending task work (`IORING_SQ_TASKRUN`),
 //!    and otherwise spins on the completion queue.
 //!
+//! In [`Mode::Poll`] a connection whose last receive returned data is
+//! received with a direct non-blocking `recv` on every spin (up to
+//! `poll_direct_recv_conns_max` per core) instead of an armed io_uring `Recv`:
+//! io_uring's poll arming and task-work wake-up cost ~1 µs per receive on each
+//! side of a round trip, a `recv` that finds data costs nothing extra. After
+//! [`DIRECT_RECV_EMPTY_MAX`] empty receives in a row it goes back to an armed
+//! `Recv`, so idle connections cost no syscalls. Sends and storage always go
+//! through the ring.
+//!
 //! ## Per-connection I/O
 //!
 //! * Receive: a fixed-capacity buffer of `recv_buf_bytes`; one outstanding
@@ -83,6 +92,7 @@
 //! | one send SQE | at most `u32::MAX` bytes; larger tx is sent in pieces |
 //! | `max_connections_per_core` | `1 ..= 1_000_000` (default 4096); beyond it the core refuses (closes) new sockets |
 //! | `tick_ms` | `1 ..= 60_000` (default 10) |
+//! | `poll_direct_recv_conns_max` | `0 ..= 1024` (default 8); poll mode only; members leave after [`DIRECT_RECV_EMPTY_MAX`] empty receives |
 //! | `ring_entries` | `8 ..= 32768`, power of two is not required (the kernel rounds up); default 1024; the CQ is 4x |
 //! | in-flight ops per core | 2 per connection (recv + send) + 1 wakeup + storage ops (bounded by the handlers, the engine does not cap them; a full SQ is flushed with an extra `submit`) |
 //! | storage op length | `u32` bytes per op |
@@ -257,7 +267,21 @@ pub struct EngineConfig {
     /// `on_tick` period.
     pub tick_ms: u64,
     pub ring_entries: u32,
+    /// [`Mode::Poll`] only: how many connections per core may be received with
+    /// direct non-blocking `recv` calls on every spin instead of an armed
+    /// io_uring `Recv` (0 = never). A connection joins when a receive returned
+    /// data and leaves after [`DIRECT_RECV_EMPTY_MAX`] empty ones in a row.
+    /// Saves io_uring's poll arming and task-work wake-up on each receive
+    /// (QD1 round trip ~15% shorter, BENCHMARKS.md); each member costs one
+    /// syscall per spin, hence the bound.
+    pub poll_direct_recv_conns_max: usize,
 }
+
+/// Consecutive empty direct receives after which a connection goes back to an
+/// armed io_uring `Recv` (about 1-2 ms of spinning).
+pub const DIRECT_RECV_EMPTY_MAX: u32 = 4096;
+/// Upper bound of [`EngineConfig::poll_direct_recv_conns_max`].
+pub const DIRECT_RECV_CONNS_MAX: usize = 1024;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -269,6 +293,7 @@ impl Default for EngineConfig {
             max_connections_per_core: 4096,
             tick_ms: 10,
             ring_entries: 1024,
+            poll_direct_recv_conns_max: 8,
         }
     }
 }
@@ -302,6 +327,9 @@ impl EngineConfig {
         }
         if !(8..=32768).contains(&self.ring_entries) {
             return bad("ring_entries must be within 8 ..= 32768");
+        }
+        if self.poll_direct_recv_conns_max > DIRECT_RECV_CONNS_MAX {
+            return bad("poll_direct_recv_conns_max must be within 0 ..= 1024");
         }
         Ok(())
     }
@@ -538,6 +566,9 @@ pub struct CoreStats {
     pub recv_ops: u64,
     pub send_ops: u64,
     pub storage_ops: u64,
+    /// Receives that returned data through a direct `recv` (poll mode; also
+    /// counted in `recv_ops`).
+    pub direct_recv_ops: u64,
 }
 
 /// Channel into a core plus its eventfd (the core keeps a read armed on it).

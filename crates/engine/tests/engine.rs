@@ -1058,3 +1058,72 @@ fn send_borrowed_zero_copy_segments() {
         eng.shutdown(Duration::from_secs(1));
     }
 }
+
+// ------------------------------------------------------------------ poll-mode direct receive
+
+/// Echo `size` bytes over `s` and check them.
+fn echo_once(s: &mut TcpStream, size: usize, seed: u8) {
+    let msg: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+    let mut w = s.try_clone().unwrap();
+    let m2 = msg.clone();
+    let t = std::thread::spawn(move || w.write_all(&m2).unwrap());
+    let mut got = vec![0u8; size];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert_eq!(got, msg, "echo of {size} bytes");
+}
+
+#[test]
+fn poll_direct_recv_is_used_and_falls_back_when_idle() {
+    let ev = Arc::new(Events::default());
+    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 1, ..cfg(Mode::Poll, vec![]) }).unwrap();
+    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
+    let mut a = connect(l.local_addr());
+    let mut b = connect(l.local_addr());
+    // Both busy; only one may be received directly, the other through the ring.
+    for round in 0..200u32 {
+        echo_once(&mut a, 1 + (round as usize * 97) % 9000, round as u8);
+        echo_once(&mut b, 1 + (round as usize * 61) % 9000, !round as u8);
+    }
+    // Stats are published every tick.
+    wait_until("direct and ring receives in the stats", || {
+        let st = &eng.stats()[0];
+        st.direct_recv_ops > 0 && st.recv_ops > st.direct_recv_ops
+    });
+    // Idle long enough to leave the direct set (4096 empty polls), then traffic again.
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..50u32 {
+        echo_once(&mut a, 300_000 + round as usize, round as u8);
+        echo_once(&mut b, 4120, round as u8);
+    }
+    drop(a);
+    drop(b);
+    wait_until("both closed", || ev.closed.lock().unwrap().len() == 2);
+    assert!(ev.closed.lock().unwrap().iter().all(|r| *r == CloseReason::PeerClosed));
+    wait_until("no connections in the stats", || eng.stats()[0].connections == 0);
+    eng.shutdown(Duration::from_secs(2));
+}
+
+#[test]
+fn poll_without_direct_recv_still_echoes() {
+    let ev = Arc::new(Events::default());
+    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 0, ..cfg(Mode::Poll, vec![]) }).unwrap();
+    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
+    let mut s = connect(l.local_addr());
+    for size in [1usize, 4120, 300_000] {
+        echo_once(&mut s, size, 7);
+    }
+    drop(s);
+    wait_until("closed", || ev.closed.lock().unwrap().len() == 1);
+    wait_until("stats published", || eng.stats()[0].recv_ops > 0);
+    assert_eq!(eng.stats()[0].direct_recv_ops, 0);
+    eng.shutdown(Duration::from_secs(2));
+}
+
+#[test]
+fn direct_recv_conns_max_is_bounded() {
+    let bad = EngineConfig { poll_direct_recv_conns_max: DIRECT_RECV_CONNS_MAX + 1, ..Default::default() };
+    assert!(bad.validate().is_err());
+    let ok = EngineConfig { poll_direct_recv_conns_max: DIRECT_RECV_CONNS_MAX, ..Default::default() };
+    assert!(ok.validate().is_ok());
+}

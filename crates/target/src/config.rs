@@ -57,10 +57,17 @@ pub struct EngineSection {
     pub cores: String,
     /// "poll" or "interrupt".
     pub mode: String,
+    /// Poll mode: connections per core received with direct `recv` calls
+    /// while busy (0 = always an armed io_uring receive). 0..=1024.
+    pub poll_direct_recv_conns_max: usize,
 }
 impl Default for EngineSection {
     fn default() -> Self {
-        EngineSection { cores: String::new(), mode: "interrupt".into() }
+        EngineSection {
+            cores: String::new(),
+            mode: "interrupt".into(),
+            poll_direct_recv_conns_max: nvmf_engine::EngineConfig::default().poll_direct_recv_conns_max,
+        }
     }
 }
 
@@ -533,6 +540,12 @@ impl EngineSection {
         self.mode.parse::<nvmf_engine::Mode>().map_err(|_| {
             ConfigError::invalid("engine.mode", format!("{:?} is not \"poll\" or \"interrupt\"", self.mode))
         })?;
+        if self.poll_direct_recv_conns_max > nvmf_engine::DIRECT_RECV_CONNS_MAX {
+            return Err(ConfigError::invalid(
+                "engine.poll_direct_recv_conns_max",
+                format!("{} is over {}", self.poll_direct_recv_conns_max, nvmf_engine::DIRECT_RECV_CONNS_MAX),
+            ));
+        }
         Ok(())
     }
 
@@ -1187,6 +1200,7 @@ path = "/tmp/x.img"
             // engine / limits
             (format!("{lst}[engine]\nmode = \"busy\"\n"), "engine.mode"),
             (format!("{lst}[engine]\ncores = \"3-1\"\n"), "engine.cores"),
+            (format!("{lst}[engine]\npoll_direct_recv_conns_max = 1025\n"), "engine.poll_direct_recv_conns_max"),
             (format!("{lst}[limits]\nqueue_depth_max = 1\n"), "limits.queue_depth_max"),
             (format!("{lst}[limits]\nqueue_depth_max = 5000\n"), "limits.queue_depth_max"),
             (format!("{lst}[limits]\nio_queues_max = 0\n"), "limits.io_queues_max"),

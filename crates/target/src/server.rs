@@ -144,6 +144,7 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
         mode,
         // Two of the largest PDUs so that one can straddle a buffer compaction.
         recv_buf_bytes: (2 * limits.pdu_len_max() as usize + 4096).max(EngineConfig::default().recv_buf_bytes),
+        poll_direct_recv_conns_max: cfg.engine.poll_direct_recv_conns_max,
         ..EngineConfig::default()
     };
     let engine = Engine::start(ecfg)?;

@@ -529,7 +529,7 @@ fn file_backend_through_the_ring() {
     let mut sub = nvmf_target::config::SubsystemConfig::with_namespaces(NQN, vec![n]);
     sub.allow_any_host = Some(true);
     let cfg = nvmf_target::config::TargetConfig {
-        engine: nvmf_target::config::EngineSection { cores: String::new(), mode: "interrupt".into() },
+        engine: nvmf_target::config::EngineSection { mode: "interrupt".into(), ..Default::default() },
         limits: small_limits(),
         listeners: vec![nvmf_target::config::ListenerConfig {
             addr: "127.0.0.1:0".into(),

@@ -108,6 +108,11 @@ pub struct PerfConfig {
     pub offset_bytes: u64,
     pub header_digest: bool,
     pub data_digest: bool,
+    /// Keep SQ flow control on the I/O queues. Off by default: perf sets
+    /// CATTR "SQ flow control disable" in Connect (as `nvme connect
+    /// --disable-sqflow` does), so a read ends with a C2HData PDU carrying
+    /// SUCCESS and no response capsule follows (one PDU less per read).
+    pub sq_flow_control: bool,
     /// Seed of the random offsets and of the verify pattern (0 = from the clock).
     pub seed: u64,
 }
@@ -129,6 +134,7 @@ impl Default for PerfConfig {
             offset_bytes: 0,
             header_digest: false,
             data_digest: false,
+            sq_flow_control: false,
             seed: 0,
         }
     }

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use nvmf_engine::{CloseReason, ConnIo, Flow, Handler};
-use nvmf_proto::fabrics::{ConnectCmd, ConnectData};
+use nvmf_proto::fabrics::{ConnectCmd, ConnectData, CATTR_DISABLE_SQ_FLOW_CONTROL};
 use nvmf_proto::opcodes::io as io_op;
 use nvmf_proto::Sqe;
 
@@ -65,6 +65,8 @@ pub struct QueueSetup {
     pub rwmixread: u8,
     pub verify: bool,
     pub verify_seed: u32,
+    /// Ask the controller to disable SQ flow control (Connect CATTR bit 2).
+    pub disable_sq_flow_control: bool,
     /// Length of the timed phase.
     pub runtime_ns: u64,
 }
@@ -151,7 +153,7 @@ impl PerfQueue {
             recfmt: 0,
             qid: self.setup.queue.qid,
             sqsize: self.setup.queue.queue_depth - 1,
-            cattr: 0,
+            cattr: if self.setup.disable_sq_flow_control { CATTR_DISABLE_SQ_FLOW_CONTROL } else { 0 },
             kato_ms: 0,
         };
         let data = ConnectData {
@@ -220,7 +222,12 @@ impl PerfQueue {
                 self.state = State::Running;
                 self.publish();
             } else {
-                self.fail(format!("I/O queue Connect failed: {}", c.status().name()));
+                let hint = if self.setup.disable_sq_flow_control {
+                    " (perf asked to disable SQ flow control; --sq-flow-control keeps it)"
+                } else {
+                    ""
+                };
+                self.fail(format!("I/O queue Connect failed: {}{hint}", c.status().name()));
             }
             return;
         }

@@ -119,6 +119,7 @@ pub fn run(
             rwmixread: cfg.rwmixread,
             verify: cfg.verify,
             verify_seed,
+            disable_sq_flow_control: !cfg.sq_flow_control,
             runtime_ns: cfg.runtime_s * 1_000_000_000,
         };
         let p = Arc::new(QueueProgress::default());

@@ -36,7 +36,7 @@ pub fn start_target(limits: Limits) -> Server {
     restricted.allow_any_host = Some(false);
     restricted.allowed_hosts = vec![ALLOWED_HOST.into()];
     let cfg = TargetConfig {
-        engine: nvmf_target::config::EngineSection { cores: String::new(), mode: "interrupt".into() },
+        engine: nvmf_target::config::EngineSection { mode: "interrupt".into(), ..Default::default() },
         limits,
         listeners: vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: Vec::new() }],
         discovery: DiscoveryConfig { listen: vec!["127.0.0.1:0".into()], referrals: Vec::new() },
