@@ -294,6 +294,8 @@ struct Conn {
     hot_eligible: bool,
     /// Consecutive empty direct receives while hot.
     hot_empty: u32,
+    /// `now_ms` of the last receive that returned data.
+    rx_at_ms: u64,
 }
 
 impl Conn {
@@ -456,6 +458,10 @@ struct Core {
     /// Poll mode: connections received with direct `recv` calls (no armed SQE).
     hot: Vec<u32>,
     hot_max: usize,
+    /// Direct receives are allowed: at most `hot_max` connections received data
+    /// during the last tick. With more busy connections one `io_uring_enter`
+    /// serving them all is cheaper than a `recv` per connection and spin.
+    direct_ok: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -513,6 +519,7 @@ pub(crate) fn run_core(
         taskrun_flag,
         reg_ring_idx: None,
         hot: Vec::new(),
+        direct_ok: false, // set by the first tick
         hot_max: if cfg.mode == Mode::Poll {
             // NVMF_ENGINE_DIRECT_RECV overrides the config (for A/B measurements).
             std::env::var("NVMF_ENGINE_DIRECT_RECV")
@@ -784,6 +791,7 @@ impl Core {
             stats.bytes_rx += res as u64;
             stats.recv_ops += 1;
             c.hot_eligible = true;
+            c.rx_at_ms = sq.now_ms.max(1);
             if c.state == State::Open {
                 c.rx.end += res as usize;
                 let f = c.call(sq, idx, |h, io| h.on_recv(io));
@@ -805,6 +813,18 @@ impl Core {
     fn poll_hot(&mut self) -> bool {
         let max_tx = self.cfg.send_buf_max_bytes;
         let mut got = false;
+        if !self.direct_ok {
+            // Too many busy connections: all of them go back to the ring.
+            for slot in self.hot.drain(..) {
+                if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) {
+                    if c.hot {
+                        c.hot = false;
+                        Self::mark(&mut self.dirty, c, slot);
+                    }
+                }
+            }
+            return false;
+        }
         let mut i = 0;
         while i < self.hot.len() {
             let slot = self.hot[i];
@@ -854,8 +874,13 @@ impl Core {
     }
 
     fn tick(&mut self) {
+        let now_ms = self.sq.now_ms;
+        let mut busy = 0usize;
         for (slot, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
+            if c.rx_at_ms != 0 && now_ms.saturating_sub(c.rx_at_ms) <= self.cfg.tick_ms {
+                busy += 1;
+            }
             if c.live() {
                 let slot = slot as u32;
                 let f = c.call(&mut self.sq, slot, |h, io| h.on_tick(io));
@@ -863,6 +888,7 @@ impl Core {
                 Self::mark(&mut self.dirty, c, slot);
             }
         }
+        self.direct_ok = self.hot_max > 0 && busy <= self.hot_max;
         self.stats.storage_ops = self.sq.storage_ops;
         self.shared.publish(&self.stats);
     }
@@ -954,6 +980,7 @@ impl Core {
                     if !c.recv_fly
                         && c.tx_pending() <= max_tx
                         && c.hot_eligible
+                        && self.direct_ok
                         && self.hot.len() < self.hot_max
                         && !c.rx.is_full_unconsumed()
                     {
@@ -1075,6 +1102,7 @@ impl Core {
             hot: false,
             hot_eligible: false,
             hot_empty: 0,
+            rx_at_ms: 0,
         };
         let slot = match self.free.pop() {
             Some(s) => {

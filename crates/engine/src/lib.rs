@@ -19,14 +19,16 @@
 //!    submit or the kernel flagged pending task work (`IORING_SQ_TASKRUN`),
 //!    and otherwise spins on the completion queue.
 //!
-//! In [`Mode::Poll`] a connection whose last receive returned data is
-//! received with a direct non-blocking `recv` on every spin (up to
-//! `poll_direct_recv_conns_max` per core) instead of an armed io_uring `Recv`:
-//! io_uring's poll arming and task-work wake-up cost ~1 µs per receive on each
-//! side of a round trip, a `recv` that finds data costs nothing extra. After
-//! [`DIRECT_RECV_EMPTY_MAX`] empty receives in a row it goes back to an armed
-//! `Recv`, so idle connections cost no syscalls. Sends and storage always go
-//! through the ring.
+//! In [`Mode::Poll`], while at most `poll_direct_recv_conns_max` connections
+//! of the core received data during the last tick, a connection whose last
+//! receive returned data is received with a direct non-blocking `recv` on
+//! every spin instead of an armed io_uring `Recv`: io_uring's poll arming and
+//! task-work wake-up cost ~1 µs per receive on each side of a round trip, a
+//! `recv` that finds data costs nothing extra. After [`DIRECT_RECV_EMPTY_MAX`]
+//! empty receives in a row it goes back to an armed `Recv`, so idle
+//! connections cost no syscalls; with more busy connections than the bound all
+//! go back to the ring, whose one `io_uring_enter` serves them all. Sends and
+//! storage always go through the ring.
 //!
 //! ## Per-connection I/O
 //!
@@ -92,7 +94,7 @@
 //! | one send SQE | at most `u32::MAX` bytes; larger tx is sent in pieces |
 //! | `max_connections_per_core` | `1 ..= 1_000_000` (default 4096); beyond it the core refuses (closes) new sockets |
 //! | `tick_ms` | `1 ..= 60_000` (default 10) |
-//! | `poll_direct_recv_conns_max` | `0 ..= 1024` (default 8); poll mode only; members leave after [`DIRECT_RECV_EMPTY_MAX`] empty receives |
+//! | `poll_direct_recv_conns_max` | `0 ..= 1024` (default 2); poll mode only; direct receives only while at most this many connections of the core are busy; members leave after [`DIRECT_RECV_EMPTY_MAX`] empty receives |
 //! | `ring_entries` | `8 ..= 32768`, power of two is not required (the kernel rounds up); default 1024; the CQ is 4x |
 //! | in-flight ops per core | 2 per connection (recv + send) + 1 wakeup + storage ops (bounded by the handlers, the engine does not cap them; a full SQ is flushed with an extra `submit`) |
 //! | storage op length | `u32` bytes per op |
@@ -267,13 +269,16 @@ pub struct EngineConfig {
     /// `on_tick` period.
     pub tick_ms: u64,
     pub ring_entries: u32,
-    /// [`Mode::Poll`] only: how many connections per core may be received with
-    /// direct non-blocking `recv` calls on every spin instead of an armed
-    /// io_uring `Recv` (0 = never). A connection joins when a receive returned
-    /// data and leaves after [`DIRECT_RECV_EMPTY_MAX`] empty ones in a row.
-    /// Saves io_uring's poll arming and task-work wake-up on each receive
-    /// (QD1 round trip ~15% shorter, BENCHMARKS.md); each member costs one
-    /// syscall per spin, hence the bound.
+    /// [`Mode::Poll`] only: direct receives are used while at most this many
+    /// connections of the core received data during the last tick (0 = never).
+    /// Such a connection is then received with a direct non-blocking `recv` on
+    /// every spin instead of an armed io_uring `Recv`, saving io_uring's poll
+    /// arming and task-work wake-up on each receive (QD1 round trip ~15%
+    /// shorter, BENCHMARKS.md). It joins when a receive returned data and
+    /// leaves after [`DIRECT_RECV_EMPTY_MAX`] empty ones in a row. With more
+    /// busy connections one `io_uring_enter` serving all of them is cheaper
+    /// than a `recv` per connection and spin (8 busy queues: ~7% fewer IOPS
+    /// with all of them direct), so all go back to the ring.
     pub poll_direct_recv_conns_max: usize,
 }
 
@@ -293,7 +298,7 @@ impl Default for EngineConfig {
             max_connections_per_core: 4096,
             tick_ms: 10,
             ring_entries: 1024,
-            poll_direct_recv_conns_max: 8,
+            poll_direct_recv_conns_max: 2,
         }
     }
 }
