@@ -509,6 +509,28 @@ c_target_kill_mid_io() {
 }
 
 # ------------------------------------------------------------------ group: host
+# The kernel target in the host guest: port 1 (4420) links and its ANA state.
+kt_port1_unlink() {
+    gsh host 30 <<EOF || true
+N=/sys/kernel/config/nvmet
+rm -f \$N/ports/1/subsystems/*; echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"
+EOF
+}
+kt_port1_link_all() {
+    gsh host 30 <<EOF || true
+N=/sys/kernel/config/nvmet
+for s in \$N/subsystems/*; do ln -s \$s \$N/ports/1/subsystems/\${s##*/}; done
+echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"; dmesg | grep nvmet | tail -n 5
+EOF
+}
+# kt_set_ana STATE: ANA group 1 of port 1
+kt_set_ana() {
+    gsh host 30 <<EOF || true
+N=/sys/kernel/config/nvmet
+echo $1 >\$N/ports/1/ana_groups/1/ana_state; cat \$N/ports/1/ana_groups/1/ana_state
+EOF
+}
+
 host_setup() {
     local h1 h2 try
     {
@@ -677,17 +699,10 @@ c_host_reconnect() {
     pid=$!
     sleep 6   # mid-run on purpose: perf is 30 s long
     step "guest: unlink every subsystem from port 1 (4420): the port stops listening"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-rm -f \$N/ports/1/subsystems/*; echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"
-EOF
+    kt_port1_unlink
     sleep 4
     step "guest: link them again"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-for s in \$N/subsystems/*; do ln -s \$s \$N/ports/1/subsystems/\${s##*/}; done
-echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"; dmesg | grep nvmet | tail -n 5
-EOF
+    kt_port1_link_all
     wait "$pid" || rc=$?
     echo "perf rc=$rc"; cat "$out"; tail -n 20 "$err"
     if grep -qE 'panicked|RUST_BACKTRACE' "$err"; then echo "perf panicked"; return 1; fi

@@ -85,29 +85,16 @@ c_mp_host_ktarget() {
     pid=$!
     sleep 8
     step "guest: port 1 ANA group 1 inaccessible"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-echo inaccessible >\$N/ports/1/ana_groups/1/ana_state; cat \$N/ports/1/ana_groups/1/ana_state
-EOF
+    kt_set_ana inaccessible
     sleep 8
     step "guest: port 1 ANA group 1 optimized"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-echo optimized >\$N/ports/1/ana_groups/1/ana_state; cat \$N/ports/1/ana_groups/1/ana_state
-EOF
+    kt_set_ana optimized
     sleep 6
     step "guest: unlink every subsystem from port 1 (4420): path A dies"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-rm -f \$N/ports/1/subsystems/*; echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"
-EOF
+    kt_port1_unlink
     sleep 6
     step "guest: link them again"
-    gsh host 30 <<EOF || true
-N=/sys/kernel/config/nvmet
-for s in $KT_NQN1 $KT_NQN2; do ln -s \$N/subsystems/\$s \$N/ports/1/subsystems/\$s; done
-echo "port 1 links: \$(ls \$N/ports/1/subsystems | wc -l)"; dmesg | grep nvmet | tail -n 5
-EOF
+    kt_port1_link_all
     wait "$pid" || rc=$?
     echo "perf rc=$rc"; cat "$out"; tail -n 30 "$err"
     if grep -qE 'panicked|RUST_BACKTRACE' "$err"; then echo "perf panicked"; return 1; fi
