@@ -77,9 +77,11 @@
 //! fails with [`EngineError::IoUringSetup`].
 //!
 //! Syscalls per operation (measured with `nvmf-pingpong e ... --stats`, see
-//! README.md): a QD1 request/response costs 2 `io_uring_enter` per op (one that
-//! runs the deferred recv completion, one that submits the send and re-arms the
-//! recv), the same count as raw `recv`+`send`; at QD32 the engine needs about
+//! README.md): a QD1 request/response costs 2 `io_uring_enter` per op in
+//! interrupt mode (one that runs the deferred recv completion, one that submits
+//! the send and re-arms the recv), the same count as raw `recv`+`send`; in poll
+//! mode with direct receives 1 enter (the send) plus the spinning `recv` calls,
+//! one of which returns the request; at QD32 the engine needs about
 //! 0.07 enters per op (72 B → 4120 B) because one recv carries many requests and
 //! one send carries all their responses.
 //!
