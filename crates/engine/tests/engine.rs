@@ -113,14 +113,7 @@ fn echo_roundtrips(mode: Mode) {
     let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
     let mut s = connect(l.local_addr());
     for size in [1usize, 72, 4096, 4120, 65536, 300_000, 1 << 20] {
-        let msg: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
-        let mut w = s.try_clone().unwrap();
-        let m2 = msg.clone();
-        let t = std::thread::spawn(move || w.write_all(&m2).unwrap());
-        let mut got = vec![0u8; size];
-        s.read_exact(&mut got).unwrap();
-        t.join().unwrap();
-        assert_eq!(got, msg, "echo of {size} bytes");
+        echo_once(&mut s, size, size as u8);
     }
     let st = eng.stats();
     assert_eq!(st.len(), 1);
