@@ -974,26 +974,18 @@ impl Core {
                     }
                 }
                 State::Open => {
-                    if c.hot {
-                        continue;
-                    }
-                    if !c.recv_fly
-                        && c.tx_pending() <= max_tx
-                        && c.hot_eligible
-                        && self.direct_ok
-                        && self.hot.len() < self.hot_max
-                        && !c.rx.is_full_unconsumed()
-                    {
-                        c.hot = true;
-                        c.hot_empty = 0;
-                        self.hot.push(slot);
-                        continue;
-                    }
-                    if !c.recv_fly && c.tx_pending() <= max_tx {
+                    // A hot connection is received by poll_hot, not by an SQE.
+                    if !c.hot && !c.recv_fly && c.tx_pending() <= max_tx {
                         if c.rx.is_full_unconsumed() {
                             tracing::debug!(core = self.idx, peer = %c.info.peer, "rx buffer full, closing");
                             c.hard_close(&mut self.sq, slot, CloseReason::RxOverflow);
                             Self::mark(&mut self.dirty_next, c, slot);
+                            continue;
+                        }
+                        if c.hot_eligible && self.direct_ok && self.hot.len() < self.hot_max {
+                            c.hot = true;
+                            c.hot_empty = 0;
+                            self.hot.push(slot);
                             continue;
                         }
                         c.rx.compact();
