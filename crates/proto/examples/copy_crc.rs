@@ -8,7 +8,8 @@
 //!
 //! Prints ns per operation for glibc `memcpy` (`copy_from_slice`) against
 //! `copy_bytes` with the destination 0..72 bytes past the source (modulo
-//! 4 KiB), and the `crc32c` crate against `nvmf_proto::digest::crc32c`.
+//! 4 KiB), and CRC32C by every path this CPU has (`nvmf_proto::digest::Crc32cPath`:
+//! the `crc32c` crate, AVX2 folding, AVX-512 folding).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -41,17 +42,24 @@ fn main() {
             println!("{n:>7} {d:>3} {m:>10.1} {c:>10.1}");
         }
     }
-    println!("crc32c: bytes, crc32c crate ns, nvmf_proto::digest ns");
-    for &n in &[512usize, 4096, 131_072] {
+    use nvmf_proto::digest::{crc32c_append_with, Crc32cPath};
+    let paths: Vec<Crc32cPath> = [Crc32cPath::Crate, Crc32cPath::FoldAvx2, Crc32cPath::FoldAvx512]
+        .into_iter()
+        .filter(|p| p.available())
+        .collect();
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    println!("crc32c ns by path: bytes, {}", names.join(", "));
+    for &n in &[512usize, 4096, 4120, 8192, 131_072] {
         let buf: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
-        assert_eq!(crc32c::crc32c(&buf), nvmf_proto::digest::crc32c(&buf));
         let iters = (256 << 20) / n;
-        let a = ns_per_op(iters, || {
-            black_box(crc32c::crc32c(black_box(&buf)));
-        });
-        let b = ns_per_op(iters, || {
-            black_box(nvmf_proto::digest::crc32c(black_box(&buf)));
-        });
-        println!("{n:>7} {a:>10.1} {b:>10.1}");
+        let mut line = format!("{n:>7}");
+        for &p in &paths {
+            assert_eq!(crc32c_append_with(p, 0, &buf), crc32c::crc32c(&buf));
+            let t = ns_per_op(iters, || {
+                black_box(crc32c_append_with(p, 0, black_box(&buf)));
+            });
+            line.push_str(&format!(" {t:>10.1}"));
+        }
+        println!("{line}");
     }
 }
