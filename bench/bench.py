@@ -222,6 +222,22 @@ def ratio(row, res, lim):
     return res["mib_per_s"] / lim["mib_s_req"] if lim["mib_s_req"] else None
 
 
+def cache_line_ns():
+    """Cross-core cache-line round trip right now (ns, p50 of 5000), or None.
+
+    The machine flips between states (~60, ~120, ~220, ~550 ns here) and every
+    cross-core figure moves with it; recording it next to each run shows which
+    state a run saw."""
+    if not os.path.exists(PINGPONG_RS):
+        return None
+    try:
+        out = subprocess.run([PINGPONG_RS, "x", TARGET_CPU, HOST_CPU, "5000", "--json"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return json.loads(out.splitlines()[-1])["p50_ns"]
+    except (OSError, ValueError, IndexError, KeyError, subprocess.TimeoutExpired):
+        return None
+
+
 def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
@@ -290,9 +306,13 @@ def main():
     pp = PingPong()
     load_start = os.getloadavg()
 
-    limits = {}  # key -> [results]
-    results = {}  # (row key, digests) -> [results]
+    # Each run is kept with its round: a row's ratio is taken against the limit
+    # measured next to it in the same round (seconds apart, so in the same
+    # machine state), and the median of those paired ratios is reported.
+    limits = {}  # key -> [(round, result)]
+    results = {}  # (row key, digests) -> [(round, result)]
     errors = []
+    states = []  # cross-core cache-line round trip (ns) before each run
     groups = []  # (limit key, [rows])
     for r in rows:
         for g in groups:
@@ -309,13 +329,16 @@ def main():
             if rep % 2 == 1:
                 jobs.reverse()
             for kind, what, d in jobs:
+                state = cache_line_ns()
+                if state is not None:
+                    states.append(state)
                 try:
                     if kind == "limit":
                         log("[%d/%d] ping-pong %s %s" % (rep + 1, repeat, what, LIMITS[what]))
-                        limits.setdefault(what, []).append(pp.run(what, secs))
+                        limits.setdefault(what, []).append((rep, pp.run(what, secs)))
                     else:
                         log("[%d/%d] nvmf %s digests=%s" % (rep + 1, repeat, what[1], "on" if d else "off"))
-                        results.setdefault((what[0], d), []).append(run_nvmf_row(what, d, secs))
+                        results.setdefault((what[0], d), []).append((rep, run_nvmf_row(what, d, secs)))
                 except Exception as e:  # keep going: one broken row must not hide the others
                     msg = "%s: %s" % (what if kind == "limit" else what[1], e)
                     log("  FAILED " + msg)
@@ -325,8 +348,11 @@ def main():
               "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname()),
                           # Other work on the machine distorts everything: record how busy it was.
                           "loadavg_1m_start": load_start[0], "loadavg_1m_end": os.getloadavg()[0]},
+              "cache_line_round_trip_ns": {"min": min(states), "p50": med(states), "max": max(states),
+                                           "samples": len(states)} if states else None,
               "runtime_s": secs, "repeat": repeat, "nice": args.nice, "pingpong": pp.kind, "rows": [], "limits": {}, "errors": errors}
-    for lk, rs in limits.items():
+    for lk, paired in limits.items():
+        rs = [x for _, x in paired]
         report["limits"][lk] = {
             "req": LIMITS[lk][0], "resp": LIMITS[lk][1], "mode": LIMITS[lk][2], "qd": LIMITS[lk][3],
             "ops_per_s": med([r["ops_per_s"] for r in rs]), "avg_us": med([r.get("avg_us") for r in rs]),
@@ -335,10 +361,15 @@ def main():
             "mib_s_resp": med([r["mib_s_resp"] for r in rs]), "mib_s_req": med([r["mib_s_req"] for r in rs])}
     for r in rows:
         for d in digest_modes:
-            rs = results.get((r[0], d), [])
-            if not rs:
+            paired = results.get((r[0], d), [])
+            if not paired:
                 continue
+            rs = [x for _, x in paired]
             lim = report["limits"].get(r[3])
+            lim_by_round = dict(limits.get(r[3], []))
+            # Ratio per round against that round's limit; rounds without one fall back to the median limit.
+            ratios = [ratio(r, x, lim_by_round.get(rep, lim)) for rep, x in paired] if lim else []
+            ratios = [v for v in ratios if v is not None]
             ent = {"key": r[0], "label": r[1], "digests": d, "limit": r[3], "metric": r[4],
                    "iops": med([x["iops"] for x in rs]), "mib_per_s": med([x["mib_per_s"] for x in rs]),
                    "lat_avg_us": med([x["latency_us"]["avg"] for x in rs]),
@@ -348,7 +379,8 @@ def main():
                    "errors": sum(x["errors"] + x.get("verify_errors", 0) for x in rs),
                    "host_cpu_percent": med([host_cpu(x) for x in rs]),
                    "target_cpu_percent": med([x["target_cpu_percent"] for x in rs]),
-                   "ratio": med([ratio(r, x, lim) for x in rs]) if lim else None}
+                   "ratio": med(ratios), "ratio_min": min(ratios) if ratios else None,
+                   "ratio_max": max(ratios) if ratios else None, "ratios": ratios}
             g = GOALS.get(r[0])
             if g and ent["ratio"] is not None and not d:
                 ent["goal"] = "%s %.2f" % ("<=" if g[1] == "le" else ">=", g[0])
@@ -358,8 +390,12 @@ def main():
     off = next((e for e in report["rows"] if e["key"] == "rr4k_qd32" and not e["digests"]), None)
     on = next((e for e in report["rows"] if e["key"] == "rr4k_qd32" and e["digests"]), None)
     if off and on and off["iops"]:
-        cost = 1 - on["iops"] / off["iops"]
-        report["digest_cost_qd32"] = {"cost": cost, "goal": "<= %.2f" % DIGEST_COST_GOAL,
+        # Per round: digests on against digests off run next to it; median of the rounds.
+        offs = dict(results.get(("rr4k_qd32", False), []))
+        costs = [1 - x["iops"] / offs[rep]["iops"] for rep, x in results.get(("rr4k_qd32", True), [])
+                 if rep in offs and offs[rep]["iops"]]
+        cost = med(costs)
+        report["digest_cost_qd32"] = {"cost": cost, "costs": costs, "goal": "<= %.2f" % DIGEST_COST_GOAL,
                                       "goal_met": cost <= DIGEST_COST_GOAL}
     if not args.no_rss and not args.quick and not args.limits_only:
         try:
@@ -392,13 +428,17 @@ def print_table(rep):
     m = rep["machine"]
     p("load average (1 min) before the runs %.2f, after %.2f (the benchmark itself adds ~2; other load distorts)" % (
         m["loadavg_1m_start"], m["loadavg_1m_end"]))
+    st = rep.get("cache_line_round_trip_ns")
+    if st:
+        p("cross-core cache line round trip before each run (machine state): min %d, median %d, max %d ns (%d runs)" % (
+            st["min"], st["p50"], st["max"], st["samples"]))
     p("limits (raw TCP ping-pong, server cpu %s, client cpu %s):" % (TARGET_CPU, HOST_CPU))
     for k, l in rep["limits"].items():
         p("  %-13s %6d/%-6d %s QD%-3d  %10.0f ops/s  avg %s us  p99 %s us  %8.1f MiB/s resp  %8.1f MiB/s req" % (
             k, l["req"], l["resp"], l["mode"], l["qd"], l["ops_per_s"], fmt(l["avg_us"]), fmt(l["p99_us"]),
             l["mib_s_resp"], l["mib_s_req"]))
-    p("%-27s %-3s %10s %9s %8s %8s %8s %8s %7s %6s %6s %s" % ("row", "dg", "IOPS", "MiB/s", "avg us", "p50", "p99",
-                                                            "p99.9", "ratio", "hcpu%", "tcpu%", "goal"))
+    p("%-27s %-3s %10s %9s %8s %8s %8s %8s %7s %13s %6s %6s %s" % (
+        "row", "dg", "IOPS", "MiB/s", "avg us", "p50", "p99", "p99.9", "ratio", "(rounds)", "hcpu%", "tcpu%", "goal"))
     for e in rep["rows"]:
         goal = ""
         if "goal" in e:
@@ -407,15 +447,19 @@ def print_table(rep):
         starved = starved and e["host_cpu_percent"] is not None and e["host_cpu_percent"] < 90
         if starved:
             goal += "  [host thread got %.0f%% of its CPU: machine busy, numbers distorted]" % e["host_cpu_percent"]
-        p("%-27s %-3s %10.0f %9.1f %8s %8s %8s %8s %7s %6s %6s %s%s" % (
+        spread = "-"
+        if e.get("ratio_min") is not None:
+            spread = "%.2f-%.2f" % (e["ratio_min"], e["ratio_max"])
+        p("%-27s %-3s %10.0f %9.1f %8s %8s %8s %8s %7s %13s %6s %6s %s%s" % (
             e["label"], "on" if e["digests"] else "off", e["iops"], e["mib_per_s"], fmt(e["lat_avg_us"]),
-            fmt(e["lat_p50_us"]), fmt(e["lat_p99_us"]), fmt(e["lat_p99_9_us"]), fmt(e["ratio"], "%.3f"),
+            fmt(e["lat_p50_us"]), fmt(e["lat_p99_us"]), fmt(e["lat_p99_9_us"]), fmt(e["ratio"], "%.3f"), spread,
             fmt(e["host_cpu_percent"], "%.0f"), fmt(e["target_cpu_percent"], "%.0f"), goal,
             "  ERRORS %d" % e["errors"] if e["errors"] else ""))
     if "digest_cost_qd32" in rep:
         d = rep["digest_cost_qd32"]
-        p("digest cost at 4K randread QD32: %.1f%% IOPS (goal %s: %s)" % (100 * d["cost"], d["goal"],
-                                                                       "met" if d["goal_met"] else "NOT met"))
+        rounds = ", ".join("%.1f" % (100 * c) for c in d.get("costs", []))
+        p("digest cost at 4K randread QD32: %.1f%% IOPS, median of rounds (%s) (goal %s: %s)" % (
+            100 * d["cost"], rounds, d["goal"], "met" if d["goal_met"] else "NOT met"))
     if "target_rss_kib" in rep:
         p("target RSS (KiB) by idle I/O queues: %s" % json.dumps(rep["target_rss_kib"]))
     for e in rep["errors"]:

@@ -5,6 +5,7 @@
 //! nvmf-pingpong s PORT REQ RESP MODE                     raw server (MODE b = blocking, p = busy-poll)
 //! nvmf-pingpong c PORT REQ RESP MODE SECONDS [QD]        raw client
 //! nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] engine server
+//! nvmf-pingpong x CPU_A CPU_B [ROUND_TRIPS]              cross-core cache-line round trip (ns)
 //! options: --json (client output as one JSON object), --host IP (default 127.0.0.1),
 //!          --stats (engine server: per-second syscalls/loops per op on stderr),
 //!          --zc (engine server: answer with ConnIo::send_borrowed instead of copying into tx)
@@ -25,7 +26,8 @@ const BUFSZ: usize = 1 << 22;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  nvmf-pingpong s PORT REQ RESP b|p\n  nvmf-pingpong c PORT REQ RESP b|p SECONDS [QD] [--json]\n  \
-         nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N]\noptions: --host IP"
+         nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N]\n  nvmf-pingpong x CPU_A CPU_B [ROUND_TRIPS]\n\
+         options: --host IP"
     );
     std::process::exit(2)
 }
@@ -351,6 +353,12 @@ fn main() {
             _ => pos.push(a),
         }
     }
+    if pos.first().map(String::as_str) == Some("x") {
+        let cpu = |i: usize| -> usize { pos.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()) };
+        let trips = pos.get(3).map_or(20_000, |v| v.parse().unwrap_or_else(|_| usage()));
+        cache_line_round_trip(cpu(1), cpu(2), trips, json);
+        return;
+    }
     if pos.len() < 5 {
         usage();
     }
@@ -377,5 +385,48 @@ fn main() {
             engine_server(addr, req, resp, mode, core, stats, zc);
         }
         _ => usage(),
+    }
+}
+
+/// The machine's cross-core state, measured directly: one cache line bounced
+/// between a thread on `cpu_a` and one on `cpu_b`. Virtual machines here flip
+/// between states where this takes ~125 ns or ~550 ns, and every cross-core
+/// number (TCP loopback included) moves with it; the benchmark records it next
+/// to each run so that runs are only compared within one state.
+fn cache_line_round_trip(cpu_a: usize, cpu_b: usize, trips: usize, json: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let trips = trips.clamp(100, 10_000_000);
+    let line = Arc::new(AtomicU64::new(0));
+    let peer = {
+        let line = line.clone();
+        std::thread::spawn(move || {
+            let _ = nvmf_engine::pin_current_thread(cpu_b);
+            // Answer every odd value with the next even one.
+            for i in 0..trips as u64 {
+                while line.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                line.store(2 * i + 2, Ordering::Release);
+            }
+        })
+    };
+    let _ = nvmf_engine::pin_current_thread(cpu_a);
+    let mut ns: Vec<u64> = Vec::with_capacity(trips);
+    for i in 0..trips as u64 {
+        let t = Instant::now();
+        line.store(2 * i + 1, Ordering::Release);
+        while line.load(Ordering::Acquire) != 2 * i + 2 {
+            std::hint::spin_loop();
+        }
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    peer.join().expect("peer thread");
+    ns.sort_unstable();
+    let p50 = ns[ns.len() / 2];
+    let p10 = ns[ns.len() / 10];
+    if json {
+        println!("{{\"cpu_a\":{cpu_a},\"cpu_b\":{cpu_b},\"round_trips\":{trips},\"p10_ns\":{p10},\"p50_ns\":{p50}}}");
+    } else {
+        println!("cache line CPU {cpu_a} <-> CPU {cpu_b}: p50 {p50} ns, p10 {p10} ns ({trips} round trips)");
     }
 }
