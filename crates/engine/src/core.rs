@@ -89,9 +89,10 @@ struct LocalStats {
     send_ops: u64,
     storage_ops: u64,
     direct_recv_ops: u64,
+    sink_recv_ops: u64,
 }
 
-const NSTAT: usize = 11;
+const NSTAT: usize = 12;
 
 pub(crate) struct CoreShared {
     core_index: usize,
@@ -123,6 +124,7 @@ impl CoreShared {
             s.send_ops,
             s.storage_ops,
             s.direct_recv_ops,
+            s.sink_recv_ops,
         ];
         for (d, x) in self.v.iter().zip(a) {
             d.store(x, Ordering::Relaxed);
@@ -144,6 +146,7 @@ impl CoreShared {
             send_ops: g(8),
             storage_ops: g(9),
             direct_recv_ops: g(10),
+            sink_recv_ops: g(11),
         }
     }
 }
@@ -337,6 +340,26 @@ impl Conn {
             }
         }
     }
+    /// The handler's [`Handler::recv_sink`] as a raw slice (`Err` if the
+    /// handler panicked: the connection is then poisoned).
+    /// Without a sink, the second value is the handler's
+    /// [`Handler::recv_len_hint`].
+    fn sink(&mut self) -> Result<(Option<RawSlice>, usize), ()> {
+        let Conn { handler, poisoned, info, .. } = self;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            match handler.recv_sink().filter(|s| !s.is_empty()).map(|s| (s.as_mut_ptr(), s.len())) {
+                Some(sink) => (Some(sink), usize::MAX),
+                None => (None, handler.recv_len_hint()),
+            }
+        })) {
+            Ok(sink) => Ok(sink),
+            Err(_) => {
+                *poisoned = true;
+                tracing::error!(peer = %info.peer, "connection handler panicked; closing the connection");
+                Err(())
+            }
+        }
+    }
     /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
     fn hard_close(&mut self, sq: &mut SubmitCtx, slot: u32, reason: CloseReason) {
         if !self.live() {
@@ -366,6 +389,9 @@ impl Conn {
         }
     }
 }
+
+/// A handler-owned slice handed to a direct `recv` (pointer, length).
+type RawSlice = (*mut u8, usize);
 
 /// Max iovecs per sendmsg (UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
@@ -719,7 +745,7 @@ impl Core {
                     return;
                 };
                 c.recv_fly = false;
-                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, idx, res);
+                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, idx, res, false);
             }
             K_SEND => {
                 let Some(c) = self.conns.get_mut(idx as usize).and_then(|c| c.as_mut()) else {
@@ -784,8 +810,17 @@ impl Core {
         }
     }
 
-    /// Hand a receive result (io_uring CQE or direct `recv`) to the connection.
-    fn recv_result(sq: &mut SubmitCtx, stats: &mut LocalStats, dirty: &mut Vec<u32>, c: &mut Conn, idx: u32, res: i32) {
+    /// Hand a receive result (io_uring CQE or direct `recv`) to the connection;
+    /// `sunk`: the bytes went into the handler's [`Handler::recv_sink`], not `rx`.
+    fn recv_result(
+        sq: &mut SubmitCtx,
+        stats: &mut LocalStats,
+        dirty: &mut Vec<u32>,
+        c: &mut Conn,
+        idx: u32,
+        res: i32,
+        sunk: bool,
+    ) {
         Self::mark(dirty, c, idx);
         if res > 0 {
             stats.bytes_rx += res as u64;
@@ -793,8 +828,13 @@ impl Core {
             c.hot_eligible = true;
             c.rx_at_ms = sq.now_ms.max(1);
             if c.state == State::Open {
-                c.rx.end += res as usize;
-                let f = c.call(sq, idx, |h, io| h.on_recv(io));
+                let f = if sunk {
+                    stats.sink_recv_ops += 1;
+                    c.call(sq, idx, |h, io| h.on_sink_recv(io, res as usize))
+                } else {
+                    c.rx.end += res as usize;
+                    c.call(sq, idx, |h, io| h.on_recv(io))
+                };
                 c.apply(sq, idx, f);
             }
         } else if res == 0 {
@@ -840,16 +880,34 @@ impl Core {
                 continue;
             }
             c.rx.compact();
-            let len = c.rx.buf.len() - c.rx.end;
-            // SAFETY: rx.buf[end..] is ours; no io_uring recv is in flight on a hot connection.
-            let r = unsafe {
-                libc::recv(
-                    c.fd.as_raw_fd(),
-                    c.rx.buf.as_mut_ptr().add(c.rx.end) as *mut libc::c_void,
-                    len,
-                    libc::MSG_DONTWAIT,
-                )
+            // With nothing unparsed in rx, the handler may want the next bytes
+            // in a buffer of its own (the rest of a large payload): received
+            // there, they are not copied again.
+            let (sink, len_max) = if c.rx.data().is_empty() {
+                match c.sink() {
+                    Ok(got) => got,
+                    Err(()) => {
+                        c.apply(&mut self.sq, slot, Flow::CloseNow);
+                        Self::mark(&mut self.dirty, c, slot);
+                        c.hot = false;
+                        self.hot.swap_remove(i);
+                        continue;
+                    }
+                }
+            } else {
+                (None, usize::MAX)
             };
+            let (ptr, len) = match sink {
+                Some(s) => s,
+                // SAFETY: end <= buf.len().
+                None => {
+                    (unsafe { c.rx.buf.as_mut_ptr().add(c.rx.end) }, (c.rx.buf.len() - c.rx.end).min(len_max.max(1)))
+                }
+            };
+            // SAFETY: `ptr..ptr + len` is rx.buf[end..] (ours; no io_uring recv is
+            // in flight on a hot connection) or the handler's sink, which stays
+            // valid and untouched until on_sink_recv (no handler call between).
+            let r = unsafe { libc::recv(c.fd.as_raw_fd(), ptr as *mut libc::c_void, len, libc::MSG_DONTWAIT) };
             let res = if r < 0 { -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) } else { r as i32 };
             if res == -libc::EAGAIN {
                 c.hot_empty += 1;
@@ -866,7 +924,7 @@ impl Core {
                 if res > 0 {
                     self.stats.direct_recv_ops += 1;
                 }
-                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, slot, res);
+                Self::recv_result(&mut self.sq, &mut self.stats, &mut self.dirty, c, slot, res, sink.is_some());
             }
             i += 1;
         }

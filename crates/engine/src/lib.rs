@@ -392,6 +392,32 @@ pub trait Handler {
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow;
     /// The connection is gone (peer closed, error, engine shutdown, or the handler asked). Release resources.
     fn on_closed(&mut self, reason: CloseReason);
+    /// Where the next received bytes may go instead of the receive buffer: a
+    /// slice the handler owns, typically the rest of a large data payload
+    /// already known to be coming (the bytes then cross memory once, kernel
+    /// to destination). Asked only in poll mode on direct receives and only
+    /// while `rx()` holds nothing unconsumed (the stream stays in order); the
+    /// slice is written by one `recv` before any other handler call, and
+    /// [`on_sink_recv`](Self::on_sink_recv) reports how much landed. Return
+    /// `None` (the default) to receive into the buffer as usual.
+    fn recv_sink(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    /// The most bytes the next receive into the receive buffer should take,
+    /// asked where [`recv_sink`](Self::recv_sink) is (poll mode, direct
+    /// receives, nothing unconsumed) when it returned `None`: a handler that
+    /// expects a large payload next can take just its header first and the
+    /// payload through the sink. Default: no limit.
+    fn recv_len_hint(&self) -> usize {
+        usize::MAX
+    }
+    /// `n > 0` bytes were received into the front of the slice the last
+    /// [`recv_sink`](Self::recv_sink) returned.
+    fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
+        let _ = (io, n);
+        debug_assert!(false, "on_sink_recv without a recv_sink");
+        Flow::CloseNow
+    }
     /// A buffer given to [`ConnIo::send_borrowed`] was fully handed to the kernel
     /// and may be reused.
     fn on_sent(&mut self, io: &mut ConnIo<'_>, token: u64) -> Flow {
@@ -576,6 +602,9 @@ pub struct CoreStats {
     /// Receives that returned data through a direct `recv` (poll mode; also
     /// counted in `recv_ops`).
     pub direct_recv_ops: u64,
+    /// Direct receives that went into a handler's [`Handler::recv_sink`]
+    /// (also counted in `direct_recv_ops` and `recv_ops`).
+    pub sink_recv_ops: u64,
 }
 
 /// Channel into a core plus its eventfd (the core keeps a read armed on it).

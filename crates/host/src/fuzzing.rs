@@ -9,12 +9,15 @@ use crate::queue::{HostQueue, QueueConfig, Request};
 
 /// Bring a queue to Ready with a valid ICResp (digests chosen by the first
 /// input byte), submit a read, a large write (R2T path) and an in-capsule
-/// write, then feed the rest of the input as controller bytes in a few
-/// chunkings. Must never panic, hang, or grow memory without bound.
+/// write and a 64 KiB read, then feed the rest of the input as controller
+/// bytes in a few chunkings; the last one also hands payload bytes to
+/// [`HostQueue::recv_sink`] whenever the queue offers it, as the engine's
+/// direct receive does. Must never panic, hang, or grow memory without bound.
 pub fn host_queue_input(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else { return };
     let (hdgst, ddgst) = (sel & 1 != 0, sel & 2 != 0);
-    for chunk in [usize::MAX, 1, 13] {
+    for chunk in [usize::MAX, 1, 13, 4000] {
+        let use_sink = chunk == 4000;
         let cfg = QueueConfig {
             hdr_digest: hdgst,
             data_digest: ddgst,
@@ -36,12 +39,26 @@ pub fn host_queue_input(data: &[u8]) {
         let _ = q.submit(Request::read(Sqe::rw(io::READ, 0, 1, 0, 8), vec![0; 4096]), 0);
         let _ = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 8, 64), vec![1; 32768]), 0);
         let _ = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 0, 1), vec![2; 512]), 0);
+        let _ = q.submit(Request::read(Sqe::rw(io::READ, 0, 1, 16, 128), vec![0; 65536]), 0);
         q.clear_output();
         let mut buf: Vec<u8> = Vec::new();
         let mut fed = 0;
         let mut now = 0;
         let mut expired = Vec::new();
         while fed < rest.len() {
+            if use_sink && buf.is_empty() {
+                if let Some(sink) = q.recv_sink() {
+                    let n = sink.len().min(rest.len() - fed).min(chunk);
+                    sink[..n].copy_from_slice(&rest[fed..fed + n]);
+                    fed += n;
+                    let r = q.sink_received(n);
+                    while q.pop_completion().is_some() {}
+                    if r.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let n = chunk.min(rest.len() - fed);
             buf.extend_from_slice(&rest[fed..fed + n]);
             fed += n;

@@ -94,7 +94,7 @@
 use std::collections::VecDeque;
 
 use nvmf_proto::copy::{copy_bytes, extend_bytes};
-use nvmf_proto::digest::crc32c;
+use nvmf_proto::digest::{crc32c, crc32c_append};
 use nvmf_proto::opcodes::{admin, fctype};
 use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcReq, IcResp, TxConfig};
 use nvmf_proto::status::{generic, path, sct};
@@ -110,6 +110,14 @@ pub const ADMIN_IN_CAPSULE_DATA_MAX_BYTES: u32 = 8192 - 64;
 /// With [`QueueConfig::h2c_data_borrowed`], payloads from this size up are
 /// lent to the driver; smaller ones are cheaper to copy than to track.
 pub const LEND_MIN_BYTES: usize = 16 * 1024;
+/// [`HostQueue::recv_sink`] offers the rest of a C2HData payload for a direct
+/// receive from this many bytes up; a smaller rest is cheaper to take with the
+/// next PDUs in one receive and copy.
+pub const SINK_MIN_BYTES: usize = 16 * 1024;
+/// [`HostQueue::recv_len_hint`] while large reads are outstanding: enough for a
+/// C2HData header (and a dozen capsule responses), little enough that most
+/// of a large payload is left for [`HostQueue::recv_sink`].
+pub const RECV_HINT_BYTES: usize = 1024;
 /// Smallest MAXH2CDATA a host accepts (Linux and SPDK reject less).
 pub const MAXH2CDATA_MIN_BYTES: u32 = 4096;
 /// Largest CPDA / HPDA value (0's based dwords: 128-byte alignment).
@@ -397,6 +405,30 @@ pub struct HostQueue {
     out: Vec<u8>,
     /// Borrowed payloads of the output (only with `h2c_data_borrowed`), by position.
     out_lent: Vec<LentPiece>,
+    /// A C2HData PDU whose payload is arriving in pieces.
+    c2h: Option<C2hStream>,
+    /// Outstanding reads of at least [`SINK_MIN_BYTES`].
+    large_reads: u32,
+}
+
+/// A C2HData PDU taken piece by piece: its header was checked in full when it
+/// arrived, each payload piece goes straight into the command's buffer (from
+/// the receive buffer, or received there directly through
+/// [`HostQueue::recv_sink`]), and the PDU completes when the last payload byte
+/// and the data digest are in. Saves buffering a whole large PDU and copying
+/// it once more.
+#[derive(Clone, Copy, Debug)]
+struct C2hStream {
+    slot: usize,
+    cid: u16,
+    flags: u8,
+    /// Next buffer offset to fill, and the end of this PDU's data in the buffer.
+    at: u32,
+    end: u32,
+    /// A data digest follows the payload; `crc` is the running CRC32C of the
+    /// payload so far.
+    ddgst: bool,
+    crc: u32,
 }
 
 impl HostQueue {
@@ -420,6 +452,8 @@ impl HostQueue {
             done: VecDeque::with_capacity(depth),
             out: Vec::with_capacity(pdu::IC_PDU_LEN),
             out_lent: Vec::new(),
+            c2h: None,
+            large_reads: 0,
             cfg,
         };
         let mut dg = 0;
@@ -603,6 +637,9 @@ impl HostQueue {
         let Some(index) = self.free.pop() else {
             return refuse(SubmitErrorKind::QueueFull, req);
         };
+        if req.dir == DataDir::FromController && len >= SINK_MIN_BYTES {
+            self.large_reads += 1;
+        }
         let slot = &mut self.slots[index as usize];
         debug_assert!(!slot.busy, "free list holds a busy slot");
         let cid = make_cid(index, slot.gen);
@@ -676,6 +713,8 @@ impl HostQueue {
             return first.clone();
         }
         self.state = State::Failed(e.clone());
+        // A payload in progress targets a buffer about to be handed back.
+        self.c2h = None;
         let aborted = Status::new(sct::PATH, path::ABORTED_BY_HOST);
         for i in 0..self.slots.len() {
             if self.slots[i].busy {
@@ -708,8 +747,33 @@ impl HostQueue {
         let mut consumed = 0;
         loop {
             let buf = &rx[consumed..];
+            if self.c2h.is_some() {
+                match self.c2h_continue(buf) {
+                    Ok(0) => return Ok(consumed),
+                    Ok(n) => consumed += n,
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             match pdu::decode(buf, &self.frame) {
-                Ok(Decoded::NeedMore(_)) => return Ok(consumed),
+                Ok(Decoded::NeedMore(_)) => {
+                    // A data PDU not all here yet: take its header now and its
+                    // payload as it comes.
+                    match pdu::decode_data_start(buf, &self.frame) {
+                        Ok(None) => return Ok(consumed),
+                        Ok(Some(st)) => {
+                            let hdr = &buf[..st.data_at.min(pdu::TERM_DATA_LEN_MAX)];
+                            if let Err((fes_v, fei_v, reason)) = self.on_c2h_start(&st) {
+                                return Err(self.protocol_error(fes_v, fei_v, reason, hdr));
+                            }
+                            consumed += st.data_at;
+                        }
+                        Err(e) => {
+                            let hdr = &buf[..buf.len().min(pdu::TERM_DATA_LEN_MAX)];
+                            return Err(self.protocol_error(e.fes, e.fei, e.reason, hdr));
+                        }
+                    }
+                }
                 Ok(Decoded::Pdu(p, n)) => {
                     let hdr = &buf[..n.min(pdu::TERM_DATA_LEN_MAX)];
                     if let Err((fes_v, fei_v, reason)) = self.handle(p) {
@@ -726,6 +790,122 @@ impl HostQueue {
                 }
             }
         }
+    }
+
+    /// Where the driver may receive the next bytes of the stream directly,
+    /// with nothing copied: the rest of a C2HData payload, in the command's
+    /// buffer, while one is arriving in pieces and at least
+    /// [`SINK_MIN_BYTES`] of it are left. Only valid while the driver has no
+    /// unparsed received bytes (they come first); report what landed with
+    /// [`sink_received`](Self::sink_received) before anything else.
+    pub fn recv_sink(&mut self) -> Option<&mut [u8]> {
+        let st = self.c2h.as_ref()?;
+        if ((st.end - st.at) as usize) < SINK_MIN_BYTES || !matches!(self.state, State::Ready) {
+            return None;
+        }
+        Some(&mut self.slots[st.slot].buf[st.at as usize..st.end as usize])
+    }
+
+    /// The most bytes the driver's next receive into its own buffer should
+    /// take when that buffer holds nothing unparsed. While reads of
+    /// [`SINK_MIN_BYTES`] or more are outstanding: the rest of the C2HData
+    /// PDU in progress (if any) and [`RECV_HINT_BYTES`] more, so that the
+    /// next large C2HData's header arrives with little of its payload and
+    /// the rest of that payload can go straight to its buffer through
+    /// [`recv_sink`](Self::recv_sink). Otherwise no limit.
+    pub fn recv_len_hint(&self) -> usize {
+        if self.large_reads == 0 {
+            return usize::MAX;
+        }
+        let rest = self.c2h.as_ref().map_or(0, |st| (st.end - st.at) as usize + if st.ddgst { 4 } else { 0 });
+        rest + RECV_HINT_BYTES
+    }
+
+    /// `n` bytes were received into the slice [`recv_sink`](Self::recv_sink)
+    /// returned (its first `n` bytes).
+    pub fn sink_received(&mut self, n: usize) -> Result<(), QueueError> {
+        if let State::Failed(e) = &self.state {
+            return Err(e.clone());
+        }
+        let st = self.c2h.as_mut().expect("sink_received without a sink");
+        assert!(n <= (st.end - st.at) as usize, "sink_received({n}) beyond the sink");
+        let (at, end) = (st.at as usize, st.at as usize + n);
+        if st.ddgst {
+            st.crc = crc32c_append(st.crc, &self.slots[st.slot].buf[at..end]);
+        }
+        st.at = end as u32;
+        // The digest (if any) still comes through receive(); without one the
+        // PDU is done when its payload is.
+        if st.at == st.end && !st.ddgst {
+            self.c2h_finish(true);
+        }
+        Ok(())
+    }
+
+    /// Feed `buf` (received bytes after what was consumed) to the C2HData
+    /// PDU in progress; returns the bytes taken (0: need more).
+    fn c2h_continue(&mut self, buf: &[u8]) -> Result<usize, QueueError> {
+        let st = self.c2h.as_mut().expect("c2h_continue without a stream");
+        debug_assert!(self.slots[st.slot].busy && make_cid(st.slot as u16, self.slots[st.slot].gen) == st.cid);
+        if st.at < st.end {
+            let n = ((st.end - st.at) as usize).min(buf.len());
+            if n == 0 {
+                return Ok(0);
+            }
+            let (at, end) = (st.at as usize, st.at as usize + n);
+            let dst = &mut self.slots[st.slot].buf[at..end];
+            copy_bytes(dst, &buf[..n]);
+            if st.ddgst {
+                st.crc = crc32c_append(st.crc, &buf[..n]);
+            }
+            st.at = end as u32;
+            if st.at == st.end && !st.ddgst {
+                self.c2h_finish(true);
+            }
+            return Ok(n);
+        }
+        debug_assert!(st.ddgst, "a finished stream without a digest is already closed");
+        if buf.len() < pdu::DIGEST_LEN {
+            return Ok(0);
+        }
+        let want = u32::from_le_bytes(buf[..pdu::DIGEST_LEN].try_into().unwrap());
+        let ok = want == st.crc;
+        self.c2h_finish(ok);
+        Ok(pdu::DIGEST_LEN)
+    }
+
+    /// Check a C2HData header whose payload will come in pieces, as
+    /// [`on_c2h_data`](Self::on_c2h_data) checks a whole one, and start taking it.
+    fn on_c2h_start(&mut self, st: &pdu::DataStart) -> Result<(), (u16, u32, &'static str)> {
+        debug_assert!(self.c2h.is_none());
+        if self.state != State::Ready {
+            return Err((fes::PDU_SEQUENCE_ERROR, 0, "C2HData before ICResp"));
+        }
+        let i = self.check_c2h(&st.hdr, st.flags)?;
+        let gen = self.slots[i].gen;
+        self.c2h = Some(C2hStream {
+            slot: i,
+            cid: make_cid(i as u16, gen),
+            flags: st.flags,
+            at: st.hdr.offset,
+            end: st.hdr.offset + st.hdr.length,
+            ddgst: st.ddgst,
+            crc: 0,
+        });
+        Ok(())
+    }
+
+    /// The C2HData PDU in progress is complete (payload in the buffer, digest
+    /// checked): as the end of [`on_c2h_data`](Self::on_c2h_data).
+    fn c2h_finish(&mut self, digest_ok: bool) {
+        let st = self.c2h.take().expect("c2h_finish without a stream");
+        debug_assert_eq!(st.at, st.end);
+        if !digest_ok {
+            // The bytes are in the buffer already; the command completes with
+            // a transport error, so nobody reads them.
+            self.slots[st.slot].data_digest_error = true;
+        }
+        self.c2h_received(st.slot, st.cid, st.end, st.flags);
     }
 
     fn handle(&mut self, p: Pdu<'_>) -> Result<(), (u16, u32, &'static str)> {
@@ -821,16 +1001,35 @@ impl HostQueue {
         data: &[u8],
         digest_ok: bool,
     ) -> Result<(), (u16, u32, &'static str)> {
-        let Some(i) = self.lookup(hdr.cccid) else {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a CID not outstanding"));
-        };
-        let s = &mut self.slots[i];
-        if s.dir != DataDir::FromController {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a command without read data"));
-        }
         // The framer checks DATAL against the payload; checked again because a
         // mismatch here would corrupt the buffer, not just fail an assertion.
         if hdr.length as usize != data.len() || data.is_empty() {
+            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "C2HData DATAL does not match its data"));
+        }
+        let i = self.check_c2h(&hdr, pflags)?;
+        let end = hdr.offset + hdr.length;
+        if digest_ok {
+            copy_bytes(&mut self.slots[i].buf[hdr.offset as usize..end as usize], data);
+        } else {
+            // Keep receiving; the command completes with a transport error.
+            self.slots[i].data_digest_error = true;
+        }
+        let cid = make_cid(i as u16, self.slots[i].gen);
+        self.c2h_received(i, cid, end, pflags);
+        Ok(())
+    }
+
+    /// Everything a C2HData header must satisfy before its data may touch
+    /// the command's buffer; returns the command's slot.
+    fn check_c2h(&self, hdr: &DataHdr, pflags: u8) -> Result<usize, (u16, u32, &'static str)> {
+        let Some(i) = self.lookup(hdr.cccid) else {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a CID not outstanding"));
+        };
+        let s = &self.slots[i];
+        if s.dir != DataDir::FromController {
+            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a command without read data"));
+        }
+        if hdr.length == 0 {
             return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "C2HData DATAL does not match its data"));
         }
         let end = hdr.offset as u64 + hdr.length as u64;
@@ -843,15 +1042,16 @@ impl HostQueue {
         if pflags & flags::SUCCESS != 0 && pflags & flags::LAST_PDU == 0 {
             return Err((fes::INVALID_HEADER_FIELD, fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
         }
-        if digest_ok {
-            copy_bytes(&mut s.buf[hdr.offset as usize..end as usize], data);
-        } else {
-            // Keep receiving; the command completes with a transport error.
-            s.data_digest_error = true;
-        }
-        s.received_len = end as u32;
+        Ok(i)
+    }
+
+    /// A C2HData PDU's data up to `end` is in slot `i`'s buffer: account for
+    /// it and complete the command when the PDU carries SUCCESS.
+    fn c2h_received(&mut self, i: usize, cid: u16, end: u32, pflags: u8) {
+        debug_assert_eq!(make_cid(i as u16, self.slots[i].gen), cid);
+        self.slots[i].received_len = end;
         if pflags & flags::SUCCESS != 0 {
-            let mut cqe = Cqe::new(hdr.cccid, Status::SUCCESS);
+            let mut cqe = Cqe::new(cid, Status::SUCCESS);
             cqe.sqid = self.cfg.qid;
             let s = &self.slots[i];
             if s.data_digest_error {
@@ -861,7 +1061,6 @@ impl HostQueue {
             }
             self.complete(i, cqe, Fate::Known);
         }
-        Ok(())
     }
 
     fn on_r2t(&mut self, hdr: DataHdr) -> Result<(), (u16, u32, &'static str)> {
@@ -920,6 +1119,10 @@ impl HostQueue {
         }
         let cid = make_cid(i as u16, s.gen);
         cqe.cid = cid;
+        if s.dir == DataDir::FromController && s.buf.len() >= SINK_MIN_BYTES {
+            debug_assert!(self.large_reads > 0);
+            self.large_reads -= 1;
+        }
         let c = Completion { cid, tag: s.tag, cqe, fate, buf: std::mem::take(&mut s.buf) };
         s.busy = false;
         s.gen = (s.gen + 1) & CID_GEN_MASK;
@@ -1080,6 +1283,124 @@ mod tests {
         assert_eq!(&c.buf[512..], &[2; 512]);
         assert_eq!(q.outstanding(), 0);
         assert!(q.pop_completion().is_none());
+    }
+
+    /// A 128 KiB read answered by two C2HData PDUs (the second with SUCCESS).
+    fn large_read(q: &mut HostQueue, dd: bool, hd: bool) -> (u16, Vec<u8>, Vec<u8>) {
+        let len = 128 * 1024;
+        let cid = q.submit(Request::read(Sqe::rw(io::READ, 0, 1, 0, 256), vec![0; len]), 0).unwrap();
+        q.clear_output();
+        let data: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let tx = ctrl_tx(hd, dd);
+        let mut b = Vec::new();
+        let half = len as u32 / 2;
+        let h = DataHdr { cccid: cid, offset: 0, length: half, ttag: 0 };
+        pdu::encode_data_pdu(&mut b, true, 0, &h, &data[..half as usize], &tx);
+        let h = DataHdr { cccid: cid, offset: half, length: half, ttag: 0 };
+        pdu::encode_data_pdu(&mut b, true, flags::LAST_PDU | flags::SUCCESS, &h, &data[half as usize..], &tx);
+        (cid, data, b)
+    }
+
+    #[test]
+    fn c2h_payload_arrives_in_pieces_and_through_the_sink() {
+        for (hd, dd) in [(false, false), (true, true), (false, true)] {
+            for piece in [1usize, 100, 4096, 20_000, 70_000] {
+                for sink in [false, true] {
+                    let mut q = ready(QueueConfig { hdr_digest: hd, data_digest: dd, ..QueueConfig::io(1, 4) });
+                    let (cid, data, wire) = large_read(&mut q, dd, hd);
+                    let (mut fed, mut buf, mut sunk) = (0, Vec::new(), 0);
+                    while fed < wire.len() {
+                        if sink && buf.is_empty() {
+                            if let Some(dst) = q.recv_sink() {
+                                assert!(dst.len() >= SINK_MIN_BYTES);
+                                let n = dst.len().min(piece).min(wire.len() - fed);
+                                dst[..n].copy_from_slice(&wire[fed..fed + n]);
+                                q.sink_received(n).unwrap();
+                                fed += n;
+                                sunk += n;
+                                continue;
+                            }
+                        }
+                        let n = piece.min(wire.len() - fed);
+                        buf.extend_from_slice(&wire[fed..fed + n]);
+                        fed += n;
+                        let used = q.receive(&buf).unwrap();
+                        buf.drain(..used);
+                        // Never more buffered than one piece beyond a PDU header.
+                        assert!(buf.len() < piece + 128, "hd {hd} dd {dd} piece {piece}: {} buffered", buf.len());
+                    }
+                    assert!(buf.is_empty());
+                    assert_eq!(sink, sunk > 0, "hd {hd} dd {dd} piece {piece}");
+                    let c = q.pop_completion().expect("completed by the SUCCESS flag");
+                    assert_eq!(c.cid, cid);
+                    assert!(c.is_success(), "hd {hd} dd {dd} piece {piece} sink {sink}: {:?}", c.cqe.status);
+                    assert!(c.buf == data, "hd {hd} dd {dd} piece {piece} sink {sink}: data differs");
+                    assert!(q.recv_sink().is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_c2h_with_a_bad_data_digest_fails_the_command_not_the_queue() {
+        for sink in [false, true] {
+            let mut q = ready(QueueConfig { data_digest: true, ..QueueConfig::io(1, 4) });
+            let (cid, _, mut wire) = large_read(&mut q, true, false);
+            let last = wire.len() - 1;
+            wire[last] ^= 0x40; // the second PDU's data digest
+            let mut at = 0;
+            let mut buf = Vec::new();
+            while at < wire.len() {
+                if sink && buf.is_empty() {
+                    if let Some(dst) = q.recv_sink() {
+                        let n = dst.len().min(wire.len() - at);
+                        dst[..n].copy_from_slice(&wire[at..at + n]);
+                        q.sink_received(n).unwrap();
+                        at += n;
+                        continue;
+                    }
+                }
+                let n = 3000.min(wire.len() - at);
+                buf.extend_from_slice(&wire[at..at + n]);
+                at += n;
+                let used = q.receive(&buf).unwrap();
+                buf.drain(..used);
+            }
+            let c = q.pop_completion().unwrap();
+            assert_eq!(c.cid, cid);
+            assert_eq!(c.cqe.status, Status::new(sct::GENERIC, generic::TRANSIENT_TRANSPORT_ERROR));
+            assert!(q.is_ready(), "a data digest error fails the command only");
+        }
+    }
+
+    #[test]
+    fn streamed_c2h_header_is_checked_before_any_payload() {
+        let mut q = ready(QueueConfig::io(1, 4));
+        let cid = q.submit(Request::read(Sqe::rw(io::READ, 0, 1, 0, 8), vec![0; 4096]), 0).unwrap();
+        q.clear_output();
+        // Beyond the buffer: refused from the header, though the payload is not here.
+        let mut b = Vec::new();
+        let h = DataHdr { cccid: cid, offset: 0, length: 8192, ttag: 0 };
+        pdu::encode_data_pdu(&mut b, true, 0, &h, &[7; 8192], &ctrl_tx(false, false));
+        assert!(q.receive(&b[..100]).is_err());
+        assert_eq!(term_req_of(&mut q).0, fes::DATA_OUT_OF_RANGE);
+        assert!(q.recv_sink().is_none());
+        let c = q.pop_completion().unwrap();
+        assert_eq!((c.cid, c.fate), (cid, Fate::Unknown));
+    }
+
+    #[test]
+    fn failing_mid_stream_hands_the_buffer_back_once() {
+        let mut q = ready(QueueConfig::io(1, 4));
+        let (cid, _, wire) = large_read(&mut q, false, false);
+        assert_eq!(q.receive(&wire[..30_000]), Ok(30_000));
+        assert!(q.recv_sink().is_some());
+        q.fail("connection lost");
+        assert!(q.recv_sink().is_none());
+        let c = q.pop_completion().unwrap();
+        assert_eq!((c.cid, c.fate, c.buf.len()), (cid, Fate::Unknown, 128 * 1024));
+        assert!(q.pop_completion().is_none());
+        assert!(q.receive(&wire[30_000..]).is_err());
     }
 
     #[test]

@@ -254,8 +254,115 @@ mod off {
 
 /// Decode the PDU at the front of `buf`.
 pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduError> {
+    let h = match check_header(buf, cfg)? {
+        Header::NeedMore(n) => return Ok(Decoded::NeedMore(n)),
+        Header::Whole(pdu, n) => return Ok(Decoded::Pdu(pdu, n)),
+        Header::Checked(h) => h,
+    };
+    if buf.len() < h.plen {
+        return Ok(Decoded::NeedMore(h.plen));
+    }
+    check_header_digest(buf, cfg, h.ty.hlen())?;
+    let (data, data_digest_ok) = if h.has_data {
+        let data = &buf[h.pdo..h.plen - h.dd];
+        let ok = h.dd == 0 || crc32c(data) == u32_at(buf, h.plen - h.dd);
+        (data, ok)
+    } else {
+        (&buf[0..0], true)
+    };
+    let pdu = match h.ty {
+        PduType::CapsuleCmd => Pdu::CapsuleCmd { sqe: Sqe::decode(&buf[8..8 + SQE_LEN]), data, data_digest_ok },
+        PduType::CapsuleResp => Pdu::CapsuleResp(Cqe::decode(&buf[8..8 + CQE_LEN])),
+        PduType::R2T => Pdu::R2T(DataHdr::decode(buf)),
+        PduType::H2CData | PduType::C2HData => {
+            let hdr = DataHdr::decode(buf);
+            if hdr.length as usize != data.len() {
+                return Err(PduError::field(off::DATAL, "DATAL does not match the PDU's data"));
+            }
+            if h.ty == PduType::H2CData {
+                Pdu::H2CData { hdr, flags: h.pflags, data, data_digest_ok }
+            } else {
+                Pdu::C2HData { hdr, flags: h.pflags, data, data_digest_ok }
+            }
+        }
+        _ => unreachable!("IC and TermReq returned above"),
+    };
+    Ok(Decoded::Pdu(pdu, h.plen))
+}
+
+/// The front of a data PDU (C2HData or H2CData) whose header, header digest
+/// and padding are buffered but whose payload is not all there yet: the
+/// receiver may take the payload piece by piece (or receive it straight into
+/// its destination) instead of buffering the whole PDU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataStart {
+    pub ty: PduType,
+    pub hdr: DataHdr,
+    pub flags: u8,
+    /// Bytes from the PDU's start to its payload (PDO): consume these, then
+    /// `hdr.length` payload bytes follow, then the data digest if `ddgst`.
+    pub data_at: usize,
+    /// A 4-byte data digest (CRC32C of the payload) follows the payload.
+    pub ddgst: bool,
+}
+
+impl DataStart {
+    /// Length of the whole PDU.
+    pub fn pdu_len(&self) -> usize {
+        self.data_at + self.hdr.length as usize + if self.ddgst { DIGEST_LEN } else { 0 }
+    }
+}
+
+/// [`decode`] for a data PDU that is only partly buffered: `Ok(Some(..))` when
+/// `buf` starts with a C2HData or H2CData PDU whose bytes up to the payload
+/// (PDO) are buffered but not the whole PDU, after every check [`decode`]
+/// makes on those bytes (the header digest included, and DATAL against the
+/// PDU length). `Ok(None)` when the PDU is of another type, is whole (use
+/// [`decode`]) or its header is not complete yet. Errors as [`decode`].
+pub fn decode_data_start(buf: &[u8], cfg: &FrameConfig) -> Result<Option<DataStart>, PduError> {
+    if buf.len() < COMMON_HDR_LEN || !matches!(PduType::from_u8(buf[0]), Some(PduType::C2HData | PduType::H2CData)) {
+        return Ok(None);
+    }
+    let h = match check_header(buf, cfg)? {
+        Header::Checked(h) => h,
+        Header::NeedMore(_) | Header::Whole(..) => return Ok(None),
+    };
+    debug_assert!(h.has_data, "check_header accepts no data PDU without data");
+    if buf.len() >= h.plen || buf.len() < h.pdo {
+        return Ok(None);
+    }
+    check_header_digest(buf, cfg, h.ty.hlen())?;
+    let hdr = DataHdr::decode(buf);
+    let data_len = h.plen - h.pdo - h.dd;
+    if hdr.length as usize != data_len {
+        return Err(PduError::field(off::DATAL, "DATAL does not match the PDU's data"));
+    }
+    Ok(Some(DataStart { ty: h.ty, hdr, flags: h.pflags, data_at: h.pdo, ddgst: h.dd != 0 }))
+}
+
+/// What [`check_header`] learnt from a PDU's fixed fields.
+struct Checked {
+    ty: PduType,
+    pflags: u8,
+    pdo: usize,
+    plen: usize,
+    /// Data digest bytes at the end (0 or 4).
+    dd: usize,
+    has_data: bool,
+}
+
+enum Header<'a> {
+    NeedMore(usize),
+    /// IC and TermReq PDUs are decoded whole here.
+    Whole(Pdu<'a>, usize),
+    Checked(Checked),
+}
+
+/// Every check on the common header and the lengths, from the first 8 bytes;
+/// IC and TermReq PDUs (fixed layouts, no digests) are decoded whole.
+fn check_header<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Header<'a>, PduError> {
     if buf.len() < COMMON_HDR_LEN {
-        return Ok(Decoded::NeedMore(COMMON_HDR_LEN));
+        return Ok(Header::NeedMore(COMMON_HDR_LEN));
     }
     let ty = PduType::from_u8(buf[0]).ok_or(PduError::field(off::TYPE, "unknown PDU type"))?;
     let pflags = buf[1];
@@ -282,7 +389,7 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
                 return Err(PduError::field(off::PLEN, "IC PDU length must be 128"));
             }
             if buf.len() < IC_PDU_LEN {
-                return Ok(Decoded::NeedMore(IC_PDU_LEN));
+                return Ok(Header::NeedMore(IC_PDU_LEN));
             }
             let pfv = u16_at(buf, 8);
             let pdu = if ty == PduType::IcReq {
@@ -290,7 +397,7 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
             } else {
                 Pdu::IcResp(IcResp { pfv, cpda: buf[10], dgst: buf[11], maxh2cdata: u32_at(buf, 12) })
             };
-            return Ok(Decoded::Pdu(pdu, IC_PDU_LEN));
+            return Ok(Header::Whole(pdu, IC_PDU_LEN));
         }
         PduType::H2CTermReq | PduType::C2HTermReq => {
             // TermReq never carries digests: the peer may be terminating because
@@ -299,10 +406,10 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
                 return Err(PduError::field(off::PLEN, "TermReq length out of range"));
             }
             if buf.len() < plen {
-                return Ok(Decoded::NeedMore(plen));
+                return Ok(Header::NeedMore(plen));
             }
             let pdu = Pdu::TermReq { fes: u16_at(buf, 8), fei: u32_at(buf, 10), data: &buf[TERM_HLEN..plen] };
-            return Ok(Decoded::Pdu(pdu, plen));
+            return Ok(Header::Whole(pdu, plen));
         }
         _ => {}
     }
@@ -351,40 +458,19 @@ pub fn decode<'a>(buf: &'a [u8], cfg: &FrameConfig) -> Result<Decoded<'a>, PduEr
     } else if has_dd {
         return Err(PduError::field(off::FLAGS, "DDGSTF set on a PDU without data"));
     }
-    if buf.len() < plen {
-        return Ok(Decoded::NeedMore(plen));
-    }
+    Ok(Header::Checked(Checked { ty, pflags, pdo, plen, dd, has_data }))
+}
+
+/// The header digest, when negotiated (`buf` holds at least `hlen + 4` bytes).
+fn check_header_digest(buf: &[u8], cfg: &FrameConfig, hlen: usize) -> Result<(), PduError> {
     if cfg.hdgst {
+        debug_assert!(buf.len() >= hlen + DIGEST_LEN);
         let want = u32_at(buf, hlen);
         if crc32c(&buf[..hlen]) != want {
             return Err(PduError { fes: fes::HEADER_DIGEST_ERROR, fei: 0, reason: "header digest mismatch" });
         }
     }
-    let (data, data_digest_ok) = if has_data {
-        let data = &buf[pdo..plen - dd];
-        let ok = !has_dd || crc32c(data) == u32_at(buf, plen - dd);
-        (data, ok)
-    } else {
-        (&buf[0..0], true)
-    };
-    let pdu = match ty {
-        PduType::CapsuleCmd => Pdu::CapsuleCmd { sqe: Sqe::decode(&buf[8..8 + SQE_LEN]), data, data_digest_ok },
-        PduType::CapsuleResp => Pdu::CapsuleResp(Cqe::decode(&buf[8..8 + CQE_LEN])),
-        PduType::R2T => Pdu::R2T(DataHdr::decode(buf)),
-        PduType::H2CData | PduType::C2HData => {
-            let hdr = DataHdr::decode(buf);
-            if hdr.length as usize != data.len() {
-                return Err(PduError::field(off::DATAL, "DATAL does not match the PDU's data"));
-            }
-            if ty == PduType::H2CData {
-                Pdu::H2CData { hdr, flags: pflags, data, data_digest_ok }
-            } else {
-                Pdu::C2HData { hdr, flags: pflags, data, data_digest_ok }
-            }
-        }
-        _ => unreachable!("IC and TermReq returned above"),
-    };
-    Ok(Decoded::Pdu(pdu, plen))
+    Ok(())
 }
 
 // ------------------------------------------------------------------ encoders
@@ -711,5 +797,66 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn data_start_for_every_partial_cut() {
+        for (hdgst, ddgst, align) in [(false, false, 0u32), (true, true, 0), (true, false, 32), (false, true, 128)] {
+            let tx = TxConfig { hdgst, ddgst, data_align: align };
+            let rx = FrameConfig { rx_data_align: align.max(4), ..host_cfg(hdgst, ddgst) };
+            let data: Vec<u8> = (0..5000u32).map(|i| (i * 31) as u8).collect();
+            let hdr = DataHdr { cccid: 7, ttag: 0, offset: 8192, length: data.len() as u32 };
+            let mut out = Vec::new();
+            encode_data_pdu(&mut out, true, flags::LAST_PDU | flags::SUCCESS, &hdr, &data, &tx);
+            let pdo = tx.pdo(DATA_HLEN);
+            for cut in 0..out.len() {
+                let got = decode_data_start(&out[..cut], &rx).unwrap();
+                if cut < pdo {
+                    assert_eq!(got, None, "cut {cut} before the payload");
+                    continue;
+                }
+                let st = got.unwrap_or_else(|| panic!("cut {cut}: no start"));
+                assert_eq!((st.ty, st.hdr, st.data_at, st.ddgst), (PduType::C2HData, hdr, pdo, ddgst));
+                assert_eq!(st.flags & (flags::LAST_PDU | flags::SUCCESS), flags::LAST_PDU | flags::SUCCESS);
+                assert_eq!(st.pdu_len(), out.len());
+                assert_eq!(&out[st.data_at..st.data_at + data.len()], &data[..]);
+            }
+            // Whole: decode takes it, decode_data_start does not.
+            assert_eq!(decode_data_start(&out, &rx).unwrap(), None);
+            assert!(matches!(decode(&out, &rx).unwrap(), Decoded::Pdu(Pdu::C2HData { .. }, n) if n == out.len()));
+            // Other PDU types are never a data start.
+            let mut r2t = Vec::new();
+            encode_r2t(&mut r2t, &hdr, &tx);
+            assert_eq!(decode_data_start(&r2t[..r2t.len() - 1], &rx).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn data_start_checks_what_decode_checks() {
+        let tx = TxConfig { hdgst: true, ddgst: true, data_align: 0 };
+        let rx = host_cfg(true, true);
+        let data = vec![9u8; 3000];
+        let hdr = DataHdr { cccid: 1, ttag: 0, offset: 0, length: 3000 };
+        let mut out = Vec::new();
+        encode_data_pdu(&mut out, true, 0, &hdr, &data, &tx);
+        // Header digest.
+        let mut bad = out.clone();
+        bad[12] ^= 1;
+        assert_eq!(decode_data_start(&bad[..100], &rx).unwrap_err().fes, fes::HEADER_DIGEST_ERROR);
+        assert_eq!(decode(&bad, &rx).unwrap_err().fes, fes::HEADER_DIGEST_ERROR);
+        // DATAL against PLEN (header digest recomputed so only DATAL is wrong).
+        let mut bad = out.clone();
+        put_u32(&mut bad, 16, 2999);
+        let crc = crc32c(&bad[..DATA_HLEN]);
+        bad[DATA_HLEN..DATA_HLEN + 4].copy_from_slice(&crc.to_le_bytes());
+        let e = decode_data_start(&bad[..100], &rx).unwrap_err();
+        assert_eq!((e.fes, e.fei), (fes::INVALID_HEADER_FIELD, off::DATAL));
+        assert_eq!(decode(&bad, &rx).unwrap_err(), e);
+        // PDU length over the limit: refused from the common header alone.
+        let small = FrameConfig { pdu_len_max: 1000, ..rx };
+        assert_eq!(decode_data_start(&out[..100], &small).unwrap_err(), decode(&out[..100], &small).unwrap_err());
+        // Wrong direction.
+        let ctrl = ctrl_cfg(true, true);
+        assert_eq!(decode_data_start(&out[..100], &ctrl).unwrap_err(), decode(&out[..100], &ctrl).unwrap_err());
     }
 }

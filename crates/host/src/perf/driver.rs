@@ -371,6 +371,27 @@ impl Handler for PerfQueue {
         self.step(io, now_ns)
     }
 
+    fn recv_sink(&mut self) -> Option<&mut [u8]> {
+        if self.state == State::Finished {
+            return None;
+        }
+        self.queue.recv_sink()
+    }
+
+    fn recv_len_hint(&self) -> usize {
+        self.queue.recv_len_hint()
+    }
+
+    fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
+        let now_ns = monotonic_ns();
+        if let Err(e) = self.queue.sink_received(n) {
+            self.fail(e.to_string());
+            self.move_output(io);
+            return Flow::CloseAfterFlush;
+        }
+        self.step(io, now_ns)
+    }
+
     fn on_storage(&mut self, _io: &mut ConnIo<'_>, _token: u64, _result: i32) -> Flow {
         debug_assert!(false, "perf queues submit no storage ops");
         Flow::Continue
