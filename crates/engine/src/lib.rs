@@ -28,7 +28,12 @@
 //! empty receives in a row it goes back to an armed `Recv`, so idle
 //! connections cost no syscalls; with more busy connections than the bound all
 //! go back to the ring, whose one `io_uring_enter` serves them all. Sends and
-//! storage always go through the ring.
+//! storage always go through the ring. A direct receive at a point where the
+//! connection's rx buffer holds nothing unconsumed may go into a slice the
+//! handler names ([`Handler::recv_sink`], e.g. the rest of a large data
+//! payload, so it crosses memory once), or be capped
+//! ([`Handler::recv_len_hint`]) so that a large PDU's header comes without
+//! much of its payload.
 //!
 //! ## Per-connection I/O
 //!

@@ -36,13 +36,24 @@ pub fn pdu_stream(data: &[u8]) {
     };
     // Bounded: every successful step consumes at least one byte.
     while !rest.is_empty() {
+        let start = pdu::decode_data_start(rest, &cfg);
         match pdu::decode(rest, &cfg) {
             Ok(Decoded::NeedMore(n)) => {
                 assert!(n > rest.len(), "NeedMore must ask for more than is buffered");
                 assert!(n <= cfg.pdu_len_max.max(128) as usize, "never ask to buffer past the limit");
+                // A partial data PDU's start agrees with the length decode waits for.
+                match start {
+                    Ok(Some(st)) => {
+                        assert_eq!(st.pdu_len(), n, "data start and NeedMore disagree on the PDU length");
+                        assert!(st.data_at <= rest.len() && st.data_at < n);
+                    }
+                    Ok(None) => {}
+                    Err(e) => assert!((1..=6).contains(&e.fes), "FES must be a defined code"),
+                }
                 return;
             }
             Ok(Decoded::Pdu(p, used)) => {
+                assert_eq!(start, Ok(None), "a whole PDU is never a partial data start");
                 assert!(used > 0 && used <= rest.len());
                 assert!(used <= cfg.pdu_len_max.max(128 + 24) as usize);
                 reencode_check(&p, &cfg);
