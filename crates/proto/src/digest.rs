@@ -184,6 +184,39 @@ mod fold {
         _mm_crc32_u64(0, _mm_cvtsi128_si64(p) as u64) as u32
     }
 
+    /// Raw CRC state continued over `bytes` by the crc32 instruction alone.
+    #[inline]
+    #[target_feature(enable = "sse4.2")]
+    fn crc32_bytes(state: u32, bytes: &[u8]) -> u32 {
+        let mut words = bytes.chunks_exact(8);
+        let mut crc = state as u64;
+        for w in &mut words {
+            crc = _mm_crc32_u64(crc, u64::from_le_bytes(w.try_into().unwrap()));
+        }
+        let mut crc = crc as u32;
+        for &byte in words.remainder() {
+            crc = _mm_crc32_u8(crc, byte);
+        }
+        crc
+    }
+
+    /// CRC state of 16 folded bytes (they carry the CRC of everything folded
+    /// into them), from a zero state.
+    #[inline]
+    #[target_feature(enable = "sse4.2")]
+    fn crc32_folded(x: __m128i) -> u32 {
+        _mm_crc32_u64(_mm_crc32_u64(0, _mm_cvtsi128_si64(x) as u64), _mm_extract_epi64(x, 1) as u64) as u32
+    }
+
+    /// Join a fused chunk's four partial CRCs: region A's (`ca`) and the three
+    /// `crc32` streams', each shifted over the stream regions after it (`k`:
+    /// one, two and three stream lengths).
+    #[inline]
+    #[target_feature(enable = "pclmulqdq,sse4.2")]
+    fn join_streams(ca: u32, c: [u64; 3], k: [i64; 3]) -> u32 {
+        shift(ca, k[2]) ^ shift(c[0] as u32, k[1]) ^ shift(c[1] as u32, k[0]) ^ c[2] as u32
+    }
+
     /// Raw CRC state over `data` (any length): whole fused chunks, then the
     /// rest folded ([`crc32c_fold_wide`]) or, under 128 bytes, by the crc32
     /// instruction.
@@ -231,9 +264,7 @@ mod fold {
             y = fold256(y, k256, y2);
             y = fold256(y, k256, y3);
             let x = fold(_mm256_castsi256_si128(y), k128, _mm256_extracti128_si256(y, 1));
-            let ca = _mm_crc32_u64(_mm_crc32_u64(0, _mm_cvtsi128_si64(x) as u64), _mm_extract_epi64(x, 1) as u64);
-            state =
-                shift(ca as u32, K_SHIFT[2]) ^ shift(c1 as u32, K_SHIFT[1]) ^ shift(c2 as u32, K_SHIFT[0]) ^ c3 as u32;
+            state = join_streams(crc32_folded(x), [c1, c2, c3], K_SHIFT);
             at += FUSE_CHUNK;
         }
         let rest = &data[at..];
@@ -241,17 +272,7 @@ mod fold {
             // SAFETY: same features.
             return unsafe { crc32c_fold_wide(state, rest) };
         }
-        let mut i = 0;
-        let mut crc = state as u64;
-        while i + 8 <= rest.len() {
-            crc = _mm_crc32_u64(crc, u64::from_le_bytes(rest[i..i + 8].try_into().unwrap()));
-            i += 8;
-        }
-        let mut crc = crc as u32;
-        for &byte in &rest[i..] {
-            crc = _mm_crc32_u8(crc, byte);
-        }
-        crc
+        crc32_bytes(state, rest)
     }
 
     /// 256-byte distance (2048 bits): n = 2080, 2016.
@@ -337,11 +358,7 @@ mod fold {
             let mut x = fold(_mm512_castsi512_si128(z), k128, _mm512_extracti32x4_epi32(z, 1));
             x = fold(x, k128, _mm512_extracti32x4_epi32(z, 2));
             x = fold(x, k128, _mm512_extracti32x4_epi32(z, 3));
-            let ca = _mm_crc32_u64(_mm_crc32_u64(0, _mm_cvtsi128_si64(x) as u64), _mm_extract_epi64(x, 1) as u64);
-            state = shift(ca as u32, K512_SHIFT[2])
-                ^ shift(c1 as u32, K512_SHIFT[1])
-                ^ shift(c2 as u32, K512_SHIFT[0])
-                ^ c3 as u32;
+            state = join_streams(crc32_folded(x), [c1, c2, c3], K512_SHIFT);
             at += FUSE512_CHUNK;
         }
         let rest = &data[at..];
@@ -349,17 +366,7 @@ mod fold {
             // SAFETY: same features.
             return unsafe { crc32c_fold_512(state, rest) };
         }
-        let mut i = 0;
-        let mut crc = state as u64;
-        while i + 8 <= rest.len() {
-            crc = _mm_crc32_u64(crc, u64::from_le_bytes(rest[i..i + 8].try_into().unwrap()));
-            i += 8;
-        }
-        let mut crc = crc as u32;
-        for &byte in &rest[i..] {
-            crc = _mm_crc32_u8(crc, byte);
-        }
-        crc
+        crc32_bytes(state, rest)
     }
 
     /// [`fold`] on four 128-bit lanes, the three-way XOR in one instruction.
@@ -416,13 +423,7 @@ mod fold {
             x = fold(x, k128, next);
             at += 16;
         }
-        let mut crc = _mm_crc32_u64(0, _mm_cvtsi128_si64(x) as u64);
-        crc = _mm_crc32_u64(crc, _mm_extract_epi64(x, 1) as u64);
-        let mut crc = crc as u32;
-        for &b in &data[at..] {
-            crc = _mm_crc32_u8(crc, b);
-        }
-        crc
+        crc32_bytes(crc32_folded(x), &data[at..])
     }
 
     #[inline]
@@ -493,13 +494,7 @@ mod fold {
         }
         // The 16 folded bytes carry the CRC of everything so far: finish them
         // (from a zero state) and the tail with the crc32 instruction.
-        let mut crc = _mm_crc32_u64(0, _mm_cvtsi128_si64(x) as u64);
-        crc = _mm_crc32_u64(crc, _mm_extract_epi64(x, 1) as u64);
-        let mut crc = crc as u32;
-        for &b in &data[at..] {
-            crc = _mm_crc32_u8(crc, b);
-        }
-        crc
+        crc32_bytes(crc32_folded(x), &data[at..])
     }
 }
 
