@@ -43,10 +43,7 @@ fn main() {
         }
     }
     use nvmf_proto::digest::{crc32c_append_with, Crc32cPath};
-    let paths: Vec<Crc32cPath> = [Crc32cPath::Crate, Crc32cPath::FoldAvx2, Crc32cPath::FoldAvx512]
-        .into_iter()
-        .filter(|p| p.available())
-        .collect();
+    let paths: Vec<Crc32cPath> = Crc32cPath::ALL.into_iter().filter(|p| p.available()).collect();
     let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
     println!("crc32c ns by path: bytes, {}", names.join(", "));
     for &n in &[512usize, 4096, 4120, 8192, 131_072] {

@@ -44,7 +44,8 @@ pub fn crc32c(data: &[u8]) -> u32 {
 #[inline]
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     if data.len() >= FOLD_MIN_BYTES {
-        return crc32c_append_with(path(), crc, data);
+        // path() only ever picks a path the CPU has.
+        return dispatch(path(), crc, data);
     }
     crc32c::crc32c_append(crc, data)
 }
@@ -63,6 +64,9 @@ pub enum Crc32cPath {
 }
 
 impl Crc32cPath {
+    /// Every path, slowest first.
+    pub const ALL: [Crc32cPath; 3] = [Crc32cPath::Crate, Crc32cPath::FoldAvx2, Crc32cPath::FoldAvx512];
+
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
         match self {
@@ -98,15 +102,10 @@ pub fn path() -> Crc32cPath {
         3 => return Crc32cPath::FoldAvx512,
         _ => {}
     }
-    let fastest = [Crc32cPath::FoldAvx512, Crc32cPath::FoldAvx2, Crc32cPath::Crate]
-        .into_iter()
-        .find(|p| p.available())
-        .unwrap_or(Crc32cPath::Crate);
-    let requested = std::env::var("NVMF_CRC32C_PATH").ok().and_then(|name| {
-        [Crc32cPath::Crate, Crc32cPath::FoldAvx2, Crc32cPath::FoldAvx512]
-            .into_iter()
-            .find(|p| p.name() == name && p.available())
-    });
+    let fastest = Crc32cPath::ALL.into_iter().rev().find(|p| p.available()).unwrap_or(Crc32cPath::Crate);
+    let requested = std::env::var("NVMF_CRC32C_PATH")
+        .ok()
+        .and_then(|name| Crc32cPath::ALL.into_iter().find(|p| p.name() == name && p.available()));
     let chosen = requested.unwrap_or(fastest);
     CHOSEN.store(chosen as u8, Ordering::Relaxed);
     chosen
@@ -114,18 +113,23 @@ pub fn path() -> Crc32cPath {
 
 /// [`crc32c_append`] by a given path; a path the CPU lacks falls back to the crate.
 pub fn crc32c_append_with(path: Crc32cPath, crc: u32, data: &[u8]) -> u32 {
+    dispatch(if path.available() { path } else { Crc32cPath::Crate }, crc, data)
+}
+
+/// [`crc32c_append`] by `path`, which the CPU must have ([`Crc32cPath::available`]).
+#[inline]
+fn dispatch(path: Crc32cPath, crc: u32, data: &[u8]) -> u32 {
+    debug_assert!(path.available());
     #[cfg(target_arch = "x86_64")]
-    match path {
-        // SAFETY (both): the CPU features the folding code needs were detected.
-        Crc32cPath::FoldAvx512 if data.len() >= FOLD_MIN_BYTES && fold::available_512() => {
-            return !unsafe { fold::crc32c_fused_512(!crc, data) };
+    if data.len() >= FOLD_MIN_BYTES {
+        match path {
+            // SAFETY (both): the caller checked that the CPU has the path's features.
+            Crc32cPath::FoldAvx512 => return !unsafe { fold::crc32c_fused_512(!crc, data) },
+            Crc32cPath::FoldAvx2 => return !unsafe { fold::crc32c_fused(!crc, data) },
+            Crc32cPath::Crate => {}
         }
-        Crc32cPath::FoldAvx2 if data.len() >= FOLD_MIN_BYTES && fold::available_wide() => {
-            return !unsafe { fold::crc32c_fused(!crc, data) };
-        }
-        _ => {}
     }
-    let _ = path;
+    let _ = path; // only the x86_64 paths look at it
     crc32c::crc32c_append(crc, data)
 }
 
@@ -355,10 +359,7 @@ mod fold {
             let mut z = fold512(z0, k512, z1);
             z = fold512(z, k512, z2);
             z = fold512(z, k512, z3);
-            let mut x = fold(_mm512_castsi512_si128(z), k128, _mm512_extracti32x4_epi32(z, 1));
-            x = fold(x, k128, _mm512_extracti32x4_epi32(z, 2));
-            x = fold(x, k128, _mm512_extracti32x4_epi32(z, 3));
-            state = join_streams(crc32_folded(x), [c1, c2, c3], K512_SHIFT);
+            state = join_streams(crc32_folded(lanes_512(z, k128)), [c1, c2, c3], K512_SHIFT);
             at += FUSE512_CHUNK;
         }
         let rest = &data[at..];
@@ -367,6 +368,15 @@ mod fold {
             return unsafe { crc32c_fold_512(state, rest) };
         }
         crc32_bytes(state, rest)
+    }
+
+    /// Fold the four 128-bit lanes of `z` (each 16 bytes before the next) into one.
+    #[inline]
+    #[target_feature(enable = "vpclmulqdq,avx512f,avx512vl,pclmulqdq,sse4.2")]
+    fn lanes_512(z: __m512i, k128: __m128i) -> __m128i {
+        let x = fold(_mm512_castsi512_si128(z), k128, _mm512_extracti32x4_epi32(z, 1));
+        let x = fold(x, k128, _mm512_extracti32x4_epi32(z, 2));
+        fold(x, k128, _mm512_extracti32x4_epi32(z, 3))
     }
 
     /// [`fold`] on four 128-bit lanes, the three-way XOR in one instruction.
@@ -412,11 +422,8 @@ mod fold {
             z = fold512(z, k512, load(at));
             at += 64;
         }
-        // Four 128-bit lanes, each 16 bytes before the next.
         let k128 = _mm_set_epi64x(K_128.1, K_128.0);
-        let mut x = fold(_mm512_castsi512_si128(z), k128, _mm512_extracti32x4_epi32(z, 1));
-        x = fold(x, k128, _mm512_extracti32x4_epi32(z, 2));
-        x = fold(x, k128, _mm512_extracti32x4_epi32(z, 3));
+        let mut x = lanes_512(z, k128);
         while at + 16 <= data.len() {
             // SAFETY: at + 16 <= data.len().
             let next = unsafe { _mm_loadu_si128(data.as_ptr().add(at) as *const __m128i) };
@@ -533,10 +540,9 @@ mod tests {
     #[test]
     fn every_available_path_matches_the_crate() {
         let data: Vec<u8> = (0..140_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8).collect();
-        let paths = [Crc32cPath::Crate, Crc32cPath::FoldAvx2, Crc32cPath::FoldAvx512];
         assert!(Crc32cPath::Crate.available());
-        assert!(paths.contains(&path()) && path().available());
-        for p in paths.into_iter().filter(|p| p.available()) {
+        assert!(Crc32cPath::ALL.contains(&path()) && path().available());
+        for p in Crc32cPath::ALL.into_iter().filter(|p| p.available()) {
             for len in (0..700).chain([4095, 4096, 4097, 4120, 8191, 8192, 8193, 12_288 + 255, 65_536, 131_072 + 17]) {
                 for start in [0usize, 3, 24] {
                     let d = &data[start..start + len];
