@@ -420,7 +420,6 @@ pub struct HostQueue {
 #[derive(Clone, Copy, Debug)]
 struct C2hStream {
     slot: usize,
-    cid: u16,
     flags: u8,
     /// Next buffer offset to fill, and the end of this PDU's data in the buffer.
     at: u32,
@@ -827,41 +826,40 @@ impl HostQueue {
         if let State::Failed(e) = &self.state {
             return Err(e.clone());
         }
-        let st = self.c2h.as_mut().expect("sink_received without a sink");
+        let st = self.c2h.as_ref().expect("sink_received without a sink");
         assert!(n <= (st.end - st.at) as usize, "sink_received({n}) beyond the sink");
+        self.c2h_advance(n);
+        Ok(())
+    }
+
+    /// `n` more payload bytes of the C2HData PDU in progress are in the
+    /// command's buffer: digest them, and without a data digest to wait for,
+    /// finish the PDU when its payload is complete.
+    fn c2h_advance(&mut self, n: usize) {
+        let st = self.c2h.as_mut().expect("c2h_advance without a stream");
+        debug_assert!(self.slots[st.slot].busy, "a stream's command completes only through it or fail");
         let (at, end) = (st.at as usize, st.at as usize + n);
         if st.ddgst {
             st.crc = crc32c_append(st.crc, &self.slots[st.slot].buf[at..end]);
         }
         st.at = end as u32;
-        // The digest (if any) still comes through receive(); without one the
-        // PDU is done when its payload is.
         if st.at == st.end && !st.ddgst {
             self.c2h_finish(true);
         }
-        Ok(())
     }
 
     /// Feed `buf` (received bytes after what was consumed) to the C2HData
     /// PDU in progress; returns the bytes taken (0: need more).
     fn c2h_continue(&mut self, buf: &[u8]) -> Result<usize, QueueError> {
-        let st = self.c2h.as_mut().expect("c2h_continue without a stream");
-        debug_assert!(self.slots[st.slot].busy && make_cid(st.slot as u16, self.slots[st.slot].gen) == st.cid);
+        let st = self.c2h.as_ref().expect("c2h_continue without a stream");
         if st.at < st.end {
             let n = ((st.end - st.at) as usize).min(buf.len());
             if n == 0 {
                 return Ok(0);
             }
-            let (at, end) = (st.at as usize, st.at as usize + n);
-            let dst = &mut self.slots[st.slot].buf[at..end];
-            copy_bytes(dst, &buf[..n]);
-            if st.ddgst {
-                st.crc = crc32c_append(st.crc, &buf[..n]);
-            }
-            st.at = end as u32;
-            if st.at == st.end && !st.ddgst {
-                self.c2h_finish(true);
-            }
+            let at = st.at as usize;
+            copy_bytes(&mut self.slots[st.slot].buf[at..at + n], &buf[..n]);
+            self.c2h_advance(n);
             return Ok(n);
         }
         debug_assert!(st.ddgst, "a finished stream without a digest is already closed");
@@ -882,10 +880,8 @@ impl HostQueue {
             return Err((fes::PDU_SEQUENCE_ERROR, 0, "C2HData before ICResp"));
         }
         let i = self.check_c2h(&st.hdr, st.flags)?;
-        let gen = self.slots[i].gen;
         self.c2h = Some(C2hStream {
             slot: i,
-            cid: make_cid(i as u16, gen),
             flags: st.flags,
             at: st.hdr.offset,
             end: st.hdr.offset + st.hdr.length,
@@ -905,7 +901,7 @@ impl HostQueue {
             // a transport error, so nobody reads them.
             self.slots[st.slot].data_digest_error = true;
         }
-        self.c2h_received(st.slot, st.cid, st.end, st.flags);
+        self.c2h_received(st.slot, st.end, st.flags);
     }
 
     fn handle(&mut self, p: Pdu<'_>) -> Result<(), (u16, u32, &'static str)> {
@@ -1014,8 +1010,7 @@ impl HostQueue {
             // Keep receiving; the command completes with a transport error.
             self.slots[i].data_digest_error = true;
         }
-        let cid = make_cid(i as u16, self.slots[i].gen);
-        self.c2h_received(i, cid, end, pflags);
+        self.c2h_received(i, end, pflags);
         Ok(())
     }
 
@@ -1047,11 +1042,11 @@ impl HostQueue {
 
     /// A C2HData PDU's data up to `end` is in slot `i`'s buffer: account for
     /// it and complete the command when the PDU carries SUCCESS.
-    fn c2h_received(&mut self, i: usize, cid: u16, end: u32, pflags: u8) {
-        debug_assert_eq!(make_cid(i as u16, self.slots[i].gen), cid);
+    fn c2h_received(&mut self, i: usize, end: u32, pflags: u8) {
         self.slots[i].received_len = end;
         if pflags & flags::SUCCESS != 0 {
-            let mut cqe = Cqe::new(cid, Status::SUCCESS);
+            // complete() sets the CID from the slot.
+            let mut cqe = Cqe::new(0, Status::SUCCESS);
             cqe.sqid = self.cfg.qid;
             let s = &self.slots[i];
             if s.data_digest_error {
