@@ -320,6 +320,7 @@ impl Conn {
         f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> Flow,
     ) -> Flow {
         let Conn { handler, rx, tx_acc, ext_acc, info, storage_fly, rerun_recv, id, poisoned, .. } = self;
+        let peer = info.peer;
         let mut io = ConnIo {
             rx,
             tx: tx_acc,
@@ -331,14 +332,7 @@ impl Conn {
             storage_inflight: storage_fly,
             rerun_recv,
         };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(handler.as_mut(), &mut io))) {
-            Ok(flow) => flow,
-            Err(_) => {
-                *poisoned = true;
-                tracing::error!(peer = %info.peer, "connection handler panicked; closing the connection");
-                Flow::CloseNow
-            }
-        }
+        guarded(poisoned, peer, || f(handler.as_mut(), &mut io)).unwrap_or(Flow::CloseNow)
     }
     /// The handler's [`Handler::recv_sink`] as a raw slice (`Err` if the
     /// handler panicked: the connection is then poisoned).
@@ -346,19 +340,13 @@ impl Conn {
     /// [`Handler::recv_len_hint`].
     fn sink(&mut self) -> Result<(Option<RawSlice>, usize), ()> {
         let Conn { handler, poisoned, info, .. } = self;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        guarded(poisoned, info.peer, || {
             match handler.recv_sink().filter(|s| !s.is_empty()).map(|s| (s.as_mut_ptr(), s.len())) {
                 Some(sink) => (Some(sink), usize::MAX),
                 None => (None, handler.recv_len_hint()),
             }
-        })) {
-            Ok(sink) => Ok(sink),
-            Err(_) => {
-                *poisoned = true;
-                tracing::error!(peer = %info.peer, "connection handler panicked; closing the connection");
-                Err(())
-            }
-        }
+        })
+        .ok_or(())
     }
     /// Shut the socket down (in-flight recv/send complete promptly) and cancel them.
     fn hard_close(&mut self, sq: &mut SubmitCtx, slot: u32, reason: CloseReason) {
@@ -386,6 +374,19 @@ impl Conn {
                 }
             }
             Flow::CloseNow => self.hard_close(sq, slot, CloseReason::Handler),
+        }
+    }
+}
+
+/// Run handler code; a panic poisons the connection (it is closed without
+/// `on_closed`) and gives `None`, other connections are unaffected.
+fn guarded<T>(poisoned: &mut bool, peer: SocketAddr, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            *poisoned = true;
+            tracing::error!(peer = %peer, "connection handler panicked; closing the connection");
+            None
         }
     }
 }
