@@ -395,8 +395,9 @@ def main():
         costs = [1 - x["iops"] / offs[rep]["iops"] for rep, x in results.get(("rr4k_qd32", True), [])
                  if rep in offs and offs[rep]["iops"]]
         cost = med(costs)
-        report["digest_cost_qd32"] = {"cost": cost, "costs": costs, "goal": "<= %.2f" % DIGEST_COST_GOAL,
-                                      "goal_met": cost <= DIGEST_COST_GOAL}
+        if cost is not None:  # no round had both
+            report["digest_cost_qd32"] = {"cost": cost, "costs": costs, "goal": "<= %.2f" % DIGEST_COST_GOAL,
+                                          "goal_met": cost <= DIGEST_COST_GOAL}
     if not args.no_rss and not args.quick and not args.limits_only:
         try:
             log("target RSS with idle I/O queues")

@@ -11,14 +11,13 @@ e.g.   bench/host_ab.py /tmp/old/nvmf target/release/nvmf 12 "--rw read --bs 128
 Target on CPU 0 (poll mode, null namespace), perf on CPU 1 (poll mode).
 """
 import json
-import random
-import socket
+import os
 import statistics
 import subprocess
 import sys
-import time
 
-NQN = "nqn.2026-11.io.nvmf:default"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import HOST_CPU, NQN, TARGET_CPU, free_port, stop, wait_port  # noqa: E402
 
 
 def main():
@@ -28,27 +27,21 @@ def main():
     bins = {"A": sys.argv[1], "B": sys.argv[2]}
     pairs, args = int(sys.argv[3]), sys.argv[4].split()
     secs = sys.argv[5] if len(sys.argv) > 5 else "2"
-    port = random.randint(20000, 30000)
-    tgt = subprocess.Popen(["taskset", "-c", "0", bins["A"], "target", "--cores", "0", "--mode", "poll",
+    port = free_port()
+    tgt = subprocess.Popen(["taskset", "-c", TARGET_CPU, bins["A"], "target", "--cores", TARGET_CPU, "--mode", "poll",
                             "--namespace", "null:1TiB", "--listen", "127.0.0.1:%d" % port, "--discovery-listen", "none"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_port(port, tgt)
         res = {"A": [], "B": []}
         for p in range(pairs):
             for n in ("A", "B") if p % 2 == 0 else ("B", "A"):
-                out = subprocess.run([bins[n], "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--cores", "1",
+                out = subprocess.run([bins[n], "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--cores", HOST_CPU,
                                       "--mode", "poll", "--runtime", secs, "--output-format", "json"] + args,
                                      capture_output=True, text=True, timeout=int(secs) + 90).stdout
                 res[n].append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])["iops"])
     finally:
-        tgt.terminate()
-        tgt.wait()
+        stop(tgt)
     ratios = [b / a for a, b in zip(res["A"], res["B"])]
     for n in ("A", "B"):
         print("%s %s: median %.0f IOPS %s" % (n, bins[n], statistics.median(res[n]), [round(v) for v in res[n]]))
