@@ -9,6 +9,12 @@ use crate::wire::*;
 pub const CONNECT_DATA_LEN: usize = 1024;
 /// Controller ID a host sends on an admin Connect to ask for a dynamic controller.
 pub const CNTLID_DYNAMIC: u16 = 0xffff;
+/// Command capsule size of an NVMe/TCP admin queue: SQE plus in-capsule data
+/// (Linux `NVME_TCP_ADMIN_CCSZ`). The one source for host and target.
+pub const ADMIN_CAPSULE_BYTES: u32 = 8192;
+/// In-capsule data an admin queue carries at most: the capsule less its
+/// 64-byte SQE (holds the 1024-byte Connect data and small Set Features).
+pub const ADMIN_IN_CAPSULE_DATA_BYTES_MAX: u32 = ADMIN_CAPSULE_BYTES - crate::sqe::SQE_LEN as u32;
 /// CATTR bit 2: the host disables SQ flow control (SQHD is then meaningless).
 pub const CATTR_DISABLE_SQ_FLOW_CONTROL: u8 = 1 << 2;
 

@@ -24,6 +24,7 @@ pub mod features;
 pub mod fuzz;
 pub mod identify;
 pub mod log;
+pub mod log_limit;
 pub mod opcodes;
 pub mod pdu;
 pub mod sqe;
