@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{FakeTarget, BLOCK_SIZE, SUBNQN};
 use nvmf_host::{discover, ConnectOptions, Controller, Error, QueueError};
 use nvmf_proto::status::generic;
+use nvmf_proto::PduError;
 
 fn opts() -> ConnectOptions {
     let mut o = ConnectOptions::new(SUBNQN);
@@ -107,7 +108,7 @@ fn bad_icresp_fails_connect() {
     let t = FakeTarget::start();
     t.faults.bad_icresp.store(true, Ordering::Relaxed);
     let e = Controller::connect(t.addr, opts()).unwrap_err();
-    assert!(matches!(e, Error::Queue(QueueError::Protocol { fes: 1, fei: 8, .. })), "{e}");
+    assert!(matches!(e, Error::Queue(QueueError::Protocol(PduError { fes: 1, fei: 8, .. }))), "{e}");
 }
 
 #[test]
@@ -116,7 +117,7 @@ fn c2h_data_out_of_range_fails_the_read() {
     let mut c = Controller::connect(t.addr, opts()).unwrap();
     t.faults.c2h_out_of_range.store(true, Ordering::Relaxed);
     let e = c.read(1, 0, 1, &mut vec![0; 512]).unwrap_err();
-    assert!(matches!(e, Error::Queue(QueueError::Protocol { fes: 4, .. })), "{e}");
+    assert!(matches!(e, Error::Queue(QueueError::Protocol(PduError { fes: 4, .. }))), "{e}");
 }
 
 #[test]

@@ -106,7 +106,7 @@
 
 use std::collections::VecDeque;
 
-use nvmf_proto::pdu::{self, dgst, IcReq, TxConfig};
+use nvmf_proto::pdu::{self, dgst, IcReq, PduError, TxConfig};
 use nvmf_proto::status::{path, sct};
 use nvmf_proto::{Cqe, FrameConfig, Role, Sqe, Status};
 
@@ -303,9 +303,9 @@ impl Completion {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// The controller broke the protocol; we queued an H2CTermReq with this
-    /// FES/FEI (send it, then close).
-    #[error("controller protocol error: {reason} (we sent H2CTermReq FES {fes:#x} FEI {fei})")]
-    Protocol { fes: u16, fei: u32, reason: &'static str },
+    /// error's FES and FEI (send it, then close).
+    #[error("controller protocol error: {0}; we sent an H2CTermReq")]
+    Protocol(PduError),
     /// The controller terminated the connection with a C2HTermReq.
     #[error("controller terminated the connection (C2HTermReq FES {fes:#x} FEI {fei})")]
     TerminatedByController { fes: u16, fei: u32 },

@@ -4,7 +4,7 @@
 
 use nvmf_proto::copy::copy_bytes;
 use nvmf_proto::digest::crc32c_append;
-use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcResp, TxConfig};
+use nvmf_proto::pdu::{self, dgst, fes, flags, DataHdr, IcResp, PduError, TxConfig};
 use nvmf_proto::status::{generic, sct};
 use nvmf_proto::{Cqe, Decoded, FrameConfig, Pdu, Role, Status};
 
@@ -23,6 +23,16 @@ pub(super) mod fei {
     pub const IC_PDA: u32 = 10;
     pub const IC_DGST: u32 = 11;
     pub const IC_MAXH2CDATA: u32 = 12;
+}
+
+/// The controller sent an invalid header field at byte `fei` of its PDU.
+pub(super) fn invalid_field(fei: u32, reason: &'static str) -> PduError {
+    PduError { fes: fes::INVALID_HEADER_FIELD, fei, reason }
+}
+
+/// The controller broke the protocol in a way no header field pinpoints (FEI 0).
+pub(super) fn fatal(fes: u16, reason: &'static str) -> PduError {
+    PduError { fes, fei: 0, reason }
 }
 
 /// A C2HData PDU taken piece by piece: its header was checked in full when it
@@ -75,21 +85,21 @@ impl HostQueue {
                         Ok(None) => return Ok(consumed),
                         Ok(Some(st)) => {
                             let hdr = &buf[..st.data_at.min(pdu::TERM_DATA_LEN_MAX)];
-                            if let Err((fes_v, fei_v, reason)) = self.on_c2h_start(&st) {
-                                return Err(self.protocol_error(fes_v, fei_v, reason, hdr));
+                            if let Err(e) = self.on_c2h_start(&st) {
+                                return Err(self.protocol_error(e, hdr));
                             }
                             consumed += st.data_at;
                         }
                         Err(e) => {
                             let hdr = &buf[..buf.len().min(pdu::TERM_DATA_LEN_MAX)];
-                            return Err(self.protocol_error(e.fes, e.fei, e.reason, hdr));
+                            return Err(self.protocol_error(e, hdr));
                         }
                     }
                 }
                 Ok(Decoded::Pdu(p, n)) => {
                     let hdr = &buf[..n.min(pdu::TERM_DATA_LEN_MAX)];
-                    if let Err((fes_v, fei_v, reason)) = self.handle(p) {
-                        return Err(self.protocol_error(fes_v, fei_v, reason, hdr));
+                    if let Err(e) = self.handle(p) {
+                        return Err(self.protocol_error(e, hdr));
                     }
                     if let State::Failed(e) = &self.state {
                         return Err(e.clone());
@@ -98,7 +108,7 @@ impl HostQueue {
                 }
                 Err(e) => {
                     let hdr = &buf[..buf.len().min(pdu::TERM_DATA_LEN_MAX)];
-                    return Err(self.protocol_error(e.fes, e.fei, e.reason, hdr));
+                    return Err(self.protocol_error(e, hdr));
                 }
             }
         }
@@ -187,10 +197,10 @@ impl HostQueue {
 
     /// Check a C2HData header whose payload will come in pieces, as
     /// [`on_c2h_data`](Self::on_c2h_data) checks a whole one, and start taking it.
-    fn on_c2h_start(&mut self, st: &pdu::DataStart) -> Result<(), (u16, u32, &'static str)> {
+    fn on_c2h_start(&mut self, st: &pdu::DataStart) -> Result<(), PduError> {
         debug_assert!(self.c2h.is_none());
         if self.state != State::Ready {
-            return Err((fes::PDU_SEQUENCE_ERROR, 0, "C2HData before ICResp"));
+            return Err(fatal(fes::PDU_SEQUENCE_ERROR, "C2HData before ICResp"));
         }
         let i = self.check_c2h(&st.hdr, st.flags)?;
         self.c2h = Some(C2hStream {
@@ -217,16 +227,17 @@ impl HostQueue {
         self.c2h_received(st.slot, st.end, st.flags);
     }
 
-    /// Queue an H2CTermReq carrying the offending header, then fail.
-    fn protocol_error(&mut self, fes_v: u16, fei_v: u32, reason: &'static str, offending: &[u8]) -> QueueError {
+    /// Queue an H2CTermReq with `e`'s FES and FEI carrying the offending
+    /// header, then fail.
+    fn protocol_error(&mut self, e: PduError, offending: &[u8]) -> QueueError {
         if self.error().is_none() {
             let n = offending.len().min(pdu::TERM_DATA_LEN_MAX);
-            pdu::encode_term_req(&mut self.out, false, fes_v, fei_v, &offending[..n]);
+            pdu::encode_term_req(&mut self.out, false, e.fes, e.fei, &offending[..n]);
         }
-        self.fail_with(QueueError::Protocol { fes: fes_v, fei: fei_v, reason })
+        self.fail_with(QueueError::Protocol(e))
     }
 
-    fn handle(&mut self, p: Pdu<'_>) -> Result<(), (u16, u32, &'static str)> {
+    fn handle(&mut self, p: Pdu<'_>) -> Result<(), PduError> {
         if self.state == State::AwaitIcResp {
             return match p {
                 Pdu::IcResp(ic) => self.on_ic_resp(ic),
@@ -234,7 +245,7 @@ impl HostQueue {
                     self.fail_with(QueueError::TerminatedByController { fes, fei });
                     Ok(())
                 }
-                _ => Err((fes::PDU_SEQUENCE_ERROR, 0, "PDU before ICResp")),
+                _ => Err(fatal(fes::PDU_SEQUENCE_ERROR, "PDU before ICResp")),
             };
         }
         match p {
@@ -245,20 +256,20 @@ impl HostQueue {
                 self.fail_with(QueueError::TerminatedByController { fes, fei });
                 Ok(())
             }
-            Pdu::IcResp(_) => Err((fes::PDU_SEQUENCE_ERROR, 0, "second ICResp")),
+            Pdu::IcResp(_) => Err(fatal(fes::PDU_SEQUENCE_ERROR, "second ICResp")),
             // The framer rejects host-to-controller PDU types for Role::Host.
             Pdu::IcReq(_) | Pdu::CapsuleCmd { .. } | Pdu::H2CData { .. } => {
-                Err((fes::INVALID_HEADER_FIELD, 0, "PDU type not valid for a host"))
+                Err(invalid_field(0, "PDU type not valid for a host"))
             }
         }
     }
 
-    fn on_ic_resp(&mut self, ic: IcResp) -> Result<(), (u16, u32, &'static str)> {
+    fn on_ic_resp(&mut self, ic: IcResp) -> Result<(), PduError> {
         if ic.pfv != 0 {
-            return Err((fes::INVALID_HEADER_FIELD, fei::IC_PFV, "ICResp PFV is not 0"));
+            return Err(invalid_field(fei::IC_PFV, "ICResp PFV is not 0"));
         }
         if ic.cpda > PDA_MAX {
-            return Err((fes::INVALID_HEADER_FIELD, fei::IC_PDA, "ICResp CPDA over 31"));
+            return Err(invalid_field(fei::IC_PDA, "ICResp CPDA over 31"));
         }
         let mut want = 0;
         if self.cfg.hdr_digest {
@@ -268,10 +279,10 @@ impl HostQueue {
             want |= dgst::DATA;
         }
         if ic.dgst & (dgst::HEADER | dgst::DATA) != want {
-            return Err((fes::INVALID_HEADER_FIELD, fei::IC_DGST, "ICResp digests differ from the ICReq's"));
+            return Err(invalid_field(fei::IC_DGST, "ICResp digests differ from the ICReq's"));
         }
         if ic.maxh2cdata < MAXH2CDATA_MIN_BYTES {
-            return Err((fes::INVALID_HEADER_FIELD, fei::IC_MAXH2CDATA, "ICResp MAXH2CDATA under 4096"));
+            return Err(invalid_field(fei::IC_MAXH2CDATA, "ICResp MAXH2CDATA under 4096"));
         }
         self.maxh2cdata = ic.maxh2cdata;
         self.cpda = ic.cpda;
@@ -288,9 +299,9 @@ impl HostQueue {
         Ok(())
     }
 
-    fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), (u16, u32, &'static str)> {
+    fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), PduError> {
         let Some(i) = self.lookup(cqe.cid) else {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CQE_CID, "CapsuleResp for a CID not outstanding"));
+            return Err(invalid_field(fei::CQE_CID, "CapsuleResp for a CID not outstanding"));
         };
         let s = &self.slots[i];
         if s.data_digest_error {
@@ -304,17 +315,11 @@ impl HostQueue {
         Ok(())
     }
 
-    fn on_c2h_data(
-        &mut self,
-        hdr: DataHdr,
-        pflags: u8,
-        data: &[u8],
-        digest_ok: bool,
-    ) -> Result<(), (u16, u32, &'static str)> {
+    fn on_c2h_data(&mut self, hdr: DataHdr, pflags: u8, data: &[u8], digest_ok: bool) -> Result<(), PduError> {
         // The framer checks DATAL against the payload; checked again because a
         // mismatch here would corrupt the buffer, not just fail an assertion.
         if hdr.length as usize != data.len() || data.is_empty() {
-            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "C2HData DATAL does not match its data"));
+            return Err(invalid_field(fei::DATAL, "C2HData DATAL does not match its data"));
         }
         let i = self.check_c2h(&hdr, pflags)?;
         let end = hdr.offset + hdr.length;
@@ -330,26 +335,26 @@ impl HostQueue {
 
     /// Everything a C2HData header must satisfy before its data may touch
     /// the command's buffer; returns the command's slot.
-    fn check_c2h(&self, hdr: &DataHdr, pflags: u8) -> Result<usize, (u16, u32, &'static str)> {
+    fn check_c2h(&self, hdr: &DataHdr, pflags: u8) -> Result<usize, PduError> {
         let Some(i) = self.lookup(hdr.cccid) else {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a CID not outstanding"));
+            return Err(invalid_field(fei::CCCID, "C2HData for a CID not outstanding"));
         };
         let s = &self.slots[i];
         if s.dir != DataDir::FromController {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "C2HData for a command without read data"));
+            return Err(invalid_field(fei::CCCID, "C2HData for a command without read data"));
         }
         if hdr.length == 0 {
-            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "C2HData DATAL does not match its data"));
+            return Err(invalid_field(fei::DATAL, "C2HData DATAL does not match its data"));
         }
         let end = hdr.offset as u64 + hdr.length as u64;
         if end > s.buf.len() as u64 {
-            return Err((fes::DATA_OUT_OF_RANGE, 0, "C2HData beyond the command's buffer"));
+            return Err(fatal(fes::DATA_OUT_OF_RANGE, "C2HData beyond the command's buffer"));
         }
         if hdr.offset != s.received_len {
-            return Err((fes::DATA_OUT_OF_RANGE, 0, "C2HData offset not contiguous"));
+            return Err(fatal(fes::DATA_OUT_OF_RANGE, "C2HData offset not contiguous"));
         }
         if pflags & flags::SUCCESS != 0 && pflags & flags::LAST_PDU == 0 {
-            return Err((fes::INVALID_HEADER_FIELD, fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
+            return Err(invalid_field(fei::FLAGS, "C2HData SUCCESS without LAST_PDU"));
         }
         Ok(i)
     }

@@ -5,10 +5,10 @@
 use nvmf_proto::copy::extend_bytes;
 use nvmf_proto::digest::crc32c;
 use nvmf_proto::opcodes::{admin, fctype};
-use nvmf_proto::pdu::{self, fes, flags, DataHdr};
+use nvmf_proto::pdu::{self, fes, flags, DataHdr, PduError};
 use nvmf_proto::Sgl;
 
-use super::receive::fei;
+use super::receive::{fatal, fei, invalid_field};
 use super::slots::{make_cid, Slot, CID_INDEX_MASK};
 use super::{
     DataDir, HostQueue, OutputPiece, Request, State, SubmitError, SubmitErrorKind, ADMIN_IN_CAPSULE_DATA_MAX_BYTES,
@@ -188,23 +188,23 @@ impl HostQueue {
         Ok(cid)
     }
 
-    pub(super) fn on_r2t(&mut self, hdr: DataHdr) -> Result<(), (u16, u32, &'static str)> {
+    pub(super) fn on_r2t(&mut self, hdr: DataHdr) -> Result<(), PduError> {
         let Some(i) = self.lookup(hdr.cccid) else {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "R2T for a CID not outstanding"));
+            return Err(invalid_field(fei::CCCID, "R2T for a CID not outstanding"));
         };
         let s = &mut self.slots[i];
         if s.dir != DataDir::ToController || s.in_capsule {
-            return Err((fes::INVALID_HEADER_FIELD, fei::CCCID, "R2T for a command with no data to transfer"));
+            return Err(invalid_field(fei::CCCID, "R2T for a command with no data to transfer"));
         }
         if hdr.length == 0 {
-            return Err((fes::INVALID_HEADER_FIELD, fei::DATAL, "R2T of zero length"));
+            return Err(invalid_field(fei::DATAL, "R2T of zero length"));
         }
         let end = hdr.offset as u64 + hdr.length as u64;
         if end > s.buf.len() as u64 {
-            return Err((fes::DATA_OUT_OF_RANGE, 0, "R2T beyond the command's data"));
+            return Err(fatal(fes::DATA_OUT_OF_RANGE, "R2T beyond the command's data"));
         }
         if s.requested_len as u64 + hdr.length as u64 > s.buf.len() as u64 {
-            return Err((fes::R2T_LIMIT_EXCEEDED, 0, "R2Ts ask for more than the command's data"));
+            return Err(fatal(fes::R2T_LIMIT_EXCEEDED, "R2Ts ask for more than the command's data"));
         }
         s.requested_len += hdr.length;
         // Answer at once, split at MAXH2CDATA; LAST_PDU ends this R2T's transfer.

@@ -5,7 +5,7 @@ use super::*;
 use nvmf_proto::opcodes::{admin, io};
 use nvmf_proto::pdu::{fes, flags, DataHdr, IcResp};
 use nvmf_proto::status::generic;
-use nvmf_proto::{Decoded, Pdu};
+use nvmf_proto::{Decoded, Pdu, PduError};
 
 const MAXH2CDATA: u32 = 8192;
 
@@ -97,10 +97,21 @@ fn bad_icresp_gets_termreq_with_field_offset() {
         let mut b = Vec::new();
         pdu::encode_ic_resp(&mut b, &ic);
         let e = q.receive(&b).unwrap_err();
-        assert!(matches!(e, QueueError::Protocol { fes: 1, fei, .. } if fei == want_fei), "{e:?}");
+        assert!(matches!(e, QueueError::Protocol(PduError { fes: 1, fei, .. }) if fei == want_fei), "{e:?}");
         assert_eq!(term_req_of(&mut q), (fes::INVALID_HEADER_FIELD, want_fei));
         assert!(!q.is_ready());
     }
+}
+
+#[test]
+fn protocol_error_message_names_the_reason_fes_and_fei() {
+    let mut q = ready(QueueConfig::io(1, 4));
+    let cid = q.submit(Request::write(Sqe::rw(io::WRITE, 0, 1, 0, 1), vec![0; 512]), 0).unwrap();
+    q.clear_output();
+    let mut b = Vec::new();
+    pdu::encode_r2t(&mut b, &DataHdr { cccid: cid, ttag: 1, offset: 0, length: 0 }, &TxConfig::default());
+    let e = q.receive(&b).unwrap_err();
+    assert_eq!(e.to_string(), "controller protocol error: R2T of zero length (FES 0x1, FEI 16); we sent an H2CTermReq");
 }
 
 #[test]
@@ -427,7 +438,7 @@ fn r2t_out_of_range_is_fes_4() {
     q.clear_output();
     let mut b = Vec::new();
     pdu::encode_r2t(&mut b, &DataHdr { cccid: cid, ttag: 1, offset: 256, length: 512 }, &ctrl_tx(false, false));
-    assert!(matches!(q.receive(&b), Err(QueueError::Protocol { fes: 4, .. })));
+    assert!(matches!(q.receive(&b), Err(QueueError::Protocol(PduError { fes: 4, .. }))));
     assert_eq!(term_req_of(&mut q), (fes::DATA_OUT_OF_RANGE, 0));
 }
 
@@ -493,7 +504,7 @@ fn header_digest_error_is_fes_3() {
     q.clear_output();
     let mut b = resp(cid, Status::SUCCESS, &ctrl_tx(true, false));
     b[10] ^= 1;
-    assert!(matches!(q.receive(&b), Err(QueueError::Protocol { fes: 3, .. })));
+    assert!(matches!(q.receive(&b), Err(QueueError::Protocol(PduError { fes: 3, .. }))));
     assert_eq!(term_req_of(&mut q).0, fes::HEADER_DIGEST_ERROR);
     assert_eq!(q.pop_completion().unwrap().fate, Fate::Unknown);
 }
