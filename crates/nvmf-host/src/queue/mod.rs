@@ -106,6 +106,7 @@
 
 use std::collections::VecDeque;
 
+use nvmf_proto::fabrics::ADMIN_IN_CAPSULE_DATA_BYTES_MAX;
 use nvmf_proto::pdu::{self, dgst, IcReq, PduError, TxConfig};
 use nvmf_proto::status::{path, sct};
 use nvmf_proto::{Cqe, FrameConfig, Role, Sqe, Status};
@@ -124,9 +125,6 @@ use submit::LentPiece;
 pub const QUEUE_DEPTH_MAX: u16 = 1024;
 /// Largest data transfer of one command the queue accepts to configure (64 MiB).
 pub const TRANSFER_LEN_MAX_BYTES: u32 = 64 << 20;
-/// In-capsule data limit on the admin queue: an 8 KiB capsule (as Linux's
-/// NVME_TCP_ADMIN_CCSZ) minus the 64-byte SQE. It holds the 1 KiB Connect data.
-pub const ADMIN_IN_CAPSULE_DATA_MAX_BYTES: u32 = 8192 - 64;
 /// With [`QueueConfig::h2c_data_borrowed`], payloads from this size up are
 /// lent to the driver; smaller ones are cheaper to copy than to track.
 pub const LEND_MIN_BYTES: usize = 16 * 1024;
@@ -165,7 +163,7 @@ pub struct QueueConfig {
     /// is parsed, so 0 (one at a time, like Linux) is enough.
     pub maxr2t: u32,
     /// Largest write payload sent inside the command capsule. Admin queue:
-    /// [`ADMIN_IN_CAPSULE_DATA_MAX_BYTES`]; I/O queues: IOCCSZ * 16 - 64 from
+    /// [`ADMIN_IN_CAPSULE_DATA_BYTES_MAX`]; I/O queues: IOCCSZ * 16 - 64 from
     /// Identify Controller. Larger writes wait for R2Ts. A Connect always
     /// travels in-capsule.
     pub in_capsule_data_max_bytes: u32,
@@ -195,7 +193,7 @@ impl QueueConfig {
             data_digest: false,
             hpda: 0,
             maxr2t: 0,
-            in_capsule_data_max_bytes: ADMIN_IN_CAPSULE_DATA_MAX_BYTES,
+            in_capsule_data_max_bytes: ADMIN_IN_CAPSULE_DATA_BYTES_MAX,
             transfer_len_max_bytes: 1 << 20,
             command_timeout_ms: ADMIN_COMMAND_TIMEOUT_MS,
             h2c_data_borrowed: false,

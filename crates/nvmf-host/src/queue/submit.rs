@@ -11,7 +11,7 @@ use nvmf_proto::Sgl;
 use super::receive::{fatal, fei, invalid_field};
 use super::slots::{make_cid, Slot, CID_INDEX_MASK};
 use super::{
-    DataDir, HostQueue, OutputPiece, Request, State, SubmitError, SubmitErrorKind, ADMIN_IN_CAPSULE_DATA_MAX_BYTES,
+    DataDir, HostQueue, OutputPiece, Request, State, SubmitError, SubmitErrorKind, ADMIN_IN_CAPSULE_DATA_BYTES_MAX,
     LEND_MIN_BYTES, MAXH2CDATA_MIN_BYTES, SINK_MIN_BYTES,
 };
 
@@ -152,7 +152,7 @@ impl HostQueue {
         let is_connect = req.sqe.opcode == admin::FABRICS && req.sqe.fctype() == fctype::CONNECT;
         let in_capsule = req.dir == DataDir::ToController
             && (len <= self.cfg.in_capsule_data_max_bytes as usize
-                || (is_connect && len <= ADMIN_IN_CAPSULE_DATA_MAX_BYTES as usize));
+                || (is_connect && len <= ADMIN_IN_CAPSULE_DATA_BYTES_MAX as usize));
         let mut sqe = req.sqe;
         sqe.cid = cid;
         sqe.flags = (sqe.flags & 0x3f) | (nvmf_proto::sqe::sgl::PSDT_SGL_MPTR_CONTIG << 6);
