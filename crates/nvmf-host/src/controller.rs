@@ -844,7 +844,7 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
     let admin = Arc::new(Mutex::new(a));
     let keep_alive = if opts.kato_s > 0 {
         let (stop_tx, stop_rx) = mpsc::channel();
-        let period = Duration::from_millis(opts.kato_s as u64 * 1000 / 2);
+        let period = Duration::from_millis(opts.kato_ms() / 2);
         let a2 = admin.clone();
         let t = std::thread::Builder::new()
             .name("nvmf-keepalive".into())

@@ -18,7 +18,11 @@
 
 use std::time::Duration;
 
-/// Linux NVME_DEFAULT_KATO: keep alive timeout of I/O controllers, seconds.
+/// Keep Alive Timeout of I/O controllers in seconds: Linux NVME_DEFAULT_KATO,
+/// what `nvme connect` asks for without `-k`. The crate's one KATO default:
+/// the uses that ask for another say why next to their constant
+/// ([`MP_KATO_DEFAULT_S`](crate::multipath::device::MP_KATO_DEFAULT_S),
+/// [`perf::admin::KATO_MS`](crate::perf::admin::KATO_MS)).
 pub const KATO_DEFAULT_S: u32 = 5;
 /// Linux NVMF_DEF_RECONNECT_DELAY, seconds.
 pub const RECONNECT_DELAY_DEFAULT_S: u32 = 10;
@@ -116,6 +120,10 @@ impl ConnectOptions {
     /// Defaults with this subsystem NQN.
     pub fn new(subnqn: &str) -> ConnectOptions {
         ConnectOptions { subnqn: subnqn.to_string(), ..Default::default() }
+    }
+    /// [`kato_s`](Self::kato_s) in milliseconds (the unit of Connect and of the write fence).
+    pub(crate) fn kato_ms(&self) -> u64 {
+        self.kato_s as u64 * 1000
     }
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(1))

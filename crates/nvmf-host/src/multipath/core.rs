@@ -130,6 +130,8 @@ impl Default for MultipathConfig {
     fn default() -> Self {
         MultipathConfig {
             policy: IoPolicy::Failover { failback: false },
+            // The core does not know its controllers' KATO: fence for the
+            // crate's default, which is at least as long as the multipath one.
             write_retry: WriteRetry::Fenced {
                 fence_ms: fence_ms_for_kato(crate::options::KATO_DEFAULT_S as u64 * 1000, 0),
             },

@@ -49,8 +49,12 @@ pub const PROBE_TIMEOUT_DEFAULT_MS: u64 = 500;
 pub const RECONNECT_DELAY_DEFAULT_MS: u64 = 500;
 /// Default [`MultipathOptions::open_timeout_ms`].
 pub const OPEN_TIMEOUT_DEFAULT_MS: u64 = 10_000;
-/// Default keep-alive timeout of multipath controllers: short, because the
-/// write fence (2 x KATO + margin) is how long a write of unknown fate waits.
+/// Default keep-alive timeout of multipath controllers, shorter than the
+/// crate's [`KATO_DEFAULT_S`](crate::options::KATO_DEFAULT_S) for fast
+/// path-loss detection: the target notices a lost path by its controller's
+/// keep-alive expiry, and a write of unknown fate waits for that before it
+/// is retried on another path (the write fence, 2 x KATO + margin, see
+/// [`fence_ms_for_kato`]): 5 s with 2 s, 11 s with the default 5 s.
 pub const MP_KATO_DEFAULT_S: u32 = 2;
 /// Bytes of the ANA log we read (header + 127 group descriptors without NSID lists).
 const ANA_LOG_READ_BYTES: u64 = 4096;
@@ -73,13 +77,11 @@ pub struct MultipathOptions {
 }
 
 impl MultipathOptions {
-    /// Defaults for namespace `nsid` of `subnqn`: KATO 2 s, failover policy,
-    /// write fence 2 x KATO + 1 s.
+    /// Defaults for namespace `nsid` of `subnqn`: KATO [`MP_KATO_DEFAULT_S`],
+    /// failover policy, write fence 2 x KATO + 1 s.
     pub fn new(subnqn: &str, nsid: u32) -> MultipathOptions {
-        let mut connect = ConnectOptions::new(subnqn);
-        connect.kato_s = MP_KATO_DEFAULT_S;
         let mut o = MultipathOptions {
-            connect,
+            connect: ConnectOptions::new(subnqn),
             nsid,
             mp: MultipathConfig::default(),
             probe_interval_ms: PROBE_INTERVAL_DEFAULT_MS,
@@ -93,14 +95,14 @@ impl MultipathOptions {
     /// Set KATO and the matching write fence.
     pub fn set_kato_s(&mut self, kato_s: u32) {
         self.connect.kato_s = kato_s;
-        self.mp.write_retry = WriteRetry::Fenced { fence_ms: fence_ms_for_kato(kato_s as u64 * 1000, 0) };
+        self.mp.write_retry = WriteRetry::Fenced { fence_ms: fence_ms_for_kato(self.connect.kato_ms(), 0) };
     }
     fn validate(&self) -> Result<()> {
         if self.connect.kato_s == 0 {
             return Err(Error::Invalid("multipath needs keep alive (kato_s > 0): it bounds the write fence".into()));
         }
         if let WriteRetry::Fenced { fence_ms } = self.mp.write_retry {
-            if fence_ms < fence_ms_for_kato(self.connect.kato_s as u64 * 1000, 0) {
+            if fence_ms < fence_ms_for_kato(self.connect.kato_ms(), 0) {
                 tracing::warn!("write fence {fence_ms} ms is shorter than 2 x KATO + margin: retries may be unsafe");
             }
         }
@@ -238,7 +240,7 @@ impl MultipathDevice {
             block_size: 0,
             nsze: 0,
             ns_id: None,
-            kato_ms: opts.connect.kato_s as u64 * 1000,
+            kato_ms: opts.connect.kato_ms(),
         };
         let deadline = Instant::now() + Duration::from_millis(opts.open_timeout_ms);
         while (0..d.paths.len()).all(|p| d.core.path_health(p) == PathHealth::Down) {

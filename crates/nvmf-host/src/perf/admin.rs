@@ -18,11 +18,19 @@ use nvmf_proto::opcodes::{admin, cns, fid};
 use nvmf_proto::Sqe;
 
 use super::run::ControllerFacts;
-use crate::options::{default_hostid, default_hostnqn};
+use crate::options::{default_hostid, default_hostnqn, KATO_DEFAULT_S};
 use crate::queue::{Completion, HostQueue, QueueConfig, Request};
 
-/// Keep Alive Timeout we ask for; Keep Alive is sent every third of it.
-pub const KATO_MS: u32 = 15_000;
+/// Keep Alives perf sends per KATO.
+const KEEP_ALIVES_PER_KATO: u32 = 3;
+/// Keep Alive Timeout perf asks for: a Keep Alive every
+/// [`KATO_DEFAULT_S`] (5 s), three of them per KATO (15 s). Longer than the
+/// library's default KATO (whose Keep Alive goes out every KATO/2 from a
+/// thread of its own) because perf sends Keep Alive from the run's control
+/// loop, between result and progress polls, on a machine its queues keep
+/// busy: a benchmark survives two late Keep Alives before the target drops
+/// its controller.
+pub const KATO_MS: u32 = KEEP_ALIVES_PER_KATO * KATO_DEFAULT_S * 1000;
 /// Socket read timeout (also bounds every admin command here).
 pub const ADMIN_IO_TIMEOUT_MS: u64 = 10_000;
 /// Largest admin receive buffer (Identify data + headers).
@@ -148,7 +156,7 @@ impl AdminSession {
     }
 
     pub fn keep_alive_interval(&self) -> Option<Duration> {
-        Some(Duration::from_millis(KATO_MS as u64 / 3))
+        Some(Duration::from_millis((KATO_MS / KEEP_ALIVES_PER_KATO) as u64))
     }
 
     pub fn keep_alive(&mut self) -> Result<(), String> {
