@@ -25,17 +25,16 @@ use nvmf_proto::features::{self, FeatureCmd};
 use nvmf_proto::identify::{
     self, cntrltype, IdentifyCmd, IdentifyController, IdentifyNamespace, NsIdDescriptor, IDENTIFY_LEN,
 };
-use nvmf_proto::log::GetLogPageCmd;
+use nvmf_proto::log::{GetLogPageCmd, DISC_LOG_HDR_LEN};
 use nvmf_proto::opcodes::{admin, aen, cns, fid, io, lid};
 use nvmf_proto::{Sqe, DISCOVERY_NQN};
 
 use crate::conn::QueueConn;
 use crate::error::{Error, Result};
-use crate::options::ConnectOptions;
+use crate::options::{ConnectOptions, TRANSFER_LEN_MIN_BYTES};
 use crate::queue::{Completion, Fate, QueueConfig, Request, SubmitErrorKind};
 
-/// Admin queue depth (Linux NVME_AQ_DEPTH).
-pub const ADMIN_QUEUE_DEPTH: u16 = 32;
+pub use crate::queue::ADMIN_QUEUE_DEPTH;
 /// How long a normal shutdown (CC.SHN) may take before we just close (Linux
 /// `shutdown_timeout` default).
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
@@ -117,7 +116,7 @@ impl Admin {
             let _ = self.events.send(ev);
             let log_id = ((c.cqe.dw0 >> 16) & 0xff) as u8;
             if log_id != 0 {
-                let len = if log_id == lid::DISCOVERY { 1024 } else { 4096 };
+                let len = if log_id == lid::DISCOVERY { DISC_LOG_HDR_LEN as u64 } else { 4096 };
                 let glp = GetLogPageCmd { lid: log_id, lsp: 0, rae: false, len, offset: 0, lsi: 0, nsid: 0 };
                 let _ = self.conn.submit(Request::read(glp.to_sqe(0), vec![0; len as usize]).with_tag(TAG_INTERNAL));
             }
@@ -694,7 +693,7 @@ fn check_nlb(nlb: u32) -> Result<()> {
     if (1..=NLB_MAX).contains(&nlb) {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("block count {nlb} out of 1..=65536")))
+        Err(Error::Invalid(format!("block count {nlb} out of 1..={NLB_MAX}")))
     }
 }
 
@@ -704,7 +703,7 @@ fn is_discovery(opts: &ConnectOptions, id: &IdentifyController) -> bool {
 
 fn transfer_len_max(opts: &ConnectOptions, id: &IdentifyController) -> u32 {
     let mdts = id.mdts_bytes().unwrap_or(u64::MAX);
-    (opts.transfer_len_max_bytes as u64).min(mdts).max(4096) as u32
+    (opts.transfer_len_max_bytes as u64).min(mdts).max(TRANSFER_LEN_MIN_BYTES as u64) as u32
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -32,12 +32,17 @@ pub const CTRL_LOSS_TMO_DEFAULT_S: u32 = 600;
 pub const QUEUE_SIZE_DEFAULT: u16 = 128;
 /// Largest I/O queue size (Linux NVMF_MAX_QUEUE_SIZE).
 pub const QUEUE_SIZE_MAX: u16 = 1024;
+// Every queue size the options accept must be one the queue state machine takes.
+const _: () = assert!(QUEUE_SIZE_MAX <= crate::queue::QUEUE_DEPTH_MAX);
 /// Smallest I/O queue size (Linux NVMF_MIN_QUEUE_SIZE).
 pub const QUEUE_SIZE_MIN: u16 = 16;
 /// Most I/O queues one controller connection opens.
 pub const NR_IO_QUEUES_MAX: u16 = 256;
-/// Largest data transfer per command we use whatever MDTS says (bounds buffers).
-pub const TRANSFER_LEN_MAX_DEFAULT_BYTES: u32 = 1 << 20;
+pub use crate::queue::TRANSFER_LEN_MAX_DEFAULT_BYTES;
+/// Smallest per-command transfer limit: one 4 KiB memory page.
+pub(crate) const TRANSFER_LEN_MIN_BYTES: u32 = 4096;
+/// Largest `kato_s` accepted.
+const KATO_MAX_S: u32 = 65_535;
 /// Where nvme-cli keeps the host NQN and host ID.
 pub const HOSTNQN_PATH: &str = "/etc/nvme/hostnqn";
 pub const HOSTID_PATH: &str = "/etc/nvme/hostid";
@@ -138,10 +143,12 @@ impl ConnectOptions {
         if self.nr_io_queues == 0 || self.nr_io_queues > NR_IO_QUEUES_MAX {
             return Err(format!("nr_io_queues {} out of 1..={NR_IO_QUEUES_MAX}", self.nr_io_queues));
         }
-        if self.kato_s > 65_535 {
-            return Err("kato_s over 65535".into());
+        if self.kato_s > KATO_MAX_S {
+            return Err(format!("kato_s over {KATO_MAX_S}"));
         }
-        if self.transfer_len_max_bytes < 4096 || self.transfer_len_max_bytes > crate::queue::TRANSFER_LEN_MAX_BYTES {
+        if self.transfer_len_max_bytes < TRANSFER_LEN_MIN_BYTES
+            || self.transfer_len_max_bytes > crate::queue::TRANSFER_LEN_MAX_BYTES
+        {
             return Err("transfer_len_max_bytes out of 4 KiB..=64 MiB".into());
         }
         Ok(())
@@ -179,9 +186,14 @@ fn random_uuid() -> [u8; 16] {
         u[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
         u[8..12].copy_from_slice(&std::process::id().to_le_bytes());
     }
+    shape_uuid_v4(&mut u);
+    u
+}
+
+/// Mark 16 bytes as a random (version 4, RFC 4122 variant) UUID.
+fn shape_uuid_v4(u: &mut [u8; 16]) {
     u[6] = (u[6] & 0x0f) | 0x40; // version 4
     u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
-    u
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -213,8 +225,7 @@ fn hostid_from_machine_id(mut id: [u8; 16]) -> [u8; 16] {
     for (b, k) in id.iter_mut().zip(b"nvmf-host-id-v1!") {
         *b = b.rotate_left(3) ^ k;
     }
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
+    shape_uuid_v4(&mut id);
     id
 }
 

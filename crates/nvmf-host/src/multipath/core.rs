@@ -138,7 +138,8 @@ impl Default for MultipathConfig {
             queued_ios_max: QUEUED_IOS_MAX_DEFAULT,
             queue_timeout_ms: QUEUE_TIMEOUT_DEFAULT_MS,
             attempts_max: ATTEMPTS_MAX_DEFAULT,
-            path_depth_max: 127,
+            // The default queue size minus one (a full NVMe queue leaves one entry empty).
+            path_depth_max: crate::options::QUEUE_SIZE_DEFAULT as u32 - 1,
         }
     }
 }

@@ -100,7 +100,8 @@ impl AdminSession {
             s.read_some()?;
         }
         // Connect (admin queue, dynamic controller).
-        let cmd = ConnectCmd { recfmt: 0, qid: 0, sqsize: 31, cattr: 0, kato_ms: KATO_MS };
+        let sqsize = s.queue.config().queue_depth - 1;
+        let cmd = ConnectCmd { recfmt: 0, qid: 0, sqsize, cattr: 0, kato_ms: KATO_MS };
         let data = ConnectData {
             hostid,
             cntlid: fabrics::CNTLID_DYNAMIC,

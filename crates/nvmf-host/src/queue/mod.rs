@@ -123,8 +123,13 @@ use submit::LentPiece;
 
 /// Most commands one queue can have outstanding (Linux caps queue_size at 1024 too).
 pub const QUEUE_DEPTH_MAX: u16 = 1024;
+/// Admin queue depth (Linux NVME_AQ_DEPTH).
+pub const ADMIN_QUEUE_DEPTH: u16 = 32;
 /// Largest data transfer of one command the queue accepts to configure (64 MiB).
 pub const TRANSFER_LEN_MAX_BYTES: u32 = 64 << 20;
+/// Default largest data transfer of one command (1 MiB): bounds the buffers
+/// a driver keeps, whatever MDTS allows.
+pub const TRANSFER_LEN_MAX_DEFAULT_BYTES: u32 = 1 << 20;
 /// With [`QueueConfig::h2c_data_borrowed`], payloads from this size up are
 /// lent to the driver; smaller ones are cheaper to copy than to track.
 pub const LEND_MIN_BYTES: usize = 16 * 1024;
@@ -139,7 +144,7 @@ pub const RECV_HINT_BYTES: usize = 1024;
 /// Smallest MAXH2CDATA a host accepts (Linux and SPDK reject less).
 pub const MAXH2CDATA_MIN_BYTES: u32 = 4096;
 /// Largest CPDA / HPDA value (0's based dwords: 128-byte alignment).
-pub const PDA_MAX: u8 = 31;
+pub const PDA_MAX: u8 = (pdu::PDA_BYTES_MAX / 4 - 1) as u8;
 /// Linux default admin command timeout (`admin_timeout`, 60 s).
 pub const ADMIN_COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// Linux default I/O command timeout (`io_timeout`, 30 s).
@@ -188,13 +193,13 @@ impl QueueConfig {
     pub fn admin() -> QueueConfig {
         QueueConfig {
             qid: 0,
-            queue_depth: 32,
+            queue_depth: ADMIN_QUEUE_DEPTH,
             hdr_digest: false,
             data_digest: false,
             hpda: 0,
             maxr2t: 0,
             in_capsule_data_max_bytes: ADMIN_IN_CAPSULE_DATA_BYTES_MAX,
-            transfer_len_max_bytes: 1 << 20,
+            transfer_len_max_bytes: TRANSFER_LEN_MAX_DEFAULT_BYTES,
             command_timeout_ms: ADMIN_COMMAND_TIMEOUT_MS,
             h2c_data_borrowed: false,
         }
@@ -381,8 +386,8 @@ impl HostQueue {
     /// Panics if the configuration is out of its documented bounds (a
     /// programming error, not a wire condition).
     pub fn new(cfg: QueueConfig) -> HostQueue {
-        assert!((1..=QUEUE_DEPTH_MAX).contains(&cfg.queue_depth), "queue_depth out of 1..=1024");
-        assert!(cfg.hpda <= PDA_MAX, "hpda out of 0..=31");
+        assert!((1..=QUEUE_DEPTH_MAX).contains(&cfg.queue_depth), "queue_depth out of 1..={QUEUE_DEPTH_MAX}");
+        assert!(cfg.hpda <= PDA_MAX, "hpda out of 0..={PDA_MAX}");
         assert!(cfg.transfer_len_max_bytes <= TRANSFER_LEN_MAX_BYTES, "transfer_len_max_bytes over 64 MiB");
         let depth = cfg.queue_depth as usize;
         let mut q = HostQueue {
@@ -400,14 +405,8 @@ impl HostQueue {
             large_reads: 0,
             cfg,
         };
-        let mut dg = 0;
-        if q.cfg.hdr_digest {
-            dg |= dgst::HEADER;
-        }
-        if q.cfg.data_digest {
-            dg |= dgst::DATA;
-        }
-        pdu::encode_ic_req(&mut q.out, &IcReq { pfv: 0, hpda: q.cfg.hpda, dgst: dg, maxr2t: q.cfg.maxr2t });
+        let ic = IcReq { pfv: 0, hpda: q.cfg.hpda, dgst: dgst_flags(&q.cfg), maxr2t: q.cfg.maxr2t };
+        pdu::encode_ic_req(&mut q.out, &ic);
         q
     }
 
@@ -493,4 +492,21 @@ impl HostQueue {
 fn rx_pdu_len_max(cfg: &QueueConfig) -> usize {
     // Largest C2HData: header, header digest, padding up to PDO, data, data digest.
     cfg.transfer_len_max_bytes as usize + pdu::PDA_BYTES_MAX + 2 * pdu::DIGEST_LEN + pdu::DATA_HLEN
+}
+
+/// The ICReq DGST field for the digests `cfg` asks for; the ICResp must echo it.
+fn dgst_flags(cfg: &QueueConfig) -> u8 {
+    let mut flags = 0;
+    if cfg.hdr_digest {
+        flags |= dgst::HEADER;
+    }
+    if cfg.data_digest {
+        flags |= dgst::DATA;
+    }
+    flags
+}
+
+/// Data alignment in bytes of a CPDA / HPDA value (0's based dwords).
+fn pda_bytes(pda: u8) -> u32 {
+    (pda as u32 + 1) * 4
 }

@@ -9,8 +9,8 @@ use nvmf_proto::status::{generic, sct};
 use nvmf_proto::{Cqe, Decoded, FrameConfig, Pdu, Role, Status};
 
 use super::{
-    rx_pdu_len_max, DataDir, Fate, HostQueue, QueueError, State, MAXH2CDATA_MIN_BYTES, PDA_MAX, RECV_HINT_BYTES,
-    SINK_MIN_BYTES,
+    dgst_flags, pda_bytes, rx_pdu_len_max, DataDir, Fate, HostQueue, QueueError, State, MAXH2CDATA_MIN_BYTES, PDA_MAX,
+    RECV_HINT_BYTES, SINK_MIN_BYTES,
 };
 
 /// Byte offsets inside received PDUs, used as FEI of "invalid header field".
@@ -139,7 +139,8 @@ impl HostQueue {
         if self.large_reads == 0 {
             return usize::MAX;
         }
-        let rest = self.c2h.as_ref().map_or(0, |st| (st.end - st.at) as usize + if st.ddgst { 4 } else { 0 });
+        let rest =
+            self.c2h.as_ref().map_or(0, |st| (st.end - st.at) as usize + if st.ddgst { pdu::DIGEST_LEN } else { 0 });
         rest + RECV_HINT_BYTES
     }
 
@@ -271,13 +272,7 @@ impl HostQueue {
         if ic.cpda > PDA_MAX {
             return Err(invalid_field(fei::IC_PDA, "ICResp CPDA over 31"));
         }
-        let mut want = 0;
-        if self.cfg.hdr_digest {
-            want |= dgst::HEADER;
-        }
-        if self.cfg.data_digest {
-            want |= dgst::DATA;
-        }
+        let want = dgst_flags(&self.cfg);
         if ic.dgst & (dgst::HEADER | dgst::DATA) != want {
             return Err(invalid_field(fei::IC_DGST, "ICResp digests differ from the ICReq's"));
         }
@@ -291,10 +286,9 @@ impl HostQueue {
             hdgst: self.cfg.hdr_digest,
             ddgst: self.cfg.data_digest,
             pdu_len_max: rx_pdu_len_max(&self.cfg) as u32,
-            rx_data_align: (self.cfg.hpda as u32 + 1) * 4,
+            rx_data_align: pda_bytes(self.cfg.hpda),
         };
-        self.tx =
-            TxConfig { hdgst: self.cfg.hdr_digest, ddgst: self.cfg.data_digest, data_align: (ic.cpda as u32 + 1) * 4 };
+        self.tx = TxConfig { hdgst: self.cfg.hdr_digest, ddgst: self.cfg.data_digest, data_align: pda_bytes(ic.cpda) };
         self.state = State::Ready;
         Ok(())
     }
