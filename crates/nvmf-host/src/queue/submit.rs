@@ -29,7 +29,8 @@ impl HostQueue {
     // ------------------------------------------------------------ output
 
     /// Bytes waiting to be sent to the controller, in order. Not for queues
-    /// with [`QueueConfig::h2c_data_borrowed`] (use [`take_output`](Self::take_output)).
+    /// with [`QueueConfig::h2c_data_borrowed`](super::QueueConfig::h2c_data_borrowed)
+    /// (use [`take_output`](Self::take_output)).
     pub fn output(&self) -> &[u8] {
         assert!(self.out_lent.is_empty(), "output() on a queue with lent payloads: use take_output");
         &self.out
