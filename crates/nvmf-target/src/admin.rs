@@ -20,7 +20,10 @@ use nvmf_proto::{Sqe, Status};
 
 use crate::ctrl::{Controller, CtrlKind};
 use crate::fabrics::{Registers, VERSION};
-use crate::subsys::{NsTable, Port, Target, ANA_GROUPS_MAX, NSID_MAX};
+use crate::limits::{ADMIN_XFER_BYTES_MAX, ANA_GROUP_ID_MAX, NSID_MAX};
+use crate::slots::Work;
+use crate::subsys::{NsTable, Port, Target};
+use crate::tcp::{c2h_sgl_ok, data_direction, host_data, HostData, Queue, DIR_C2H, DIR_H2C, NO_NAMESPACES};
 
 /// Firmware revision reported in Identify Controller and the firmware slot log.
 pub const FIRMWARE_REVISION: &str = "0.1.0";
@@ -35,7 +38,10 @@ const HOST_BEHAVIOR_LEN: usize = 512;
 pub struct AdminState {
     pub regs: Registers,
     /// Last command seen on the admin queue (keep-alive traffic).
-    pub last_traffic_ms: u64,
+    pub last_traffic_us: u64,
+    /// I/O commands the controller had completed when the KATO-0 idle check
+    /// last looked (traffic on I/O queues counts as life too).
+    pub io_commands_seen: u64,
     /// CIDs of held Asynchronous Event Requests.
     pub aers: Vec<u16>,
     pub temp_threshold: u32,
@@ -44,13 +50,16 @@ pub struct AdminState {
     pub timestamp: Option<(u64, u64)>,
     pub host_behavior: Vec<u8>,
     pub irq_coalescing: u32,
+    /// Namespaces a shutdown is flushing (keeps their descriptors open).
+    pub shutdown_ns: Option<std::sync::Arc<NsTable>>,
 }
 
 impl AdminState {
-    pub fn new(now_ms: u64) -> AdminState {
+    pub fn new(now_us: u64) -> AdminState {
         AdminState {
             regs: Registers::default(),
-            last_traffic_ms: now_ms,
+            last_traffic_us: now_us,
+            io_commands_seen: 0,
             aers: Vec::new(),
             // 0x157 K = 70 C over-temperature threshold, a common default.
             temp_threshold: 0x157,
@@ -58,6 +67,7 @@ impl AdminState {
             timestamp: None,
             host_behavior: vec![0; HOST_BEHAVIOR_LEN],
             irq_coalescing: 0,
+            shutdown_ns: None,
         }
     }
 }
@@ -114,7 +124,6 @@ fn put_page(out: &mut Vec<u8>, page: &[u8], offset: usize, xfer_len: usize) {
 /// Execute an admin command (not Fabrics). `host_data` is the data the host
 /// sent (Set Features), `out` receives data for the host (sized to the SGL).
 pub fn execute(cx: &mut AdminCtx<'_>, sqe: &Sqe, host_data: &[u8], out: &mut Vec<u8>) -> AdminOutcome {
-    cx.st.last_traffic_ms = cx.now_ms;
     out.clear();
     if !cx.st.regs.enabled() {
         return done(Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr());
@@ -193,8 +202,8 @@ fn identify_controller(cx: &AdminCtx<'_>) -> IdentifyController {
                 kas: KAS_100MS,
                 anatt: ANATT_S,
                 anacap: (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4),
-                anagrpmax: ANA_GROUPS_MAX,
-                nanagrpid: ANA_GROUPS_MAX,
+                anagrpmax: ANA_GROUP_ID_MAX,
+                nanagrpid: ANA_GROUP_ID_MAX,
                 sqes: 0x66,
                 cqes: 0x44,
                 maxcmd: sub.queue_depth_max.min(u16::MAX as u32) as u16,
@@ -216,8 +225,9 @@ fn identify_controller(cx: &AdminCtx<'_>) -> IdentifyController {
 
 fn identify(cx: &mut AdminCtx<'_>, sqe: &Sqe, out: &mut Vec<u8>, xfer: usize) -> AdminOutcome {
     let id = IdentifyCmd::parse(sqe);
-    if xfer < IDENTIFY_LEN {
-        // Every Identify structure is 4 KiB; a shorter buffer is a host bug.
+    if xfer != IDENTIFY_LEN {
+        // Every Identify structure is 4 KiB; like Linux nvmet, a transfer of
+        // another length is refused.
         return done(Status::new(sct::GENERIC, generic::DATA_SGL_LENGTH_INVALID).dnr());
     }
     let disc = cx.ctrl.kind == CtrlKind::Discovery;
@@ -322,8 +332,9 @@ fn get_log_page(cx: &mut AdminCtx<'_>, sqe: &Sqe, out: &mut Vec<u8>, xfer: usize
         return invalid_field();
     }
     let disc = cx.ctrl.kind == CtrlKind::Discovery;
-    // Transfer what the SGL describes; NUMD larger than that is a host bug.
-    if g.len < xfer as u64 {
+    // NUMD and the SGL must describe the same transfer (Linux nvmet
+    // answers a mismatch the same way).
+    if g.len != xfer as u64 {
         return done(Status::new(sct::GENERIC, generic::DATA_SGL_LENGTH_INVALID).dnr());
     }
     let page: Vec<u8> = match g.lid {
@@ -551,5 +562,89 @@ fn set_features(cx: &mut AdminCtx<'_>, sqe: &Sqe, data: &[u8]) -> AdminOutcome {
         // The host identifier comes with Connect and cannot change afterwards.
         fid::HOST_ID => done(Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr()),
         _ => invalid_field(),
+    }
+}
+
+// ------------------------------------------------------------------ on the queue
+
+impl Queue {
+    /// An admin command (not Fabrics) on the admin queue: its data comes in
+    /// the capsule or with R2T; data for the host is at most
+    /// [`ADMIN_XFER_BYTES_MAX`].
+    pub(crate) fn admin_command(&mut self, sqe: Sqe, data: &[u8], out: &mut Vec<u8>) {
+        let dir = data_direction(&sqe);
+        if dir == DIR_H2C {
+            let limit = nvmf_proto::fabrics::ADMIN_IN_CAPSULE_DATA_BYTES_MAX;
+            match host_data(&sqe, data, limit) {
+                Err(s) => self.respond(out, sqe.cid, s, 0, 0),
+                Ok(HostData::None) => self.run_admin(&sqe, &[], out),
+                Ok(HostData::Capsule(d)) => self.run_admin(&sqe, d, out),
+                Ok(HostData::R2t(len)) => self.start_r2t(sqe, Work::Admin, None, len, len as usize, out),
+            }
+            return;
+        }
+        if dir == DIR_C2H {
+            if let Err(s) = c2h_sgl_ok(&sqe, ADMIN_XFER_BYTES_MAX) {
+                self.respond(out, sqe.cid, s, 0, 0);
+                return;
+            }
+        }
+        self.run_admin(&sqe, &[], out);
+    }
+
+    pub(crate) fn run_admin(&mut self, sqe: &Sqe, data: &[u8], out: &mut Vec<u8>) {
+        let mut page = std::mem::take(&mut self.scratch);
+        let outcome = {
+            let Some(c) = self.conn.as_mut() else { return };
+            c.refresh_namespaces();
+            let Some(st_admin) = c.admin.as_mut() else { return };
+            let mut cx = AdminCtx {
+                target: &self.target,
+                ctrl: &c.ctrl,
+                ns: c.ns.as_deref().unwrap_or(&NO_NAMESPACES),
+                st: st_admin,
+                port: &self.port,
+                local: self.local,
+                now_ms: self.now_us / 1000,
+                icd_bytes: self.limits.in_capsule_data_bytes,
+            };
+            execute(&mut cx, sqe, data, &mut page)
+        };
+        match outcome {
+            AdminOutcome::Complete { status, dw0 } => {
+                if status.is_success() && !page.is_empty() {
+                    self.send_data_and_complete(out, sqe.cid, &page, dw0);
+                } else {
+                    self.respond(out, sqe.cid, status, dw0, 0);
+                }
+            }
+            AdminOutcome::HoldAer => {
+                if let Some(a) = self.conn.as_mut().and_then(|c| c.admin.as_mut()) {
+                    a.aers.push(sqe.cid);
+                }
+                self.deliver_events(out);
+            }
+        }
+        page.clear();
+        // Keep no more than a typical page between commands.
+        if page.capacity() > 2 * IDENTIFY_LEN {
+            page = Vec::new();
+        }
+        self.scratch = page;
+    }
+
+    /// Complete held AERs with pending events.
+    pub(crate) fn deliver_events(&mut self, out: &mut Vec<u8>) {
+        loop {
+            let Some(c) = self.conn.as_mut() else { return };
+            let Some(a) = c.admin.as_mut() else { return };
+            if a.aers.is_empty() || !c.ctrl.has_events() {
+                return;
+            }
+            let Some(dw0) = c.ctrl.pop_event() else { return };
+            let cid = a.aers.remove(0);
+            tracing::debug!("ctrl {}: async event {dw0:#x}", c.ctrl.cntlid);
+            self.respond(out, cid, Status::SUCCESS, dw0, 0);
+        }
     }
 }

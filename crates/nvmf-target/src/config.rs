@@ -93,15 +93,24 @@ pub struct Limits {
     pub controllers_per_subsystem_max: u32,
     /// TCP connections across the target. 1..=1_000_000.
     pub connections_max: u32,
+    /// Connections that have not completed Connect yet; when reached, the
+    /// oldest such connection is evicted for a new one. 1..=connections_max.
+    pub connections_unestablished_max: u32,
     /// Asynchronous Event Requests held per controller (AERL + 1). 1..=16.
     pub aer_max: u32,
-    /// Keep-alive timeout when the host sends KATO 0 on an I/O controller:
-    /// 0 = none, as the spec allows. Hosts normally send their own.
+    /// Keep-alive applied when a host sends KATO 0 (discovery or I/O
+    /// controller): the controller is torn down after this long without a
+    /// command on any of its queues, so nothing is held forever (Linux nvmet
+    /// uses 120 s for discovery controllers). 1_000..=kato_max_ms.
     pub kato_default_ms: u32,
     /// Upper bound on the KATO a host may ask for. <= 3_600_000.
     pub kato_max_ms: u32,
     /// Time a connection may take to send ICReq and Connect. 100..=600_000.
     pub connect_timeout_ms: u32,
+    /// Time a started PDU may take to arrive whole, whatever KATO says. 100..=600_000.
+    pub pdu_timeout_ms: u32,
+    /// Time the data of an R2T may take to arrive. 100..=600_000.
+    pub data_timeout_ms: u32,
 }
 impl Default for Limits {
     fn default() -> Self {
@@ -115,10 +124,13 @@ impl Default for Limits {
             mdts_bytes: 1024 * 1024,
             controllers_per_subsystem_max: 1024,
             connections_max: 16384,
+            connections_unestablished_max: 1024,
             aer_max: 4,
-            kato_default_ms: 0,
+            kato_default_ms: 120_000,
             kato_max_ms: 3_600_000,
             connect_timeout_ms: 10_000,
+            pdu_timeout_ms: 10_000,
+            data_timeout_ms: 30_000,
         }
     }
 }
@@ -218,18 +230,13 @@ pub struct NamespaceConfig {
 
 /// Most subsystems one target serves.
 pub const SUBSYSTEMS_MAX: usize = 1024;
-/// Most namespaces per subsystem (Identify Controller NN).
-pub const NAMESPACES_PER_SUBSYSTEM_MAX: usize = 1024;
+pub use crate::limits::{ANA_GROUP_ID_MAX, NAMESPACES_PER_SUBSYSTEM_MAX, NSID_MAX};
 /// Most I/O listeners, and separately most dedicated discovery listeners.
 pub const LISTENERS_MAX: usize = 64;
 /// Most discovery referrals.
 pub const REFERRALS_MAX: usize = 64;
 /// Most host NQNs in one subsystem's `allowed_hosts`.
 pub const ALLOWED_HOSTS_MAX: usize = 4096;
-/// Largest NSID (0xFFFFFFFF is the broadcast value).
-pub const NSID_MAX: u32 = 0xFFFF_FFFE;
-/// Largest ANA group ID.
-pub const ANA_GROUP_MAX: u32 = 128;
 /// Largest namespace of any kind: file offsets are signed 64-bit.
 pub const NAMESPACE_BYTES_MAX: u64 = 1 << 62;
 /// Sum of all `ram` namespace sizes. RAM namespaces reserve address space up
@@ -565,7 +572,7 @@ impl EngineSection {
 
 impl Limits {
     /// `(key, value, min, max)` for every plain range-bounded limit.
-    fn ranges(&self) -> [(&'static str, u32, u32, u32); 12] {
+    fn ranges(&self) -> [(&'static str, u32, u32, u32); 16] {
         [
             ("queue_depth_max", self.queue_depth_max, 2, 1024),
             ("admin_queue_depth_max", self.admin_queue_depth_max, 2, 4096),
@@ -576,9 +583,13 @@ impl Limits {
             ("mdts_bytes", self.mdts_bytes, 4096, 8 << 20),
             ("controllers_per_subsystem_max", self.controllers_per_subsystem_max, 1, 65519),
             ("connections_max", self.connections_max, 1, 1_000_000),
+            ("connections_unestablished_max", self.connections_unestablished_max, 1, 1_000_000),
             ("aer_max", self.aer_max, 1, 16),
-            ("kato_max_ms", self.kato_max_ms, 0, 3_600_000),
+            ("kato_default_ms", self.kato_default_ms, 1_000, 3_600_000),
+            ("kato_max_ms", self.kato_max_ms, 1_000, 3_600_000),
             ("connect_timeout_ms", self.connect_timeout_ms, 100, 600_000),
+            ("pdu_timeout_ms", self.pdu_timeout_ms, 100, 600_000),
+            ("data_timeout_ms", self.data_timeout_ms, 100, 600_000),
         ]
     }
 
@@ -598,6 +609,15 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.mdts_bytes",
                 format!("{} is not a power of two", self.mdts_bytes),
+            ));
+        }
+        if self.connections_unestablished_max > self.connections_max {
+            return Err(ConfigError::invalid(
+                "limits.connections_unestablished_max",
+                format!(
+                    "{} is above limits.connections_max ({})",
+                    self.connections_unestablished_max, self.connections_max
+                ),
             ));
         }
         if self.kato_default_ms > self.kato_max_ms {
@@ -886,8 +906,8 @@ fn normalize_namespace(p: &str, nqn: &str, ns: &mut NamespaceConfig, ids: &mut S
         (_, None) => {}
     }
     let ana = *ns.ana_group.get_or_insert(1);
-    if !(1..=ANA_GROUP_MAX).contains(&ana) {
-        return Err(ConfigError::invalid(format!("{p}.ana_group"), format!("{ana} is outside 1..={ANA_GROUP_MAX}")));
+    if !(1..=ANA_GROUP_ID_MAX).contains(&ana) {
+        return Err(ConfigError::invalid(format!("{p}.ana_group"), format!("{ana} is outside 1..={ANA_GROUP_ID_MAX}")));
     }
 
     let nguid = match &ns.nguid {
@@ -1371,7 +1391,7 @@ path = "/tmp/x.img"
             1u64..64,
             prop_oneof![Just("KiB"), Just("MiB"), Just("GiB"), Just("K"), Just("M")],
             prop_oneof![Just(None), Just(Some(512u32)), Just(Some(4096u32))],
-            proptest::option::of(1u32..=ANA_GROUP_MAX),
+            proptest::option::of(1u32..=ANA_GROUP_ID_MAX),
             proptest::option::of(any::<[u8; 8]>()),
             any::<bool>(),
         )

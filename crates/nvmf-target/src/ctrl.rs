@@ -3,8 +3,28 @@
 //! A controller's admin queue and I/O queues are separate TCP connections that
 //! may live on different cores, so what they share is here, behind atomics and
 //! `Mutex`es that are only touched on the control path (Connect, admin
-//! commands, ticks): never per I/O. Controller registers (CC, CSTS), keep-alive
-//! and the held AERs live in the admin queue's own state instead.
+//! commands, events): never per I/O, except one relaxed load of the
+//! [`Controller::gate`] word per I/O command. Controller registers (CC, CSTS),
+//! keep-alive and the held AERs live in the admin queue's own state instead.
+//!
+//! ## Lifecycle (NVMe Base 3.x "Controller Initialization / Reset / Shutdown")
+//!
+//! The gate word holds the controller state and a reset epoch:
+//! - CC.EN 0→1 opens it ([`CtrlState::Enabled`]): I/O queues may connect and
+//!   run commands.
+//! - CC.EN 1→0 closes it and bumps the epoch; every I/O queue is woken, sees
+//!   its epoch is stale, ends its commands (those waiting for data are
+//!   aborted, storage operations in flight finish) and closes. CSTS.RDY stays
+//!   1 until the last I/O queue has released its queue ID, so a host that saw
+//!   RDY go to 0 knows the old controller does no more I/O.
+//! - CC.SHN moves it to [`CtrlState::ShuttingDown`] (I/O refused) while the
+//!   admin queue flushes every namespace, then [`CtrlState::ShutDown`] with
+//!   CSTS.SHST complete.
+//! - Keep-alive expiry, an admin queue that closes and management removing
+//!   the subsystem kill it: dead is final and every queue is woken to close.
+//!
+//! Queues register a [`QueueWaker`] when they connect; a change of state, a
+//! kill or a new asynchronous event wakes them on their own cores.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -12,220 +32,41 @@ use std::sync::{Arc, Mutex};
 
 use nvmf_proto::opcodes::aen;
 
+use crate::stats::{IoStatsSnapshot, QueueCounters};
 use crate::subsys::Subsystem;
+
+/// Wakes one queue on the core that owns it (the driver implements it with the
+/// engine's connection waker). Must be cheap and never block.
+pub trait QueueWaker: Send + Sync {
+    fn wake(&self);
+}
+
+/// Controller state carried in the low bits of [`Controller::gate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum CtrlState {
+    /// CC.EN = 0 (after Connect, or after a reset).
+    Disabled = 0,
+    Enabled = 1,
+    /// CC.SHN written: flushing; I/O refused.
+    ShuttingDown = 2,
+    /// Shutdown complete (CSTS.SHST = 10b); I/O refused until a reset.
+    ShutDown = 3,
+}
+
+const GATE_STATE_BITS: u32 = 2;
+const GATE_STATE_MASK: u64 = (1 << GATE_STATE_BITS) - 1;
+
+/// The gate word an I/O queue of `epoch` expects when it may run commands.
+pub const fn gate_open(epoch: u64) -> u64 {
+    (epoch << GATE_STATE_BITS) | CtrlState::Enabled as u64
+}
 
 /// What a controller serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtrlKind {
     Io,
     Discovery,
-}
-
-/// Per-queue counters, written only by the queue's own core (plain relaxed
-/// load + store, no read-modify-write) and summed for SMART on request.
-#[derive(Default, Debug)]
-pub struct QueueCounters {
-    pub read_cmds: AtomicU64,
-    pub write_cmds: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub write_bytes: AtomicU64,
-    /// Histograms, errors, digest errors (management metrics).
-    pub io: IoStats,
-    /// Per-namespace counts: the first [`NS_COUNTERS_MAX`] NSIDs this queue
-    /// sees get a slot each (claimed by the owning core, never released).
-    pub per_ns: [NsCounters; NS_COUNTERS_MAX],
-    /// Commands to namespaces beyond those slots: (reads, writes, read bytes, written bytes).
-    pub per_ns_other: NsCounters,
-}
-
-/// Namespaces counted separately per queue (more are summed as "other").
-pub const NS_COUNTERS_MAX: usize = 16;
-
-/// Read/write counts of one namespace on one queue (nsid 0: slot unused).
-#[derive(Default, Debug)]
-pub struct NsCounters {
-    pub nsid: AtomicU32,
-    pub read_cmds: AtomicU64,
-    pub write_cmds: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub write_bytes: AtomicU64,
-}
-
-impl NsCounters {
-    fn load(&self) -> [u64; 4] {
-        [&self.read_cmds, &self.write_cmds, &self.read_bytes, &self.write_bytes].map(|a| a.load(Ordering::Relaxed))
-    }
-}
-
-impl QueueCounters {
-    #[inline]
-    pub fn bump(c: &AtomicU64, by: u64) {
-        c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
-    }
-
-    /// Count a completed read or write of `bytes` on namespace `nsid` (owning core only).
-    #[inline]
-    pub fn count_ns(&self, nsid: u32, write: bool, bytes: u64) {
-        let mut slot = &self.per_ns_other;
-        for c in &self.per_ns {
-            let n = c.nsid.load(Ordering::Relaxed);
-            if n == nsid {
-                slot = c;
-                break;
-            }
-            if n == 0 {
-                c.nsid.store(nsid, Ordering::Relaxed);
-                slot = c;
-                break;
-            }
-        }
-        if write {
-            Self::bump(&slot.write_cmds, 1);
-            Self::bump(&slot.write_bytes, bytes);
-        } else {
-            Self::bump(&slot.read_cmds, 1);
-            Self::bump(&slot.read_bytes, bytes);
-        }
-    }
-}
-
-/// Latency histogram buckets: bucket 0 holds < 1 µs, bucket k (1..) holds
-/// [2^(k-1), 2^k) µs, the last one everything from 2^(N-2) µs (~4.2 s) up.
-pub const LATENCY_BUCKETS: usize = 24;
-
-/// A log2 latency histogram in µs, written by one core only (relaxed load +
-/// store), read by metrics scrapes.
-#[derive(Default, Debug)]
-pub struct LatencyHistogram {
-    pub buckets: [AtomicU64; LATENCY_BUCKETS],
-    pub sum_us: AtomicU64,
-}
-
-impl LatencyHistogram {
-    #[inline]
-    pub fn record(&self, us: u64) {
-        let k = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
-        QueueCounters::bump(&self.buckets[k], 1);
-        QueueCounters::bump(&self.sum_us, us);
-    }
-    /// Add this histogram into `into` (bucket counts, sum).
-    pub fn add_to(&self, into: &mut ([u64; LATENCY_BUCKETS], u64)) {
-        for (a, b) in into.0.iter_mut().zip(&self.buckets) {
-            *a += b.load(Ordering::Relaxed);
-        }
-        into.1 += self.sum_us.load(Ordering::Relaxed);
-    }
-}
-
-/// Error statuses counted by kind (index into [`IoStats::errors`]).
-pub const ERROR_KINDS: &[(&str, u8, u8)] = &[
-    ("invalid_opcode", 0, 0x01),
-    ("invalid_field", 0, 0x02),
-    ("data_transfer_error", 0, 0x04),
-    ("internal_error", 0, 0x06),
-    ("invalid_namespace", 0, 0x0b),
-    ("transient_transport_error", 0, 0x22),
-    ("lba_out_of_range", 0, 0x80),
-    ("write_fault", 2, 0x80),
-    ("unrecovered_read_error", 2, 0x81),
-    ("compare_failure", 2, 0x85),
-    ("ana_inaccessible", 3, 0x02),
-];
-
-/// Data-path statistics of one I/O queue beyond [`QueueCounters`]: latency
-/// histograms (total time and backend time, reads and writes), completions
-/// with an error status by kind, and data digest errors. Same ownership rule:
-/// written by the queue's own core only.
-#[derive(Default, Debug)]
-pub struct IoStats {
-    /// [read, write] × total time (command received → response queued).
-    pub total: [LatencyHistogram; 2],
-    /// [read, write] × backend time (storage op submitted → completed).
-    pub backend: [LatencyHistogram; 2],
-    /// One per [`ERROR_KINDS`] entry, then one for every other error status.
-    pub errors: [AtomicU64; 12],
-    pub digest_errors: AtomicU64,
-}
-
-/// A plain sum of [`IoStats`] (scrapes, and queues that closed).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoStatsSnapshot {
-    /// [read, write] (bucket counts, sum in µs).
-    pub total: [([u64; LATENCY_BUCKETS], u64); 2],
-    pub backend: [([u64; LATENCY_BUCKETS], u64); 2],
-    pub errors: [u64; 12],
-    pub digest_errors: u64,
-    /// (nsid, [reads, writes, read bytes, written bytes]); nsid 0 = unused.
-    pub per_ns: [(u32, [u64; 4]); NS_COUNTERS_MAX],
-    /// Namespaces that did not fit in `per_ns`.
-    pub per_ns_other: [u64; 4],
-}
-
-impl IoStatsSnapshot {
-    /// Add one namespace's counts (by NSID).
-    pub fn add_ns(&mut self, nsid: u32, v: [u64; 4]) {
-        if nsid == 0 {
-            return;
-        }
-        let target = match self.per_ns.iter().position(|(n, _)| *n == nsid || *n == 0) {
-            Some(i) => {
-                self.per_ns[i].0 = nsid;
-                &mut self.per_ns[i].1
-            }
-            None => &mut self.per_ns_other,
-        };
-        for (a, b) in target.iter_mut().zip(v) {
-            *a += b;
-        }
-    }
-    /// Add the per-namespace counts of one queue.
-    pub fn add_queue_ns(&mut self, q: &QueueCounters) {
-        for c in &q.per_ns {
-            self.add_ns(c.nsid.load(Ordering::Relaxed), c.load());
-        }
-        for (a, b) in self.per_ns_other.iter_mut().zip(q.per_ns_other.load()) {
-            *a += b;
-        }
-    }
-    pub fn add(&mut self, s: &IoStats) {
-        for k in 0..2 {
-            s.total[k].add_to(&mut self.total[k]);
-            s.backend[k].add_to(&mut self.backend[k]);
-        }
-        for (a, b) in self.errors.iter_mut().zip(&s.errors) {
-            *a += b.load(Ordering::Relaxed);
-        }
-        self.digest_errors += s.digest_errors.load(Ordering::Relaxed);
-    }
-    pub fn merge(&mut self, o: &IoStatsSnapshot) {
-        for k in 0..2 {
-            for (h, oh) in [(&mut self.total[k], &o.total[k]), (&mut self.backend[k], &o.backend[k])] {
-                for (a, b) in h.0.iter_mut().zip(&oh.0) {
-                    *a += b;
-                }
-                h.1 += oh.1;
-            }
-        }
-        for (a, b) in self.errors.iter_mut().zip(&o.errors) {
-            *a += b;
-        }
-        self.digest_errors += o.digest_errors;
-        for (n, v) in o.per_ns {
-            self.add_ns(n, v);
-        }
-        for (a, b) in self.per_ns_other.iter_mut().zip(o.per_ns_other) {
-            *a += b;
-        }
-    }
-}
-
-impl IoStats {
-    #[inline]
-    pub fn count_error(&self, sct: u8, sc: u8) {
-        let k = ERROR_KINDS.iter().position(|(_, t, c)| *t == sct && *c == sc).unwrap_or(ERROR_KINDS.len());
-        debug_assert!(k < self.errors.len());
-        QueueCounters::bump(&self.errors[k], 1);
-    }
 }
 
 /// Pending asynchronous events and the Changed Namespace List.
@@ -261,6 +102,13 @@ pub struct Controller {
     pub io_queues_max: u32,
     /// Connected I/O queue IDs (index = qid).
     io_qids: Mutex<Vec<bool>>,
+    /// `(reset epoch << 2) | CtrlState`: one relaxed load per I/O command.
+    gate: AtomicU64,
+    /// Connected I/O queues (equals the `true` entries of `io_qids`); read by
+    /// CSTS while a reset tears them down.
+    io_queues_live: AtomicU32,
+    /// Wakers of the connected queues (qid 0: the admin queue).
+    wakers: Mutex<Vec<(u16, Arc<dyn QueueWaker>)>>,
     dead: AtomicBool,
     events: Mutex<Events>,
     events_flag: AtomicBool,
@@ -291,6 +139,9 @@ impl Controller {
             io_queues_granted: AtomicU32::new(io_queues_max),
             io_queues_max,
             io_qids: Mutex::new(vec![false; io_queues_max as usize + 1]),
+            gate: AtomicU64::new(CtrlState::Disabled as u64),
+            io_queues_live: AtomicU32::new(0),
+            wakers: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
             events: Mutex::new(Events::default()),
             events_flag: AtomicBool::new(false),
@@ -307,19 +158,90 @@ impl Controller {
         }
     }
 
-    /// Mark the controller dead: its queues close on their next tick.
+    /// Mark the controller dead and wake its queues, which then close.
     pub fn kill(&self, why: &str) {
         if !self.dead.swap(true, Ordering::AcqRel) {
             tracing::info!("ctrl {} ({}) torn down: {why}", self.cntlid, self.nqn());
         }
+        self.wake_all();
     }
-    /// Mark dead without a log line (normal disconnect, logged by the caller).
+    /// Mark dead without a log line (normal disconnect, logged by the caller)
+    /// and wake the queues.
     pub fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
+        self.wake_all();
     }
     #[inline]
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
+    }
+
+    // ------------------------------------------------------------ lifecycle
+
+    /// The gate word (see the module docs). Compared per I/O command with the
+    /// value the queue cached at Connect ([`gate_open`] of its epoch).
+    #[inline]
+    pub fn gate(&self) -> u64 {
+        self.gate.load(Ordering::Relaxed)
+    }
+    pub fn state(&self) -> CtrlState {
+        match self.gate() & GATE_STATE_MASK {
+            0 => CtrlState::Disabled,
+            1 => CtrlState::Enabled,
+            2 => CtrlState::ShuttingDown,
+            _ => CtrlState::ShutDown,
+        }
+    }
+    pub fn epoch(&self) -> u64 {
+        self.gate() >> GATE_STATE_BITS
+    }
+    /// Change the state (the admin queue, on CC writes). Leaving `Enabled`
+    /// for `Disabled` is a reset: the epoch moves on, so every I/O queue of
+    /// the old epoch tears itself down when woken.
+    pub fn set_state(&self, to: CtrlState) {
+        let old = self.gate();
+        let mut epoch = old >> GATE_STATE_BITS;
+        if to == CtrlState::Disabled && old & GATE_STATE_MASK != CtrlState::Disabled as u64 {
+            epoch += 1;
+        }
+        self.gate.store((epoch << GATE_STATE_BITS) | to as u64, Ordering::Release);
+        debug_assert_eq!(self.state(), to);
+        self.wake_io_queues();
+    }
+    /// I/O queues still connected (a reset is complete when this is 0).
+    pub fn io_queues_live(&self) -> u32 {
+        self.io_queues_live.load(Ordering::Acquire)
+    }
+
+    /// Register the waker of queue `qid` (replacing an older one of that qid).
+    pub fn set_waker(&self, qid: u16, w: Arc<dyn QueueWaker>) {
+        let mut l = self.wakers.lock().unwrap();
+        l.retain(|(q, _)| *q != qid);
+        l.push((qid, w));
+        drop(l);
+        // A kill or reset that raced with the Connect is not missed.
+        if self.is_dead() {
+            self.wake_all();
+        }
+    }
+    pub fn clear_waker(&self, qid: u16) {
+        self.wakers.lock().unwrap().retain(|(q, _)| *q != qid);
+    }
+    fn wake_where(&self, pick: impl Fn(u16) -> bool) {
+        let targets: Vec<Arc<dyn QueueWaker>> =
+            self.wakers.lock().unwrap().iter().filter(|(q, _)| pick(*q)).map(|(_, w)| w.clone()).collect();
+        for w in targets {
+            w.wake();
+        }
+    }
+    pub fn wake_all(&self) {
+        self.wake_where(|_| true);
+    }
+    pub fn wake_io_queues(&self) {
+        self.wake_where(|q| q != 0);
+    }
+    pub fn wake_admin(&self) {
+        self.wake_where(|q| q == 0);
     }
 
     /// Claim an I/O queue ID. Err(true): out of range; Err(false): already connected.
@@ -334,13 +256,26 @@ impl Controller {
             Some(true) => Err(false),
             Some(slot) => {
                 *slot = true;
+                self.io_queues_live.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
         }
     }
     pub fn release_qid(&self, qid: u16) {
-        if let Some(s) = self.io_qids.lock().unwrap().get_mut(qid as usize) {
-            *s = false;
+        let released = match self.io_qids.lock().unwrap().get_mut(qid as usize) {
+            Some(s) if *s => {
+                *s = false;
+                true
+            }
+            _ => false,
+        };
+        if released {
+            let before = self.io_queues_live.fetch_sub(1, Ordering::AcqRel);
+            assert!(before > 0, "io_queues_live underflow");
+            if before == 1 {
+                // A reset waits for this in CSTS.RDY: let the admin queue look.
+                self.wake_admin();
+            }
         }
     }
     pub fn connected_io_queues(&self) -> usize {
@@ -422,6 +357,8 @@ impl Controller {
         e.masked_lids |= bit;
         e.pending.push_back(dw0);
         self.events_flag.store(true, Ordering::Release);
+        drop(e);
+        self.wake_admin();
     }
 
     /// A namespace of this controller's subsystem changed.
@@ -436,7 +373,7 @@ impl Controller {
         self.raise_event(aen::CFG_ANA_CHANGE, aen::dw0(aen::TYPE_NOTICE, aen::NOTICE_ANA_CHANGE, 0x0c));
     }
 
-    /// Cheap check for the admin queue's tick.
+    /// Cheap check for the admin queue.
     #[inline]
     pub fn has_events(&self) -> bool {
         self.events_flag.load(Ordering::Acquire)

@@ -1,17 +1,31 @@
-//! Fabrics commands: Connect (admin and I/O queues), Property Get/Set and the
-//! controller registers they expose (CAP, VS, CC, CSTS).
+//! Fabrics commands: the FCTYPE dispatch, Connect (admin and I/O queues),
+//! Property Get/Set with the controller registers they expose (CAP, VS, CC,
+//! CSTS) and the controller lifecycle they drive (enable, reset, shutdown),
+//! and Disconnect.
+//!
+//! Connect has two halves: the queue checks the capsule and hands a
+//! [`ConnectRequest`] to its driver ([`Action::Connect`]); the driver runs
+//! [`connect`] against the registry and feeds the answer to
+//! [`Queue::on_connected`], which binds the queue and completes the command.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nvmf_proto::fabrics::{
     cc, connect_data_off, connect_invalid_param_dw0, connect_sqe_off, csts, prop, Cap, ConnectCmd, ConnectData,
     PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL, CNTLID_DYNAMIC, CONNECT_DATA_LEN,
 };
+use nvmf_proto::opcodes::fctype;
 use nvmf_proto::status::{cmd, generic, sct};
-use nvmf_proto::{Sqe, Status, DISCOVERY_NQN};
+use nvmf_proto::{FrameConfig, Role, Sqe, Status, DISCOVERY_NQN};
 
-use crate::ctrl::{Controller, CtrlKind};
-use crate::subsys::{Port, Target};
+use crate::action::{Action, ConnectRequest};
+use crate::admin::AdminState;
+use crate::ana::AnaCache;
+use crate::ctrl::{gate_open, Controller, CtrlKind, CtrlState};
+use crate::slots::SlotTable;
+use crate::subsys::{NsTable, Port, Target};
+use crate::tcp::{capsule_len_max, host_data, st, Bound, HostData, Phase, Queue, QueueFlow};
 
 /// Version we report: NVMe 1.3 (what the Linux host needs for Identify CNS 3
 /// descriptors; nothing we implement depends on 1.4+ semantics).
@@ -44,8 +58,12 @@ fn invalid_param(in_data: bool, off: u16) -> ConnectError {
 fn status_only(s: Status) -> ConnectError {
     ConnectError { status: s, dw0: 0 }
 }
+fn sequence_error() -> ConnectError {
+    status_only(Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr())
+}
 
-/// Handle a Connect command with its 1024-byte data.
+/// Run a Connect against the registry (the driver's half). `data` is the
+/// 1024-byte Connect data.
 pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<Connected, ConnectError> {
     let c = ConnectCmd::parse(sqe);
     if c.recfmt != 0 {
@@ -55,7 +73,9 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
         return Err(status_only(Status::new(sct::GENERIC, generic::DATA_SGL_LENGTH_INVALID).dnr()));
     }
     let d = ConnectData::parse(data).ok_or(invalid_param(true, connect_data_off::HOSTID))?;
-    if nvmf_proto::validate_nqn(&d.hostnqn).is_err() {
+    // An empty host NQN is what stock spdk_nvme_perf sends; SPDK's target
+    // accepts it, and so do we where any host may connect (checked below).
+    if !d.hostnqn.is_empty() && nvmf_proto::validate_nqn(&d.hostnqn).is_err() {
         return Err(invalid_param(true, connect_data_off::HOSTNQN));
     }
     if nvmf_proto::validate_nqn(&d.subnqn).is_err() {
@@ -73,7 +93,8 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
     let Some(sub) = target.subsystem(&d.subnqn).filter(|_| port.exports(&d.subnqn)) else {
         return Err(invalid_param(true, connect_data_off::SUBNQN));
     };
-    if !sub.host_allowed(&d.hostnqn) {
+    let host_ok = if d.hostnqn.is_empty() { sub.allow_any_host() } else { sub.host_allowed(&d.hostnqn) };
+    if !host_ok {
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_INVALID_HOST).dnr()));
     }
     if c.qid == 0 {
@@ -83,6 +104,11 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
     let Some(ctrl) = target.find_controller(&sub, d.cntlid, &d.hostnqn) else {
         return Err(invalid_param(true, connect_data_off::CNTLID));
     };
+    // Like Linux nvmet: no I/O queue on a controller that is not enabled
+    // (CC.EN = 0, or shut down).
+    if ctrl.state() != CtrlState::Enabled {
+        return Err(sequence_error());
+    }
     let depth_max = sub.queue_depth_max.min(limits.queue_depth_max);
     if c.sqsize < 1 || c.sqsize as u32 + 1 > depth_max {
         return Err(invalid_param(false, connect_sqe_off::SQSIZE));
@@ -90,7 +116,7 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
     match ctrl.claim_qid(c.qid) {
         Ok(()) => {}
         Err(true) => return Err(invalid_param(false, connect_sqe_off::QID)),
-        Err(false) => return Err(status_only(Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr())),
+        Err(false) => return Err(sequence_error()),
     }
     Ok(Connected { ctrl, qid: c.qid, sqsize: c.sqsize, sq_flow_control_disabled: flow_off })
 }
@@ -111,12 +137,11 @@ fn admin_connect(
         return Err(invalid_param(false, connect_sqe_off::SQSIZE));
     }
     let kind = if sub.is_some() { CtrlKind::Io } else { CtrlKind::Discovery };
-    let kato_ms = if c.kato_ms == 0 && kind == CtrlKind::Io { limits.kato_default_ms } else { c.kato_ms };
-    let kato_ms = kato_ms.min(limits.kato_max_ms);
+    let kato_ms = c.kato_ms.min(limits.kato_max_ms);
     let Some(ctrl) = target.create_controller(kind, sub, &d.hostnqn, d.hostid, port.port_id) else {
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_CTRL_BUSY)));
     };
-    ctrl.kato_ms.store(kato_ms, std::sync::atomic::Ordering::Relaxed);
+    ctrl.kato_ms.store(kato_ms, Ordering::Relaxed);
     Ok(Connected { ctrl, qid: 0, sqsize: c.sqsize, sq_flow_control_disabled: flow_off })
 }
 
@@ -125,6 +150,10 @@ fn admin_connect(
 pub struct Registers {
     pub cc: u32,
     pub csts: u32,
+    /// CC.EN went 1 -> 0 and CSTS.RDY waits for the I/O queues to end.
+    pub resetting: bool,
+    /// Namespace flushes of a shutdown still running.
+    pub shutdown_flushes: u32,
 }
 
 /// What a CC write did, for the caller to act on.
@@ -138,28 +167,43 @@ pub enum CcChange {
 }
 
 impl Registers {
+    /// Whether admin commands other than Fabrics may run (CC.EN = 1 and ready).
     pub fn enabled(&self) -> bool {
-        self.csts & csts::RDY != 0
+        self.cc & cc::EN != 0 && self.csts & csts::RDY != 0
     }
-    fn write_cc(&mut self, v: u32) -> CcChange {
+    pub fn write_cc(&mut self, v: u32) -> CcChange {
         let old = self.cc;
         self.cc = v;
         let mut change = CcChange::None;
         if v & cc::EN != 0 && old & cc::EN == 0 {
-            self.csts |= csts::RDY;
+            self.csts = (self.csts | csts::RDY) & !csts::SHST_MASK;
+            self.resetting = false;
             change = CcChange::Enabled;
         } else if v & cc::EN == 0 && old & cc::EN != 0 {
-            self.csts &= !(csts::RDY | csts::SHST_MASK);
+            // RDY drops once the I/O queues have ended (see `csts`).
+            self.csts &= !csts::SHST_MASK;
+            self.resetting = true;
             change = CcChange::Reset;
         }
         if v & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
-            // Nothing is cached in the target: shutdown completes at once.
-            self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+            self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
             change = CcChange::Shutdown;
-        } else if v & cc::SHN_MASK == 0 {
-            self.csts &= !csts::SHST_MASK;
         }
         change
+    }
+    /// Every flush of a shutdown is done: CSTS.SHST complete.
+    pub fn shutdown_done(&mut self) {
+        debug_assert_eq!(self.shutdown_flushes, 0);
+        self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+    }
+    /// CSTS as the host reads it: RDY stays 1 after a reset until every I/O
+    /// queue of the controller has ended.
+    pub fn csts(&mut self, io_queues_live: u32) -> u32 {
+        if self.resetting && io_queues_live == 0 {
+            self.resetting = false;
+            self.csts &= !csts::RDY;
+        }
+        self.csts
     }
 }
 
@@ -175,31 +219,208 @@ pub fn cap_value(kind: CtrlKind, queue_depth_max: u32) -> u64 {
     .to_u64()
 }
 
-/// Property Get / Set. Returns (status, 64-bit value, CC change).
-pub fn property(
-    sqe: &Sqe,
-    set: bool,
-    regs: &mut Registers,
-    kind: CtrlKind,
-    queue_depth_max: u32,
-) -> (Status, u64, CcChange) {
-    let p = PropertyCmd::parse(sqe);
-    let invalid = (Status::new(sct::GENERIC, generic::INVALID_FIELD).dnr(), 0, CcChange::None);
-    let size_ok = |want8: bool| p.size8 == want8;
-    if set {
-        return match p.offset {
-            prop::CC if size_ok(false) => (Status::SUCCESS, 0, regs.write_cc(p.value as u32)),
-            // NSSR is optional; a write to a read-only register is invalid.
-            _ => invalid,
+impl Queue {
+    pub(crate) fn fabrics_command(&mut self, sqe: Sqe, data: &[u8], out: &mut Vec<u8>) -> QueueFlow {
+        match sqe.fctype() {
+            fctype::CONNECT => {
+                if self.conn.is_some() {
+                    self.respond(out, sqe.cid, st(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR), 0, 0);
+                    return QueueFlow::Continue;
+                }
+                match host_data(&sqe, data, CONNECT_DATA_LEN as u32) {
+                    Ok(HostData::Capsule(d)) if d.len() == CONNECT_DATA_LEN => {
+                        self.connecting = Some(sqe.cid);
+                        let port = self.port.clone();
+                        self.actions.push(Action::Connect(Box::new(ConnectRequest { sqe, data: d.to_vec(), port })));
+                    }
+                    // Connect data always travels in the capsule (the queue
+                    // is not set up for R2T yet) and is exactly 1024 bytes.
+                    Ok(_) => self.respond(out, sqe.cid, st(sct::GENERIC, generic::DATA_SGL_LENGTH_INVALID), 0, 0),
+                    Err(s) => self.respond(out, sqe.cid, s, 0, 0),
+                }
+                QueueFlow::Continue
+            }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
+                self.property(&sqe, sqe.fctype() == fctype::PROPERTY_SET, out);
+                QueueFlow::Continue
+            }
+            fctype::DISCONNECT => match &self.conn {
+                Some(c) if c.qid != 0 => {
+                    self.respond(out, sqe.cid, Status::SUCCESS, 0, 0);
+                    QueueFlow::CloseAfterFlush
+                }
+                _ => {
+                    self.respond(out, sqe.cid, st(sct::GENERIC, generic::INVALID_FIELD), 0, 0);
+                    QueueFlow::Continue
+                }
+            },
+            other => {
+                tracing::debug!(peer = %self.peer, "unsupported Fabrics command type {other:#x}");
+                self.respond(out, sqe.cid, st(sct::GENERIC, generic::INVALID_OPCODE), 0, 0);
+                QueueFlow::Continue
+            }
+        }
+    }
+
+    /// The driver's answer to [`Action::Connect`]: bind the queue and complete
+    /// the Connect command.
+    pub fn on_connected(&mut self, result: Result<Connected, ConnectError>, now_us: u64, out: &mut Vec<u8>) {
+        self.now_us = now_us;
+        let Some(cid) = self.connecting.take() else {
+            debug_assert!(false, "Connect result without a Connect");
+            return;
         };
+        if self.phase == Phase::Closing {
+            // The queue went away meanwhile: give back what was taken.
+            if let Ok(ok) = result {
+                self.actions.push(Action::Release { ctrl: ok.ctrl, qid: ok.qid, counters: None });
+            }
+            return;
+        }
+        let ok = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                crate::peer_warn!(self.now_us, "connect from {} refused: {}", self.peer, e.status);
+                self.respond(out, cid, e.status, e.dw0, 0);
+                return;
+            }
+        };
+        let ctrl = ok.ctrl;
+        let entries = ok.sqsize as u32 + 1;
+        self.slots = SlotTable::new(entries);
+        let (ns, gen) = match &ctrl.subsys {
+            Some(s) => (s.namespaces(), s.ns_generation.load(Ordering::Acquire)),
+            None => (Arc::new(NsTable::default()), 0),
+        };
+        let admin = (ok.qid == 0).then(|| Box::new(AdminState::new(self.now_us)));
+        if ok.qid == 0 {
+            tracing::info!(
+                "ctrl {} connected: host {}, subsystem {}, peer {}, kato {} ms",
+                ctrl.cntlid,
+                ctrl.hostnqn,
+                ctrl.nqn(),
+                self.peer,
+                ctrl.kato_ms.load(Ordering::Relaxed)
+            );
+        } else {
+            tracing::debug!("ctrl {}: I/O queue {} connected ({} entries)", ctrl.cntlid, ok.qid, entries);
+        }
+        // An admin queue takes admin capsules only; an I/O queue its
+        // configured capsules and H2CData up to MAXH2CDATA.
+        if ok.qid != 0 {
+            self.frame = FrameConfig { pdu_len_max: self.limits.pdu_len_max(), ..self.frame };
+        } else {
+            self.frame = FrameConfig {
+                pdu_len_max: capsule_len_max(nvmf_proto::fabrics::ADMIN_IN_CAPSULE_DATA_BYTES_MAX),
+                ..self.frame
+            };
+        }
+        debug_assert_eq!(self.frame.role, Role::Controller);
+        let counters = (ok.qid != 0).then(|| self.counters.clone());
+        self.actions.push(Action::Bound { ctrl: ctrl.clone(), qid: ok.qid, counters });
+        let cntlid = ctrl.cntlid;
+        let gate = gate_open(ctrl.epoch());
+        self.conn = Some(Bound {
+            ctrl,
+            qid: ok.qid,
+            sq_flow_control_disabled: ok.sq_flow_control_disabled,
+            // SQHD after consuming the Connect itself.
+            sqhd: if ok.sq_flow_control_disabled { 0 } else { (1 % entries) as u16 },
+            sq_entries: entries,
+            ns: Some(ns),
+            ns_generation: gen,
+            admin,
+            ana: AnaCache::default(),
+            gate_open: gate,
+        });
+        self.respond(out, cid, Status::SUCCESS, cntlid as u32, 0);
     }
-    match p.offset {
-        prop::CAP if size_ok(true) => (Status::SUCCESS, cap_value(kind, queue_depth_max), CcChange::None),
-        prop::VS if size_ok(false) => (Status::SUCCESS, VERSION as u64, CcChange::None),
-        prop::CC if size_ok(false) => (Status::SUCCESS, regs.cc as u64, CcChange::None),
-        prop::CSTS if size_ok(false) => (Status::SUCCESS, regs.csts as u64, CcChange::None),
-        _ => invalid,
+
+    fn property(&mut self, sqe: &Sqe, set: bool, out: &mut Vec<u8>) {
+        let Some(c) = self.conn.as_mut() else {
+            return self.respond(out, sqe.cid, st(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR), 0, 0);
+        };
+        let depth = c.ctrl.subsys.as_ref().map(|s| s.queue_depth_max).unwrap_or(2);
+        let ctrl = c.ctrl.clone();
+        let Some(a) = c.admin.as_mut() else {
+            return self.respond(out, sqe.cid, st(sct::GENERIC, generic::INVALID_OPCODE), 0, 0);
+        };
+        let p = PropertyCmd::parse(sqe);
+        let invalid = st(sct::GENERIC, generic::INVALID_FIELD);
+        let size_ok = |want8: bool| p.size8 == want8;
+        let (status, v) = if set {
+            match p.offset {
+                prop::CC if size_ok(false) => {
+                    let change = a.regs.write_cc(p.value as u32);
+                    self.cc_changed(&ctrl, change);
+                    (Status::SUCCESS, 0)
+                }
+                // NSSR is optional; a write to a read-only register is invalid.
+                _ => (invalid, 0),
+            }
+        } else {
+            match p.offset {
+                prop::CAP if size_ok(true) => (Status::SUCCESS, cap_value(ctrl.kind, depth)),
+                prop::VS if size_ok(false) => (Status::SUCCESS, VERSION as u64),
+                prop::CC if size_ok(false) => (Status::SUCCESS, a.regs.cc as u64),
+                prop::CSTS if size_ok(false) => (Status::SUCCESS, a.regs.csts(ctrl.io_queues_live()) as u64),
+                _ => (invalid, 0),
+            }
+        };
+        self.respond(out, sqe.cid, status, v as u32, (v >> 32) as u32);
     }
+
+    fn cc_changed(&mut self, ctrl: &Arc<Controller>, change: CcChange) {
+        match change {
+            CcChange::None => {}
+            CcChange::Enabled => {
+                tracing::debug!("ctrl {}: enabled", ctrl.cntlid);
+                self.actions.push(Action::SetState { ctrl: ctrl.clone(), state: CtrlState::Enabled });
+            }
+            CcChange::Reset => {
+                // Held AERs die with the reset; the host forgets them too.
+                if let Some(a) = self.conn.as_mut().and_then(|c| c.admin.as_mut()) {
+                    a.aers.clear();
+                }
+                tracing::info!("ctrl {}: reset by host (CC.EN 1 -> 0)", ctrl.cntlid);
+                self.actions.push(Action::SetState { ctrl: ctrl.clone(), state: CtrlState::Disabled });
+            }
+            CcChange::Shutdown => {
+                tracing::info!("ctrl {}: shutdown by host", ctrl.cntlid);
+                self.actions.push(Action::SetState { ctrl: ctrl.clone(), state: CtrlState::ShuttingDown });
+                self.start_shutdown_flushes();
+            }
+        }
+    }
+
+    /// A controller event woke this queue: it was killed, reset, or (admin
+    /// queue) has events or a finished reset to report.
+    pub fn on_wake(&mut self, now_us: u64, out: &mut Vec<u8>) -> QueueFlow {
+        self.now_us = now_us;
+        let Some(c) = self.conn.as_ref() else { return self.flow() };
+        if c.ctrl.is_dead() {
+            tracing::debug!("ctrl {}: queue {} closing (controller gone)", c.ctrl.cntlid, c.qid);
+            self.abort_waiting(out);
+            self.phase = Phase::Closing;
+            return QueueFlow::CloseAfterFlush;
+        }
+        if c.qid != 0 && c.ctrl.epoch() != (c.gate_open >> 2) {
+            // CC.EN 1 -> 0: end this queue's commands and go; the controller
+            // reports RDY = 0 once every I/O queue has released its ID.
+            tracing::debug!("ctrl {}: I/O queue {} torn down by a reset", c.ctrl.cntlid, c.qid);
+            return self.on_shutdown(out);
+        }
+        if c.qid == 0 {
+            self.deliver_events(out);
+        }
+        self.flow()
+    }
+}
+
+/// Whether `ctrl`'s gate lets a queue of gate value `open` run I/O.
+#[inline]
+pub(crate) fn io_allowed(ctrl: &Controller, open: u64) -> bool {
+    ctrl.gate() == open
 }
 
 #[cfg(test)]
@@ -212,21 +433,16 @@ mod tests {
         assert_eq!(r.write_cc(cc::LINUX_ENABLE), CcChange::Enabled);
         assert!(r.enabled());
         assert_eq!(r.write_cc(cc::LINUX_ENABLE | (1 << cc::SHN_SHIFT)), CcChange::Shutdown);
-        assert_eq!(r.csts & csts::SHST_MASK, csts::SHST_COMPLETE);
+        assert_eq!(r.csts(0) & csts::SHST_MASK, csts::SHST_OCCURRING);
         assert_eq!(r.write_cc(0), CcChange::Reset);
-        assert_eq!(r.csts, 0);
+        // RDY stays while I/O queues still run, then drops.
+        assert_eq!(r.csts(2) & csts::RDY, csts::RDY);
+        assert_eq!(r.csts(0), 0);
     }
 
     #[test]
-    fn property_sizes() {
-        let mut r = Registers::default();
-        let s = PropertyCmd::get_sqe(1, prop::CAP, true);
-        let (st, v, _) = property(&s, false, &mut r, CtrlKind::Io, 128);
-        assert!(st.is_success());
-        assert_eq!(Cap::from_u64(v).mqes, 127);
-        let s = PropertyCmd::get_sqe(1, prop::CAP, false);
-        assert!(!property(&s, false, &mut r, CtrlKind::Io, 128).0.is_success());
-        let s = PropertyCmd::get_sqe(1, prop::VS, false);
-        assert_eq!(property(&s, false, &mut r, CtrlKind::Io, 128).1, VERSION as u64);
+    fn cap_reports_queue_depth_and_kind() {
+        assert_eq!(Cap::from_u64(cap_value(CtrlKind::Io, 128)).mqes, 127);
+        assert!(Cap::from_u64(cap_value(CtrlKind::Discovery, 32)).css_admin_only);
     }
 }

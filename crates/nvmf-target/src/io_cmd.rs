@@ -1,6 +1,9 @@
 //! NVM command set I/O commands (Read, Write, Flush, Write Zeroes, Dataset
-//! Management, Compare): validation against the namespace and MDTS, turning a
-//! SQE into an [`IoPlan`] the transport executes on the memory or fd path.
+//! Management, Compare): the controller gate, validation against the
+//! namespace and MDTS (turning a SQE into an [`IoPlan`]), ANA, and the
+//! dispatch to the backend kind: [`crate::io_cmd_mem`] for memory namespaces
+//! (executed within the call), [`crate::io_cmd_fd`] for file and block
+//! namespaces (storage operations through the driver's ring).
 
 use std::sync::Arc;
 
@@ -8,7 +11,11 @@ use nvmf_proto::opcodes::io;
 use nvmf_proto::status::{generic, sct};
 use nvmf_proto::{Sqe, Status};
 
+use crate::fabrics::io_allowed;
+use crate::slots::Work;
+use crate::stats::latency_index;
 use crate::subsys::{Namespace, NsTable};
+use crate::tcp::{c2h_sgl_ok, host_data, st, HostData, Queue};
 
 /// NSID meaning "every namespace" (Flush).
 pub const NSID_ALL: u32 = 0xffff_ffff;
@@ -143,4 +150,127 @@ pub fn dsm_ranges(ns: &Namespace, data: &[u8], nr: u32) -> Result<Vec<(u64, u64)
         }
     }
     Ok(out)
+}
+
+impl Queue {
+    /// An I/O command on an I/O queue.
+    pub(crate) fn io_command(&mut self, sqe: Sqe, data: &[u8], out: &mut Vec<u8>) {
+        let Some(c) = self.conn.as_mut() else { return };
+        // One relaxed load: the controller must be enabled, in the epoch this
+        // queue connected in (a reset or shutdown refuses further I/O).
+        if !io_allowed(&c.ctrl, c.gate_open) {
+            return self.respond(out, sqe.cid, st(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR), 0, 0);
+        }
+        // The snapshot is moved out for the command (no refcount traffic on
+        // the shared namespace per I/O) and put back afterwards.
+        c.refresh_namespaces();
+        let Some(table) = c.ns.take() else { return };
+        self.io_command_on(&table, sqe, data, out);
+        if let Some(c) = self.conn.as_mut() {
+            c.ns = Some(table);
+        }
+    }
+
+    fn io_command_on(&mut self, table: &Arc<NsTable>, sqe: Sqe, data: &[u8], out: &mut Vec<u8>) {
+        let (ns, plan) = match plan(&sqe, table, self.limits.mdts_bytes) {
+            Ok(v) => v,
+            Err(s) => {
+                tracing::trace!(cid = sqe.cid, "I/O command rejected: {s}");
+                return self.respond(out, sqe.cid, s, 0, 0);
+            }
+        };
+        if let (Some(n), Some(c)) = (ns, self.conn.as_mut()) {
+            if let Some(sub) = c.ctrl.subsys.as_ref() {
+                if let Some(s) = c.ana.refusal(sub, self.port.port_id, table, n.ana_group) {
+                    return self.respond(out, sqe.cid, s, 0, 0);
+                }
+            }
+        }
+        let h2c_len = plan.host_data_len();
+        if h2c_len > 0 {
+            match host_data(&sqe, data, self.limits.mdts_bytes) {
+                Err(s) => self.respond(out, sqe.cid, s, 0, 0),
+                Ok(HostData::None) => {
+                    self.respond(out, sqe.cid, st(sct::GENERIC, generic::DATA_SGL_LENGTH_INVALID), 0, 0)
+                }
+                Ok(HostData::Capsule(d)) => self.exec_io(&sqe, ns, table, plan, Some(d), out),
+                Ok(HostData::R2t(len)) => {
+                    // Compare keeps the media's data next to the host's.
+                    let cap = if matches!(plan, IoPlan::Compare { .. }) { 2 * len as usize } else { len as usize };
+                    self.start_r2t(sqe, Work::Io(plan), ns.cloned(), len, cap, out)
+                }
+            }
+            return;
+        }
+        if let IoPlan::Read { .. } = plan {
+            if let Err(s) = c2h_sgl_ok(&sqe, self.limits.mdts_bytes) {
+                return self.respond(out, sqe.cid, s, 0, 0);
+            }
+        }
+        self.exec_io(&sqe, ns, table, plan, None, out);
+    }
+
+    /// Execute a validated command whose host data (if any) is `data`.
+    fn exec_io(
+        &mut self,
+        sqe: &Sqe,
+        ns: Option<&Arc<Namespace>>,
+        table: &Arc<NsTable>,
+        plan: IoPlan,
+        data: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) {
+        match ns {
+            Some(n) if n.backend.fd().is_some() => self.fd_start(sqe, n.clone(), plan, data, out),
+            Some(n) => {
+                self.record_inline_latency(sqe.opcode);
+                if let Some(s) = self.mem_exec(sqe, n, plan, data, out) {
+                    self.respond(out, sqe.cid, s, 0, 0);
+                }
+            }
+            // Flush of every namespace.
+            None => self.flush_all(sqe, table, out),
+        }
+    }
+
+    /// Execute a command whose host data came with R2T into slot `i`.
+    pub(crate) fn exec_io_buffered(&mut self, i: usize, plan: IoPlan, out: &mut Vec<u8>) {
+        let s = self.slots.get_mut(i).expect("slot");
+        let ns = s.ns.clone().expect("an I/O transfer has its namespace");
+        if ns.backend.fd().is_some() {
+            return self.fd_start_slot(i, out);
+        }
+        let sqe = s.sqe;
+        let buf = s.buf.take().expect("buffered transfer");
+        let len = plan.host_data_len() as usize;
+        self.free_slot(i);
+        if let Some(st) = self.mem_exec(&sqe, &ns, plan, Some(buf.as_slice(len)), out) {
+            self.respond(out, sqe.cid, st, 0, 0);
+        }
+    }
+
+    /// Commands that complete within the call that received them: < 1 µs at
+    /// callback resolution.
+    #[inline]
+    fn record_inline_latency(&self, opcode: u8) {
+        if self.latency {
+            if let Some(k) = latency_index(opcode) {
+                self.counters.io.total[k].record(0);
+                self.counters.io.backend[k].record(0);
+            }
+        }
+    }
+
+    /// Give slot `i` back, recording its latency.
+    pub(crate) fn free_slot(&mut self, i: usize) {
+        if self.latency {
+            let s = self.slots.get(i).expect("slot");
+            if let (Work::Io(_), Some(k)) = (s.work, latency_index(s.sqe.opcode)) {
+                let backend_us = if s.submit_us != 0 { self.now_us.saturating_sub(s.submit_us) } else { 0 };
+                self.counters.io.total[k].record(self.now_us.saturating_sub(s.arrival_us));
+                self.counters.io.backend[k].record(backend_us);
+            }
+        }
+        self.slots.free(i);
+    }
 }

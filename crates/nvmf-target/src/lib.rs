@@ -1,32 +1,50 @@
 //! nvmf-target: a user-space NVMe/TCP target.
 //!
 //! Layout (mirrors Linux `drivers/nvme/target/`):
-//! - [`config`]: the TOML configuration model, defaults and validation.
-//! - [`backend`]: namespace storage (`null`, `ram`, `file`, `block`).
-//! - [`transport`]: the NVMe/TCP queue state machine (sans-IO).
-//! - [`fabrics`]: Connect, Property Get/Set, controller registers.
+//! - [`tcp`]: the NVMe/TCP queue (sans-IO): ICReq, the PDU loop, capsules,
+//!   responses; [`r2t`]: R2T and H2CData; [`slots`]: commands in flight.
+//! - [`fabrics`]: Connect, Property Get/Set, the controller lifecycle.
 //! - [`admin`]: Identify, Get Log Page, Get/Set Features, AER, Keep Alive.
-//! - [`io_cmd`]: NVM I/O command validation.
 //! - [`discovery`]: the discovery log page.
-//! - [`ctrl`]: state shared by the queues of one controller.
+//! - [`io_cmd`]: NVM I/O validation and dispatch; [`io_cmd_mem`] (`ram`,
+//!   `null`) and [`io_cmd_fd`] (`file`, `block`) execute it per backend kind.
+//! - [`ana`]: ANA on the I/O path; [`keepalive`]: every timeout.
+//! - [`action`]: the effects a queue asks of its driver; [`driver`]: the
+//!   control-plane half of executing them.
+//! - [`ctrl`]: state shared by the queues of one controller; [`stats`]:
+//!   data-path counters; [`buf`]: per-core command buffers.
+//! - [`config`]: the TOML configuration model; [`limits`]: fixed limits.
+//! - [`backend`]: namespace storage (`null`, `ram`, `file`, `block`).
 //! - [`subsys`]: the runtime registry ([`subsys::Target`]).
 //! - [`server`]: glue to the io_uring engine ([`server::serve`]).
 //! - [`mgmt`]: live management (JSON-RPC), metrics, nvmetcli import.
 
+pub mod action;
 pub mod admin;
+pub mod ana;
 pub mod backend;
 pub mod buf;
 pub mod config;
 pub mod ctrl;
 pub mod discovery;
+pub mod driver;
 pub mod fabrics;
 pub mod io_cmd;
+pub mod io_cmd_fd;
+pub mod io_cmd_mem;
+pub mod keepalive;
+pub mod limits;
 pub mod mgmt;
+#[doc(hidden)]
+pub mod peerlog;
+pub mod r2t;
 pub mod server;
+pub mod slots;
+pub mod stats;
 pub mod subsys;
+pub mod tcp;
 #[doc(hidden)]
 pub mod testing;
-pub mod transport;
 
 pub use server::{serve, serve_with, Server};
 pub use subsys::Target;

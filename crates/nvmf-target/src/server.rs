@@ -3,7 +3,6 @@
 //! discovery listener, and adapts engine callbacks to queue calls.
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +12,12 @@ use nvmf_engine::{
     HandlerFactory, ListenerId, Mode,
 };
 
+use crate::action::{Action, StorageKind};
 use crate::config::TargetConfig;
+use crate::ctrl::QueueWaker;
+use crate::driver::apply_control;
 use crate::subsys::{BackendOpener, Port, RegistryError, Target};
-use crate::transport::{Queue, QueueFlow, QueueLimits, StorageIo};
+use crate::tcp::{Queue, QueueFlow};
 
 /// Errors starting the target.
 #[derive(Debug, thiserror::Error)]
@@ -136,14 +138,16 @@ pub fn serve(cfg: &TargetConfig) -> Result<Server, ServeError> {
 pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server, ServeError> {
     let cfg = &cfg.normalized().map_err(|e| RegistryError::Invalid(e.to_string()))?;
     let target = Target::new(cfg, open)?;
-    let limits = QueueLimits::from_target(&target);
     let cores = if cfg.engine.cores.trim().is_empty() { Vec::new() } else { parse_core_list(&cfg.engine.cores)? };
     let mode: Mode = cfg.engine.mode.parse()?;
     let ecfg = EngineConfig {
         cores,
         mode,
-        // Two of the largest PDUs so that one can straddle a buffer compaction.
-        recv_buf_bytes: (2 * limits.pdu_len_max() as usize + 4096).max(EngineConfig::default().recv_buf_bytes),
+        // Every connection starts small; larger PDUs borrow from the core's
+        // pool while they need it (rx_reserve).
+        // ENGINE-COMPAT: until rx_reserve exists, hold the largest capsule.
+        recv_buf_bytes: (2 * crate::tcp::capsule_len_max(cfg.limits.in_capsule_data_bytes.max(8192)) as usize)
+            .max(crate::limits::RECV_BUF_SMALL_BYTES),
         poll_direct_recv_conns_max: cfg.engine.poll_direct_recv_conns_max,
         ..EngineConfig::default()
     };
@@ -212,44 +216,37 @@ impl HandlerFactory for QueueFactory {
         if port.addr.port() == 0 {
             port.addr.set_port(info.local.port());
         }
-        tracing::info!(peer = %info.peer, local = %info.local, core = info.core, "connection accepted");
-        let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer);
-        Some(Box::new(QueueHandler { q, pending: Vec::new(), connections: self.connections.clone(), peer: info.peer }))
+        tracing::debug!(peer = %info.peer, local = %info.local, core = info.core, "connection accepted");
+        let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer, clock_us());
+        Some(Box::new(QueueHandler {
+            q,
+            target: self.target.clone(),
+            connections: self.connections.clone(),
+            peer: info.peer,
+            waker: None,
+        }))
     }
 }
 
-/// A storage request recorded while the receive buffer is borrowed.
-#[derive(Clone, Copy)]
-enum StorageReq {
-    Read { fd: RawFd, offset: u64, buf: *mut u8, len: u32, token: u64 },
-    Write { fd: RawFd, offset: u64, buf: *const u8, len: u32, token: u64 },
-    Fsync { fd: RawFd, datasync: bool, token: u64 },
-}
+/// The engine's connection waker, as the controller sees it.
+struct EngineWaker(nvmf_engine::ConnWaker);
 
-struct Deferred<'a>(&'a mut Vec<StorageReq>);
-
-impl StorageIo for Deferred<'_> {
-    unsafe fn read(&mut self, fd: RawFd, offset: u64, buf: *mut u8, len: u32, token: u64) {
-        self.0.push(StorageReq::Read { fd, offset, buf, len, token });
-    }
-    unsafe fn write(&mut self, fd: RawFd, offset: u64, buf: *const u8, len: u32, token: u64) {
-        self.0.push(StorageReq::Write { fd, offset, buf, len, token });
-    }
-    fn fsync(&mut self, fd: RawFd, datasync: bool, token: u64) {
-        self.0.push(StorageReq::Fsync { fd, datasync, token });
+impl QueueWaker for EngineWaker {
+    fn wake(&self) {
+        self.0.wake();
     }
 }
 
 struct QueueHandler {
     q: Queue,
-    /// Storage requests made during a callback, submitted right after it.
-    pending: Vec<StorageReq>,
+    target: Arc<Target>,
     connections: Arc<AtomicUsize>,
     peer: SocketAddr,
+    waker: Option<Arc<dyn QueueWaker>>,
 }
 
-/// Monotonic µs since the first call (latency histograms; only read when
-/// metrics are on: one vDSO clock read per callback).
+/// Monotonic µs since the first call: the queue's one clock.
+/// ENGINE-COMPAT: becomes `io.now_us()`.
 fn clock_us() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
@@ -263,65 +260,131 @@ fn flow(f: QueueFlow) -> Flow {
     }
 }
 
-impl QueueHandler {
-    /// Splice the read data the queue lent (static, unchanging) into the output.
-    fn send_lent(&mut self, io: &mut ConnIo<'_>) {
-        for (at, data) in self.q.take_lent() {
-            // SAFETY: the data is 'static and never written (Backend::read_static).
-            unsafe { io.send_borrowed_at(at, data.as_ptr(), data.len(), 0) };
-        }
+/// The more urgent of two flows.
+fn worse(a: QueueFlow, b: QueueFlow) -> QueueFlow {
+    match (a, b) {
+        (QueueFlow::CloseNow, _) | (_, QueueFlow::CloseNow) => QueueFlow::CloseNow,
+        (QueueFlow::CloseAfterFlush, _) | (_, QueueFlow::CloseAfterFlush) => QueueFlow::CloseAfterFlush,
+        _ => QueueFlow::Continue,
     }
+}
 
-    fn submit_pending(&mut self, io: &mut ConnIo<'_>) {
-        for r in self.pending.drain(..) {
-            // SAFETY: the buffers belong to queue slots that stay in the
-            // storage stage (untouched) until on_storage for the token.
-            unsafe {
-                match r {
-                    StorageReq::Read { fd, offset, buf, len, token } => io.submit_read(fd, offset, buf, len, token),
-                    StorageReq::Write { fd, offset, buf, len, token } => io.submit_write(fd, offset, buf, len, token),
-                    StorageReq::Fsync { fd, datasync, token } => io.submit_fsync(fd, datasync, token),
+impl QueueHandler {
+    /// After every queue call: splice lent read data into the output, run
+    /// the queue's actions, and return the flow.
+    fn after(&mut self, io: &mut ConnIo<'_>, f: QueueFlow) -> Flow {
+        let mut f = f;
+        loop {
+            for (at, data) in self.q.take_lent() {
+                // SAFETY: the data is 'static and never written (Backend::read_static).
+                unsafe { io.send_borrowed_at(at, data.as_ptr(), data.len(), 0) };
+            }
+            let actions: Vec<Action> = self.q.take_actions().collect();
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions {
+                match a {
+                    Action::Storage(op) => submit_storage(io, op),
+                    other => {
+                        let target = self.target.clone();
+                        let waker = self.waker.get_or_insert_with(|| Arc::new(EngineWaker(io.waker()))).clone();
+                        let mut out = std::mem::take(io.tx());
+                        let r = apply_control(&target, &mut self.q, other, &|| waker.clone(), clock_us(), &mut out);
+                        *io.tx() = out;
+                        if r.established {
+                            // ENGINE-COMPAT: io.set_established();
+                        }
+                        // A Connect answered: read what the host sent after it.
+                        if !self.q.input_paused() && !io.rx().is_empty() {
+                            io.request_recv_callback();
+                        }
+                        f = worse(f, self.q.flow());
+                    }
                 }
+            }
+        }
+        flow(f)
+    }
+}
+
+/// Submit one storage operation to the core's ring.
+fn submit_storage(io: &mut ConnIo<'_>, op: crate::action::StorageOp) {
+    // SAFETY: buffers belong to queue slots (or are static zeros) that stay
+    // untouched until on_storage for the token (the queue never frees a
+    // slot with an operation in flight, and the engine keeps the handler
+    // alive while storage operations run).
+    unsafe {
+        match op.kind {
+            StorageKind::Read { offset, buf, len } => io.submit_read(op.fd, offset, buf, len, op.token),
+            StorageKind::Write { offset, buf, len } => io.submit_write(op.fd, offset, buf, len, op.token),
+            StorageKind::Fsync { datasync } => io.submit_fsync(op.fd, datasync, op.token),
+            // ENGINE-COMPAT: io.submit_fallocate / io.submit_discard.
+            StorageKind::Fallocate { .. } | StorageKind::Discard { .. } => {
+                io.submit_fsync(op.fd, true, op.token | COMPAT_UNSUPPORTED)
             }
         }
     }
 }
 
+/// ENGINE-COMPAT: marks an fsync standing in for an operation the engine
+/// cannot submit yet; its completion is reported as EOPNOTSUPP.
+const COMPAT_UNSUPPORTED: u64 = 1 << 55;
+
 impl Handler for QueueHandler {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let now = io.now_ms();
-        if self.q.wants_time_us() {
-            self.q.set_now_us(clock_us());
-        }
+        let now = clock_us();
         // Borrow juggling: the output Vec is moved out of the engine for the
         // call (no copy) because `rx` borrows `io`.
         let mut out = std::mem::take(io.tx());
-        let (n, f) = self.q.on_recv(io.rx(), now, &mut out, &mut Deferred(&mut self.pending));
+        let (n, f) = self.q.on_recv(io.rx(), now, &mut out);
         *io.tx() = out;
         io.consume(n);
-        self.send_lent(io);
-        self.submit_pending(io);
-        flow(f)
+        // ENGINE-COMPAT: io.rx_reserve(self.q.rx_wanted());
+        self.after(io, f)
     }
 
     fn on_storage(&mut self, io: &mut ConnIo<'_>, token: u64, result: i32) -> Flow {
-        let now = io.now_ms();
-        if self.q.wants_time_us() {
-            self.q.set_now_us(clock_us());
-        }
+        let (token, result) = if token & COMPAT_UNSUPPORTED != 0 {
+            (token & !COMPAT_UNSUPPORTED, -libc::EOPNOTSUPP)
+        } else {
+            (token, result)
+        };
         let mut out = std::mem::take(io.tx());
-        let f = self.q.on_storage(token, result, now, &mut out, &mut Deferred(&mut self.pending));
+        let f = self.q.on_storage(token, result, clock_us(), &mut out);
         *io.tx() = out;
-        self.send_lent(io);
-        self.submit_pending(io);
-        flow(f)
+        self.after(io, f)
     }
 
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let now = io.now_ms();
-        let f = self.q.on_tick(now, io.tx());
-        self.send_lent(io);
-        flow(f)
+        // ENGINE-COMPAT: with next_wakeup this runs only at the deadline.
+        let now = clock_us();
+        if self.q.next_deadline_us().is_some_and(|d| d <= now) {
+            let mut out = std::mem::take(io.tx());
+            let f = self.q.on_timeout(now, &mut out);
+            *io.tx() = out;
+            return self.after(io, f);
+        }
+        Flow::Continue
+    }
+
+    fn on_wake(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        let mut out = std::mem::take(io.tx());
+        let f = self.q.on_wake(clock_us(), &mut out);
+        *io.tx() = out;
+        self.after(io, f)
+    }
+
+    fn recv_sink(&mut self) -> Option<&mut [u8]> {
+        self.q.recv_sink()
+    }
+
+    fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
+        let mut out = std::mem::take(io.tx());
+        self.q.on_sink_recv(n, clock_us(), &mut out);
+        *io.tx() = out;
+        let f = self.q.flow();
+        self.after(io, f)
     }
 
     fn on_closed(&mut self, reason: CloseReason) {
@@ -329,15 +392,33 @@ impl Handler for QueueHandler {
             Some((cntlid, qid)) => {
                 tracing::info!(peer = %self.peer, "ctrl {cntlid} queue {qid}: connection closed ({reason:?})")
             }
-            None => tracing::info!(peer = %self.peer, "connection closed before Connect ({reason:?})"),
+            None => tracing::debug!(peer = %self.peer, "connection closed before Connect ({reason:?})"),
         }
         self.q.on_closed();
+        let actions: Vec<Action> = self.q.take_actions().collect();
+        let waker = self.waker.clone();
+        for a in actions {
+            if matches!(a, Action::Storage(_)) {
+                continue;
+            }
+            let target = self.target.clone();
+            let w = waker.clone().unwrap_or_else(|| Arc::new(NoWaker));
+            let mut out = Vec::new();
+            apply_control(&target, &mut self.q, a, &|| w.clone(), clock_us(), &mut out);
+        }
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn on_shutdown(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let f = self.q.on_shutdown(io.tx());
-        self.send_lent(io);
-        flow(f)
+        let mut out = std::mem::take(io.tx());
+        let f = self.q.on_shutdown(&mut out);
+        *io.tx() = out;
+        self.after(io, f)
     }
+}
+
+/// For a queue that never registered one (closed before Connect).
+struct NoWaker;
+impl QueueWaker for NoWaker {
+    fn wake(&self) {}
 }

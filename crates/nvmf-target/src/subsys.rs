@@ -21,10 +21,7 @@ use crate::backend::Backend;
 use crate::config::{Limits, NamespaceConfig, SubsystemConfig, TargetConfig};
 use crate::ctrl::{Controller, CtrlKind};
 
-/// Largest NSID we hand out or accept (also reported as NN / MNAN).
-pub const NSID_MAX: u32 = 1024;
-/// ANA groups a subsystem may use (ANAGRPMAX / NANAGRPID).
-pub const ANA_GROUPS_MAX: u32 = 128;
+use crate::limits::{ANA_GROUP_ID_MAX, NSID_MAX};
 
 /// Errors of registry changes.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +139,7 @@ pub struct IoTotals {
     pub read_bytes: u64,
     pub write_bytes: u64,
     /// Latency histograms, errors by status, digest errors.
-    pub stats: crate::ctrl::IoStatsSnapshot,
+    pub stats: crate::stats::IoStatsSnapshot,
 }
 
 impl Subsystem {
@@ -371,8 +368,8 @@ impl Target {
             return Err(RegistryError::Invalid(format!("block_size {block_size} (must be 512 or 4096)")));
         }
         let ana_group = n.ana_group.unwrap_or(1);
-        if ana_group == 0 || ana_group > ANA_GROUPS_MAX {
-            return Err(RegistryError::Invalid(format!("ana_group {ana_group} out of range 1..={ANA_GROUPS_MAX}")));
+        if ana_group == 0 || ana_group > ANA_GROUP_ID_MAX {
+            return Err(RegistryError::Invalid(format!("ana_group {ana_group} out of range 1..={ANA_GROUP_ID_MAX}")));
         }
         let backend = open(n)?;
         let (nguid, uuid, eui64) = namespace_ids(&sub.nqn, nsid, n)?;
@@ -481,8 +478,8 @@ impl Target {
     pub fn set_ana_state(&self, nqn: &str, port_id: u16, group: u32, state: u8) -> Result<(), RegistryError> {
         use nvmf_proto::log::ana_state;
         let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
-        if group == 0 || group > ANA_GROUPS_MAX {
-            return Err(RegistryError::Invalid(format!("ana group {group} out of range 1..={ANA_GROUPS_MAX}")));
+        if group == 0 || group > ANA_GROUP_ID_MAX {
+            return Err(RegistryError::Invalid(format!("ana group {group} out of range 1..={ANA_GROUP_ID_MAX}")));
         }
         if !matches!(state, ana_state::OPTIMIZED | ana_state::NON_OPTIMIZED | ana_state::INACCESSIBLE) {
             return Err(RegistryError::Invalid(format!("ana state {state:#x} cannot be set")));

@@ -1,5 +1,6 @@
-//! Test and fuzz support: a minimal RAM backend, a recording [`StorageIo`],
-//! and the [`fuzz_queue_input`] entry point.
+//! Test and fuzz support: a minimal RAM backend, a [`Driven`] queue (the
+//! driver's job done in memory, with a virtual clock), a synchronous storage
+//! executor, and the [`fuzz_queue_input`] entry point.
 //!
 //! The production backends live in [`crate::backend`]; this one exists so the
 //! protocol core can be exercised without them.
@@ -7,12 +8,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::action::{Action, StorageKind, StorageOp};
 use crate::backend::Backend;
 use crate::config::{NamespaceConfig, SubsystemConfig, TargetConfig};
+use crate::ctrl::QueueWaker;
+use crate::driver::apply_control;
 use crate::subsys::{Port, Target};
-use crate::transport::{Queue, StorageIo};
+use crate::tcp::{Queue, QueueFlow};
 
 /// A RAM namespace behind a mutex (tests only: simple, not fast).
 pub struct TestRam {
@@ -83,24 +88,6 @@ fn parse_size(s: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok().map(|v| v * mult)
 }
 
-/// Records storage requests instead of performing them.
-#[derive(Default)]
-pub struct RecordingStorage {
-    pub requests: Vec<(u8, RawFd, u64, u32, u64)>,
-}
-
-impl StorageIo for RecordingStorage {
-    unsafe fn read(&mut self, fd: RawFd, offset: u64, _buf: *mut u8, len: u32, token: u64) {
-        self.requests.push((b'r', fd, offset, len, token));
-    }
-    unsafe fn write(&mut self, fd: RawFd, offset: u64, _buf: *const u8, len: u32, token: u64) {
-        self.requests.push((b'w', fd, offset, len, token));
-    }
-    fn fsync(&mut self, fd: RawFd, _datasync: bool, token: u64) {
-        self.requests.push((b'f', fd, 0, 0, token));
-    }
-}
-
 /// NQN of the subsystem [`test_target`] creates.
 pub const TEST_NQN: &str = "nqn.2026-11.io.nvmf:test";
 
@@ -147,22 +134,239 @@ pub fn test_config_base() -> TargetConfig {
     }
 }
 
-/// A fresh queue on `target` as if accepted on 127.0.0.1:4420.
+/// A fresh queue on `target` as if accepted on 127.0.0.1:4420 at time 0.
 pub fn test_queue(target: Arc<Target>) -> Queue {
     let local: SocketAddr = "127.0.0.1:4420".parse().unwrap();
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let port = Port { port_id: 1, addr: local, subsystems: Vec::new(), discovery_only: false };
-    Queue::new(target, Arc::new(port), local, peer)
+    Queue::new(target, Arc::new(port), local, peer, 0)
 }
 
-/// Lent read data must point inside the output, in order (what the engine
-/// asserts in `send_borrowed_at`).
-fn check_lent(q: &mut Queue, out: &[u8]) {
-    let mut last = 0;
-    for (at, data) in q.take_lent() {
-        assert!(at >= last && at <= out.len(), "lent data out of order or past the output");
-        assert!(!data.is_empty());
-        last = at;
+/// Sets a flag; the harness calls `on_wake` when it finds it set.
+#[derive(Default)]
+pub struct FlagWaker(pub AtomicBool);
+
+impl QueueWaker for FlagWaker {
+    fn wake(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// How a [`Driven`] queue completes its storage operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageMode {
+    /// Keep them in [`Driven::storage`] until the test completes them.
+    Hold,
+    /// Perform them at once with plain system calls ([`exec_storage_sync`]).
+    Sync,
+    /// Complete them at once as if they succeeded (fuzzing: no real I/O).
+    Pretend,
+}
+
+/// A queue with the driver's work done in memory: bytes in, output collected,
+/// actions executed (control actions through [`apply_control`], as in
+/// production), wake-ups and deadlines delivered on a virtual clock.
+pub struct Driven {
+    pub q: Queue,
+    pub target: Arc<Target>,
+    /// Received bytes not yet consumed.
+    pub rx: Vec<u8>,
+    /// Output not yet taken by the test.
+    pub out: Vec<u8>,
+    pub now_us: u64,
+    pub waker: Arc<FlagWaker>,
+    pub storage_mode: StorageMode,
+    /// Storage operations held ([`StorageMode::Hold`]).
+    pub storage: Vec<StorageOp>,
+    pub established: bool,
+    /// The last flow other than Continue.
+    pub closed: Option<QueueFlow>,
+}
+
+impl Driven {
+    pub fn new(target: Arc<Target>) -> Driven {
+        let q = test_queue(target.clone());
+        Driven {
+            q,
+            target,
+            rx: Vec::new(),
+            out: Vec::new(),
+            now_us: 0,
+            waker: Arc::new(FlagWaker::default()),
+            storage_mode: StorageMode::Sync,
+            storage: Vec::new(),
+            established: false,
+            closed: None,
+        }
+    }
+
+    fn note(&mut self, f: QueueFlow) {
+        if f != QueueFlow::Continue && self.closed.is_none() {
+            self.closed = Some(f);
+        }
+    }
+
+    /// Deliver `bytes` (appended to what is buffered) and run everything that
+    /// follows: actions, storage (as the mode says), wake-ups.
+    pub fn recv(&mut self, bytes: &[u8]) -> QueueFlow {
+        self.rx.extend_from_slice(bytes);
+        self.pump();
+        self.closed.unwrap_or(QueueFlow::Continue)
+    }
+
+    /// Parse what is buffered once, as the engine does when bytes arrive,
+    /// and run what follows. Like the engine glue, parse again only when a
+    /// Connect was answered while bytes after it wait.
+    pub fn pump(&mut self) {
+        loop {
+            if self.closed.is_some() {
+                self.take_lent_into_out();
+                return;
+            }
+            let (n, f) = self.q.on_recv(&self.rx, self.now_us, &mut self.out);
+            assert!(n <= self.rx.len());
+            self.rx.drain(..n);
+            self.note(f);
+            let paused = self.q.input_paused();
+            self.run_actions();
+            self.deliver_wake();
+            if !(paused && !self.q.input_paused() && !self.rx.is_empty()) {
+                return;
+            }
+        }
+    }
+
+    /// Splice lent data into the output, as the engine sends it.
+    fn take_lent_into_out(&mut self) {
+        let lent: Vec<(usize, &'static [u8])> = self.q.take_lent().collect();
+        let mut last = 0;
+        for (k, (at, data)) in lent.iter().enumerate().rev() {
+            assert!(*at <= self.out.len() && (k == 0 || lent[k - 1].0 <= *at), "lent data out of order");
+            last = last.max(*at);
+            self.out.splice(*at..*at, data.iter().copied());
+        }
+    }
+
+    /// Run pending actions; returns whether there were any.
+    pub fn run_actions(&mut self) -> bool {
+        self.take_lent_into_out();
+        let actions: Vec<Action> = self.q.take_actions().collect();
+        let any = !actions.is_empty();
+        for a in actions {
+            match a {
+                Action::Storage(op) => match self.storage_mode {
+                    StorageMode::Hold => self.storage.push(op),
+                    StorageMode::Sync => {
+                        let r = exec_storage_sync(&op);
+                        self.complete(op.token, r);
+                    }
+                    StorageMode::Pretend => {
+                        let r = match op.kind {
+                            StorageKind::Read { len, .. } | StorageKind::Write { len, .. } => len as i32,
+                            _ => 0,
+                        };
+                        self.complete(op.token, r);
+                    }
+                },
+                other => {
+                    let w: Arc<dyn QueueWaker> = self.waker.clone();
+                    let target = self.target.clone();
+                    let r = apply_control(&target, &mut self.q, other, &|| w.clone(), self.now_us, &mut self.out);
+                    self.established |= r.established;
+                    self.note(self.q.flow());
+                }
+            }
+        }
+        if any {
+            self.run_actions();
+        }
+        any
+    }
+
+    /// Complete a storage operation with `result`.
+    pub fn complete(&mut self, token: u64, result: i32) {
+        let f = self.q.on_storage(token, result, self.now_us, &mut self.out);
+        self.note(f);
+        self.run_actions();
+    }
+
+    /// Complete every held storage operation with `exec`.
+    pub fn complete_held(&mut self, mut exec: impl FnMut(&StorageOp) -> i32) {
+        while !self.storage.is_empty() {
+            let ops = std::mem::take(&mut self.storage);
+            for op in ops {
+                let r = exec(&op);
+                self.complete(op.token, r);
+            }
+        }
+    }
+
+    /// Call `on_wake` if the controller woke this queue.
+    pub fn deliver_wake(&mut self) -> bool {
+        if !self.waker.0.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let f = self.q.on_wake(self.now_us, &mut self.out);
+        self.note(f);
+        self.run_actions();
+        true
+    }
+
+    /// Move the virtual clock to `now_us`, delivering every deadline on the way.
+    pub fn advance_to(&mut self, now_us: u64) -> QueueFlow {
+        assert!(now_us >= self.now_us, "the clock never goes back");
+        while self.closed.is_none() {
+            match self.q.next_deadline_us() {
+                Some(d) if d <= now_us => {
+                    self.now_us = self.now_us.max(d);
+                    let f = self.q.on_timeout(self.now_us, &mut self.out);
+                    self.note(f);
+                    self.run_actions();
+                }
+                _ => break,
+            }
+        }
+        self.now_us = now_us;
+        self.closed.unwrap_or(QueueFlow::Continue)
+    }
+
+    /// Take the output produced so far.
+    pub fn take_out(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The connection is gone (as the engine reports it).
+    pub fn close(&mut self) {
+        self.q.on_closed();
+        self.run_actions();
+    }
+}
+
+/// Perform a storage operation with plain system calls; returns what
+/// io_uring would (bytes or -errno). Discard is not available this way.
+pub fn exec_storage_sync(op: &StorageOp) -> i32 {
+    let r = match op.kind {
+        // SAFETY: the queue keeps the buffer valid until the completion.
+        StorageKind::Read { offset, buf, len } => unsafe {
+            libc::pread(op.fd, buf as *mut libc::c_void, len as usize, offset as libc::off_t) as i64
+        },
+        // SAFETY: as above.
+        StorageKind::Write { offset, buf, len } => unsafe {
+            libc::pwrite(op.fd, buf as *const libc::c_void, len as usize, offset as libc::off_t) as i64
+        },
+        // SAFETY: plain syscalls on a descriptor the namespace keeps open.
+        StorageKind::Fsync { datasync } => unsafe {
+            (if datasync { libc::fdatasync(op.fd) } else { libc::fsync(op.fd) }) as i64
+        },
+        StorageKind::Fallocate { mode, offset, len } => unsafe {
+            libc::fallocate(op.fd, mode, offset as libc::off_t, len as libc::off_t) as i64
+        },
+        StorageKind::Discard { .. } => return -libc::EOPNOTSUPP,
+    };
+    if r < 0 {
+        -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    } else {
+        r as i32
     }
 }
 
@@ -170,7 +374,8 @@ fn check_lent(q: &mut Queue, out: &[u8]) {
 const FUZZ_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f022";
 
 /// Fuzz entry point: feed arbitrary bytes to a fresh queue state machine, in
-/// a few chunkings, and tick it. Must never panic, hang or allocate without bound.
+/// a few chunkings, and run its deadlines. Must never panic, hang or allocate
+/// without bound.
 ///
 /// The first byte picks a preface so that fuzzing reaches deep states:
 /// `b % 3 == 0` raw bytes from the first one; `1` an admin queue already
@@ -199,6 +404,7 @@ pub fn fuzz_queue_input(bytes: &[u8]) {
                 let c = target
                     .create_controller(crate::ctrl::CtrlKind::Io, Some(sub), FUZZ_HOST, [0; 16], 1)
                     .expect("controller");
+                c.set_state(crate::ctrl::CtrlState::Enabled);
                 let id = c.cntlid;
                 ctrl = Some(c);
                 (1, id)
@@ -211,32 +417,21 @@ pub fn fuzz_queue_input(bytes: &[u8]) {
                 encode_capsule_cmd(&mut preface, &en, &[], &tx);
             }
         }
-        let mut q = test_queue(target.clone());
-        let mut storage = RecordingStorage::default();
-        let mut out = Vec::new();
-        let mut rx: Vec<u8> = preface;
-        let (n, _) = q.on_recv(&rx, 0, &mut out, &mut storage);
-        check_lent(&mut q, &out);
-        rx.drain(..n);
+        let mut d = Driven::new(target.clone());
+        d.storage_mode = StorageMode::Pretend;
+        d.recv(&preface);
+        d.out.clear();
         let mut fed = 0;
-        let mut now = 1;
-        while fed < body.len() {
+        while fed < body.len() && d.closed.is_none() {
             let n = chunk.min(body.len() - fed);
-            rx.extend_from_slice(&body[fed..fed + n]);
+            d.recv(&body[fed..fed + n]);
             fed += n;
-            let (consumed, flow) = q.on_recv(&rx, now, &mut out, &mut storage);
-            assert!(consumed <= rx.len());
-            check_lent(&mut q, &out);
-            rx.drain(..consumed);
-            now += 1;
-            let _ = q.on_tick(now, &mut out);
-            check_lent(&mut q, &out);
-            out.clear();
-            if flow != crate::transport::QueueFlow::Continue {
-                break;
-            }
+            // A virtual second per chunk: deadlines fire without sleeping.
+            let t = d.now_us + 1_000_000;
+            d.advance_to(t);
+            d.out.clear();
         }
-        q.on_closed();
+        d.close();
         if let Some(c) = ctrl {
             c.kill("fuzz run over");
             target.release_controller(&c);

@@ -380,7 +380,7 @@ impl Mgmt {
         } else {
             let used: std::collections::BTreeSet<u32> =
                 cfg.subsystems[i].namespaces.iter().filter_map(|n| n.nsid).collect();
-            ns.nsid = (1..=crate::subsys::NSID_MAX).find(|id| !used.contains(id));
+            ns.nsid = (1..=crate::limits::NSID_MAX).find(|id| !used.contains(id));
             if ns.nsid.is_none() {
                 return Err(RpcError::conflict(format!("{nqn} has no free NSID")));
             }
@@ -653,8 +653,11 @@ impl Mgmt {
         let state = parse_ana_state(state_text).ok_or_else(|| {
             RpcError::param("state", format!("{state_text:?} is not optimized, non-optimized or inaccessible"))
         })?;
-        if group == 0 || group > crate::subsys::ANA_GROUPS_MAX {
-            return Err(RpcError::param("group", format!("{group} is outside 1..={}", crate::subsys::ANA_GROUPS_MAX)));
+        if group == 0 || group > crate::limits::ANA_GROUP_ID_MAX {
+            return Err(RpcError::param(
+                "group",
+                format!("{group} is outside 1..={}", crate::limits::ANA_GROUP_ID_MAX),
+            ));
         }
         let _cfg = self.state.lock().unwrap();
         let port = self.port_of(p)?;

@@ -8,7 +8,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::ctrl::{ERROR_KINDS, LATENCY_BUCKETS};
+use crate::stats::{ERROR_KINDS, LATENCY_BUCKETS};
 use crate::subsys::IoTotals;
 
 use super::Mgmt;
@@ -129,7 +129,7 @@ pub fn render(m: &Mgmt) -> String {
     o.0
 }
 
-/// Upper bound (seconds) of histogram bucket `k` (see [`crate::ctrl::LatencyHistogram`]).
+/// Upper bound (seconds) of histogram bucket `k` (see [`crate::stats::LatencyHistogram`]).
 fn le(k: usize) -> String {
     if k + 1 == LATENCY_BUCKETS {
         "+Inf".into()
