@@ -224,7 +224,9 @@ fn idle_and_half_requests_are_closed() {
     // TCP JSON-RPC: a head without its body; metrics: half a head.
     let mut t_body = TcpStream::connect(r.rpc_tcp()).unwrap();
     t_body
-        .write_all(format!("POST / HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 40\r\n\r\n{{\"js").as_bytes())
+        .write_all(
+            format!("POST / HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 40\r\n\r\n{{\"js").as_bytes(),
+        )
         .unwrap();
     let mut m_half = TcpStream::connect(r.metrics()).unwrap();
     m_half.write_all(b"GET /metr").unwrap();
@@ -351,4 +353,84 @@ fn a_socket_file_that_is_no_longer_ours_is_left_at_stop() {
     let mut r = start();
     assert!(r.stop_within(Duration::from_secs(3)), "stop() hung");
     assert!(!r.sock.exists(), "stop() left its own socket file");
+}
+
+/// Sixteen requests that take a while (their namespace opener waits on a
+/// gate) hold every connection: none of them is evicted or cut short by a
+/// newcomer, and the newcomer is served once they are done instead of being
+/// refused.
+#[test]
+fn executing_requests_are_never_evicted_and_a_newcomer_waits_its_turn() {
+    use std::sync::{Condvar, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config();
+    let server = Arc::new(nvmf_target::serve(&cfg).unwrap());
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let g = gate.clone();
+    let opener: nvmf_target::mgmt::SharedOpener = Arc::new(move |n: &NamespaceConfig| {
+        let (open, cv) = &*g;
+        // Bounded, so that a failing test cannot hang.
+        let _ = cv.wait_timeout_while(open.lock().unwrap(), Duration::from_secs(30), |o| !*o).unwrap();
+        nvmf_target::backend::open(n)
+    });
+    let mgmt = Mgmt::with_opener(server.clone(), &cfg, opener).unwrap();
+    let sock = dir.path().join("rpc.sock");
+    let opts = RpcOptions { socket_path: Some(sock.clone()), socket_required: true, ..RpcOptions::default() };
+    let listeners = MgmtListeners::start(mgmt, &opts).unwrap();
+
+    let slow: Vec<_> = (0..16)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || -> Result<Value, String> {
+                let mut s = UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+                s.write_all(
+                    format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"namespace_add\",\
+                         \"params\":{{\"nqn\":\"{NQN}\",\"kind\":\"null\",\"size\":\"1MiB\"}}}}\n"
+                    )
+                    .as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line)
+                    .map_err(|e| format!("{e} after {line:?}"))?;
+                serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))
+            })
+        })
+        .collect();
+    // Let every one of them reach its method (all but one wait for the lock the first holds).
+    std::thread::sleep(Duration::from_secs(1));
+    let newcomer = {
+        let sock = sock.clone();
+        std::thread::spawn(move || -> Value {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+            s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"stats\"}\n").unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\n") {
+                assert_eq!(s.read(&mut b).unwrap(), 1, "closed: {}", String::from_utf8_lossy(&line));
+                line.push(b[0]);
+            }
+            serde_json::from_slice(&line).unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!newcomer.is_finished(), "the newcomer got an answer while all connections were executing");
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let mut nsids: Vec<u64> = slow
+        .into_iter()
+        .map(|t| {
+            let v = t.join().unwrap().unwrap_or_else(|e| panic!("an executing request lost its answer: {e}"));
+            v["result"]["nsid"].as_u64().unwrap_or_else(|| panic!("{v}"))
+        })
+        .collect();
+    nsids.sort();
+    assert_eq!(nsids, (2..=17).collect::<Vec<u64>>());
+    let v = newcomer.join().unwrap();
+    assert!(v["result"]["subsystems"].is_array(), "{v}");
+    listeners.stop();
+    Arc::try_unwrap(server).ok().expect("management released the server").shutdown(Duration::from_secs(2));
 }

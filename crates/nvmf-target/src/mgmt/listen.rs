@@ -19,10 +19,11 @@
 //! end of the previous response, and a response write that makes no progress
 //! for [`WRITE_STALL_TIMEOUT_MS`] ends the connection. When the cap is
 //! reached, a new connection evicts the oldest one that is waiting for (the
-//! rest of) a request, else the oldest one being written to; one whose
-//! request is executing is never evicted (if all are, the new connection gets
-//! a "too many connections" error). So idle or slow clients cannot keep the
-//! operator out.
+//! rest of) a request, else the one whose response has been being written
+//! the longest, if that is over [`WRITE_STALL_TIMEOUT_MS`] (a client that
+//! reads a trickle); one whose request is executing is never evicted. If all are executing, new
+//! connections wait in the listen backlog until one is done (nobody is
+//! refused). So idle or slow clients cannot keep the operator out.
 //!
 //! Stopping does not depend on peers or on the socket file: the loops are
 //! woken through their wake-up sockets, requests still executing get
@@ -48,7 +49,8 @@ use super::rpc::{self, REQUEST_BYTES_MAX};
 use super::Mgmt;
 
 /// Connections per management listener. At the cap a new connection evicts
-/// the oldest one not executing a request; if every one is, it is refused.
+/// the oldest one not executing a request; while every one is executing, new
+/// connections wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 16;
 /// A request must arrive complete within this of the connection's start or
 /// of the end of the previous response; else the connection is closed (so an
@@ -390,7 +392,8 @@ enum Phase {
     Reading,
     /// Its request runs on a request thread: never evicted, no deadline.
     Executing,
-    /// Writing the response: evictable after every reading connection.
+    /// Writing the response: evictable after every reading connection, once
+    /// it has taken [`WRITE_STALL_TIMEOUT_MS`].
     Writing,
 }
 
@@ -410,6 +413,8 @@ struct Conn {
     /// Reading: when the wait for this request began (connection start or end
     /// of the previous response); Writing: the last progress.
     since: Instant,
+    /// Writing: when the response began.
+    response_start: Instant,
     /// HTTP framing on the Unix socket (decided by the first bytes).
     http: bool,
     /// A response was written (HTTP is only recognised before the first).
@@ -471,11 +476,19 @@ impl Conn {
     }
 }
 
-/// The connection to evict for a new one: the oldest reading, else the
-/// oldest writing; never an executing one.
-fn victim(conns: impl Iterator<Item = (Phase, Instant)> + Clone) -> Option<usize> {
+/// The connection to evict for a new one, from (phase, since) where since is
+/// the start of the wait for a request (Reading) or of the response
+/// (Writing): the oldest reading one, else the oldest writing one that has
+/// been at it for [`WRITE_STALL_TIMEOUT_MS`]; never an executing one.
+fn victim(conns: impl Iterator<Item = (Phase, Instant)> + Clone, now: Instant) -> Option<usize> {
+    let slow = Duration::from_millis(WRITE_STALL_TIMEOUT_MS);
     let oldest = |want: Phase| {
-        conns.clone().enumerate().filter(|(_, (p, _))| *p == want).min_by_key(|(_, (_, since))| *since).map(|(i, _)| i)
+        conns
+            .clone()
+            .enumerate()
+            .filter(|(_, (p, since))| *p == want && (want == Phase::Reading || now.duration_since(*since) >= slow))
+            .min_by_key(|(_, (_, since))| *since)
+            .map(|(i, _)| i)
     };
     oldest(Phase::Reading).or_else(|| oldest(Phase::Writing))
 }
@@ -486,7 +499,9 @@ enum Job {
     Line(Vec<u8>),
     /// A JSON-RPC body from an HTTP `POST`.
     Http(Vec<u8>),
-    Metrics { head_only: bool },
+    Metrics {
+        head_only: bool,
+    },
 }
 
 /// What the connection does next with its buffer.
@@ -511,18 +526,6 @@ fn line_bytes(v: &serde_json::Value) -> Vec<u8> {
 
 fn error_value(code: i64, message: String) -> serde_json::Value {
     serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}})
-}
-
-/// The answer to a connection refused because every connection is executing a request.
-fn busy_reply(proto: &Proto) -> Vec<u8> {
-    let v = error_value(
-        rpc::code::FAILED,
-        format!("too many management connections (at most {CONNECTIONS_MAX}, all executing requests)"),
-    );
-    match proto {
-        Proto::Unix => line_bytes(&v),
-        Proto::HttpRpc { .. } | Proto::Metrics => http::response(503, JSON, &json_bytes(&v), false),
-    }
 }
 
 /// The answer when a request thread failed (panicked or could not start).
@@ -729,12 +732,18 @@ fn progress(c: &mut Conn, proto: &Proto, exec: &Exec) -> bool {
             State::Reading => match next_request(c, proto) {
                 Next::More => return c.buf.len() - c.start <= BUFFER_BYTES_MAX,
                 Next::Close => return false,
-                Next::Reply(out) => c.state = State::Writing { out, pos: 0, close_after: true },
+                Next::Reply(out) => {
+                    c.state = State::Writing { out, pos: 0, close_after: true };
+                    c.response_start = Instant::now();
+                    c.since = c.response_start;
+                }
                 Next::Run(job) => match exec.start(c.id, job) {
                     Ok(()) => c.state = State::Executing,
                     Err(e) => {
                         tracing::warn!("management: cannot start a request thread: {e}");
                         c.state = State::Writing { out: failure_reply(proto, c.http), pos: 0, close_after: true };
+                        c.response_start = Instant::now();
+                        c.since = c.response_start;
                     }
                 },
             },
@@ -747,7 +756,9 @@ impl EventLoop {
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(CONNECTIONS_MAX + 2);
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
-            let accepting = self.accept_paused_until.map_or(true, |t| now >= t);
+            // Full of executing connections: leave new ones in the backlog.
+            let room = self.conns.len() < CONNECTIONS_MAX || self.victim(now).is_some();
+            let accepting = room && !matches!(self.accept_paused_until, Some(t) if now < t);
             fds.clear();
             fds.push(pollfd(self.wake_rx.as_raw_fd(), Some(libc::POLLIN)));
             fds.push(pollfd(self.listener.fd(), accepting.then_some(libc::POLLIN)));
@@ -804,6 +815,16 @@ impl EventLoop {
         }
     }
 
+    fn victim(&self, now: Instant) -> Option<usize> {
+        victim(
+            self.conns.iter().map(|c| match c.state {
+                State::Writing { .. } => (Phase::Writing, c.response_start),
+                _ => (c.phase(), c.since),
+            }),
+            now,
+        )
+    }
+
     /// Hand finished requests' answers to their connections.
     fn finish_requests(&mut self) {
         while let Ok(d) = self.done_rx.try_recv() {
@@ -811,7 +832,8 @@ impl EventLoop {
             debug_assert!(matches!(c.state, State::Executing));
             let (out, close_after) = d.result.unwrap_or_else(|| (failure_reply(&self.proto, c.http), true));
             c.state = State::Writing { out, pos: 0, close_after };
-            c.since = Instant::now();
+            c.response_start = Instant::now();
+            c.since = c.response_start;
             if !progress(c, &self.proto, &self.exec) {
                 c.closed = true;
             }
@@ -821,7 +843,14 @@ impl EventLoop {
     fn accept_some(&mut self, now: Instant) {
         let now_ms = now.duration_since(self.t0).as_millis() as u64;
         for _ in 0..ACCEPT_BATCH_MAX {
-            let mut sock = match self.listener.accept() {
+            let evict = if self.conns.len() < CONNECTIONS_MAX {
+                None
+            } else if let Some(i) = self.victim(now) {
+                Some(i)
+            } else {
+                return;
+            };
+            let sock = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -832,30 +861,15 @@ impl EventLoop {
                     return;
                 }
             };
-            if self.conns.len() >= CONNECTIONS_MAX {
-                match victim(self.conns.iter().map(|c| (c.phase(), c.since))) {
-                    Some(i) => {
-                        let v = self.conns.swap_remove(i);
-                        nvmf_proto::limited!(
-                            self.log,
-                            now_ms,
-                            debug,
-                            "management: {CONNECTIONS_MAX} connections, closed the oldest {:?} one",
-                            v.phase()
-                        );
-                    }
-                    None => {
-                        // A fresh socket's send buffer is empty: this short write does not block.
-                        let _ = sock.write(&busy_reply(&self.proto));
-                        nvmf_proto::limited!(
-                            self.log,
-                            now_ms,
-                            warn,
-                            "management: refused a connection, all {CONNECTIONS_MAX} are executing requests"
-                        );
-                        continue;
-                    }
-                }
+            if let Some(i) = evict {
+                let v = self.conns.swap_remove(i);
+                nvmf_proto::limited!(
+                    self.log,
+                    now_ms,
+                    debug,
+                    "management: {CONNECTIONS_MAX} connections, closed the oldest {:?} one for a new one",
+                    v.phase()
+                );
             }
             self.next_id += 1;
             self.conns.push(Conn {
@@ -865,6 +879,7 @@ impl EventLoop {
                 start: 0,
                 state: State::Reading,
                 since: now,
+                response_start: now,
                 http: false,
                 served: false,
                 eof: false,
@@ -879,13 +894,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn eviction_takes_the_oldest_reader_then_the_oldest_writer_never_an_executor() {
+    fn eviction_takes_the_oldest_reader_then_a_slow_writer_never_an_executor() {
         let t = Instant::now();
         let at = |ms: u64| t + Duration::from_millis(ms);
-        let v = |c: &[(Phase, Instant)]| victim(c.iter().copied());
+        let now = at(WRITE_STALL_TIMEOUT_MS + 5);
+        let v = |c: &[(Phase, Instant)]| victim(c.iter().copied(), now);
         use Phase::*;
         assert_eq!(v(&[(Writing, at(0)), (Reading, at(5)), (Executing, at(1)), (Reading, at(3))]), Some(3));
-        assert_eq!(v(&[(Executing, at(0)), (Writing, at(9)), (Writing, at(4))]), Some(2));
+        assert_eq!(v(&[(Executing, at(0)), (Writing, at(4)), (Writing, at(2))]), Some(2));
+        // A response under way for less than the stall bound is left alone.
+        assert_eq!(v(&[(Executing, at(0)), (Writing, at(9))]), None);
         assert_eq!(v(&[(Executing, at(0)), (Executing, at(1))]), None);
         assert_eq!(v(&[]), None);
     }
