@@ -71,6 +71,10 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const BUFFER_BYTES_MAX: usize = REQUEST_BYTES_MAX + http::HEAD_BYTES_MAX + 4;
 /// After an accept error (e.g. EMFILE), the listener is left alone this long.
 const ACCEPT_PAUSE_MS: u64 = 100;
+/// Connections the kernel queues for a listener until the loop takes them
+/// (std's default, 128, drops SYNs during a burst of clients, and a dropped
+/// SYN costs a scraper a 1 s retransmission). Linux caps it at somaxconn.
+const LISTEN_BACKLOG: libc::c_int = 1024;
 /// Longest poll(2) wait (a backstop: stop and completions wake the loop).
 const POLL_TIMEOUT_MS_MAX: u64 = 1_000;
 
@@ -194,7 +198,7 @@ impl MgmtListeners {
         proto: Proto,
         mgmt: &Arc<Mgmt>,
     ) -> io::Result<()> {
-        listener.set_nonblocking()?;
+        listener.prepare()?;
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
@@ -314,11 +318,18 @@ enum Listener {
 }
 
 impl Listener {
-    fn set_nonblocking(&self) -> io::Result<()> {
+    /// Non-blocking, with a [`LISTEN_BACKLOG`] queue.
+    fn prepare(&self) -> io::Result<()> {
         match self {
-            Listener::Unix(l) => l.set_nonblocking(true),
-            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l) => l.set_nonblocking(true)?,
+            Listener::Tcp(l) => l.set_nonblocking(true)?,
         }
+        // Calling listen(2) again on a listening socket sets its backlog.
+        // SAFETY: plain syscall on a listening socket this value owns.
+        if unsafe { libc::listen(self.fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
     fn accept(&self) -> io::Result<Sock> {
         let s = match self {
