@@ -226,3 +226,84 @@ fn target_imports_nvmetcli_json() {
     assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
     assert_eq!(ls[0]["addr"], format!("127.0.0.1:{port}"));
 }
+
+/// `nvmf ctl stats` with `idle` Unix clients connected (and sending nothing):
+/// it is answered within 3 s.
+fn ctl_gets_in_past(idle: usize) {
+    let dir = tempdir();
+    let sock = dir.path().join("nvmf.sock");
+    let _t = start(&["--listen", "127.0.0.1:0", "--discovery-listen", "none", "--namespace", "ram:1MiB"], &sock);
+    let clients: Vec<std::os::unix::net::UnixStream> =
+        (0..idle).map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let stats = ctl_json(&sock, &["stats"]);
+    assert!(t0.elapsed() < Duration::from_secs(3), "nvmf ctl stats took {:?}", t0.elapsed());
+    assert_eq!(stats["subsystems"].as_array().unwrap().len(), 1, "{stats}");
+    drop(clients);
+}
+
+#[test]
+fn ctl_gets_in_past_sixteen_idle_clients() {
+    ctl_gets_in_past(16);
+}
+
+#[test]
+fn ctl_gets_in_past_a_hundred_idle_clients() {
+    ctl_gets_in_past(100);
+}
+
+/// SIGTERM to a target; its exit status, if it exits within `within`.
+fn sigterm_exit(t: &mut Target, within: Duration) -> Option<std::process::ExitStatus> {
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(t.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(st) = t.0.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn sigterm_exits_in_time_when_the_socket_file_is_gone() {
+    let dir = tempdir();
+    let sock = dir.path().join("rpc.sock");
+    let timeout_ms = 2000u64;
+    let mut t = start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery-listen",
+            "none",
+            "--namespace",
+            "ram:1MiB",
+            "--shutdown-timeout-ms",
+            &timeout_ms.to_string(),
+        ],
+        &sock,
+    );
+    // A client in the middle of a request and an idle one do not hold shutdown up either.
+    let mut half = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    std::io::Write::write_all(&mut half, b"{\"jsonrpc\":\"2.0\",").unwrap();
+    let _idle = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    ctl_ok(&sock, &["stats"]);
+    std::fs::remove_file(&sock).unwrap();
+    let st = sigterm_exit(&mut t, Duration::from_millis(timeout_ms + 1000));
+    assert!(st.is_some(), "nvmf target still running {} ms after SIGTERM", timeout_ms + 1000);
+    assert!(st.unwrap().success(), "{st:?}");
+}
+
+#[test]
+fn a_socket_path_taken_over_is_left_at_exit() {
+    let dir = tempdir();
+    let sock = dir.path().join("rpc.sock");
+    let mut t = start(&["--listen", "127.0.0.1:0", "--discovery-listen", "none", "--namespace", "ram:1MiB"], &sock);
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"someone else's").unwrap();
+    let st = sigterm_exit(&mut t, Duration::from_secs(6));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert_eq!(std::fs::read(&sock).unwrap(), b"someone else's");
+}

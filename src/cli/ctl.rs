@@ -14,8 +14,12 @@ use serde_json::{json, Map, Value};
 
 /// Largest response accepted from the target.
 const RESPONSE_BYTES_MAX: u64 = 64 << 20;
-/// Time to wait for the target's answer.
+/// Time to wait for the target's answer (and for a send to progress). The
+/// target takes a new connection at once, or, while every one of its
+/// management connections is executing a request, as soon as one is done.
 const RESPONSE_TIMEOUT_MS: u64 = 60_000;
+/// Time to establish a TCP connection (--rpc-addr).
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CtlFormat {
@@ -365,6 +369,23 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
     })
 }
 
+/// Connect to `addr` (HOST:PORT), trying each address it resolves to, each
+/// for at most [`CONNECT_TIMEOUT_MS`].
+fn connect_tcp(addr: &str) -> Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for a in addr.to_socket_addrs().with_context(|| format!("cannot resolve {addr}"))? {
+        match std::net::TcpStream::connect_timeout(&a, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => anyhow!(e).context(format!("cannot connect to {addr}")),
+        None => anyhow!("cannot connect to {addr}: it resolves to no address"),
+    })
+}
+
 /// One JSON-RPC exchange. Returns the result, or an error with code and message.
 pub fn call(a: &CtlArgs, method: &str, params: Value) -> Result<Value> {
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
@@ -375,8 +396,9 @@ pub fn call(a: &CtlArgs, method: &str, params: Value) -> Result<Value> {
             Some(f) => std::fs::read_to_string(f).with_context(|| format!("--rpc-token-file {}", f.display()))?,
             None => bail!("--rpc-addr needs --rpc-token-file"),
         };
-        let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+        let mut s = connect_tcp(addr)?;
         s.set_read_timeout(timeout)?;
+        s.set_write_timeout(timeout)?;
         write!(
             s,
             "POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -393,6 +415,7 @@ pub fn call(a: &CtlArgs, method: &str, params: Value) -> Result<Value> {
         let mut s = UnixStream::connect(&path)
             .with_context(|| format!("cannot connect to {} (is `nvmf target` running?)", path.display()))?;
         s.set_read_timeout(timeout)?;
+        s.set_write_timeout(timeout)?;
         s.write_all(&body)?;
         s.write_all(b"\n")?;
         let mut line = Vec::new();

@@ -8,13 +8,15 @@
 //! 3. the result is validated and completed by `TargetConfig::normalized`.
 //!
 //! Then the server starts, a summary goes to stdout, and the main thread waits
-//! for SIGINT/SIGTERM, on which it shuts the server down gracefully (bounded
-//! by `--shutdown-timeout-ms`) and exits 0. A second signal exits at once.
+//! for SIGINT/SIGTERM, on which it stops management, shuts the server down
+//! gracefully (the whole bounded by `--shutdown-timeout-ms`) and exits 0. A
+//! second signal exits at once, and so does a shutdown still running
+//! [`SHUTDOWN_GRACE_MS`] after the timeout (exit 1 both).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nvmf_target::config::{
@@ -23,6 +25,8 @@ use nvmf_target::config::{
 
 /// Longest graceful shutdown the flag accepts (1 hour).
 const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// A shutdown still running this long after `--shutdown-timeout-ms` ends the process (exit 1).
+const SHUTDOWN_GRACE_MS: u64 = 1_000;
 
 /// `nvmf target` arguments. With none, serves the embedded default.
 #[derive(clap::Args, Debug, Default)]
@@ -349,6 +353,8 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     drop(out);
 
     let sig = signals.wait();
+    let timeout = Duration::from_millis(a.shutdown_timeout_ms);
+    let deadline = Instant::now() + timeout;
     tracing::info!("{}: shutting down (at most {} ms)", signal_name(sig), a.shutdown_timeout_ms);
     // A second signal while draining: give up at once.
     std::thread::spawn(move || {
@@ -356,12 +362,34 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
         eprintln!("nvmf target: {} again, exiting without waiting", signal_name(sig));
         std::process::exit(1);
     });
-    listeners.stop();
+    // The last resort: whatever peers, files or backends do, the process ends.
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout + Duration::from_millis(SHUTDOWN_GRACE_MS));
+        eprintln!(
+            "nvmf target: shutdown did not finish within {} + {SHUTDOWN_GRACE_MS} ms, exiting",
+            timeout.as_millis()
+        );
+        std::process::exit(1);
+    });
+    // Management first (no new changes while draining); it never waits for
+    // the socket file or for peers, and gives requests still executing a short bound.
+    listeners.stop_within(timeout.min(Duration::from_millis(nvmf_target::mgmt::listen::STOP_TIMEOUT_MS)));
     drop(mgmt);
-    match std::sync::Arc::try_unwrap(server) {
-        Ok(server) => server.shutdown(Duration::from_millis(a.shutdown_timeout_ms)),
-        // Unreachable once the management threads are joined; dropping still shuts down.
-        Err(server) => drop(server),
+    // A request abandoned at stop may hold the server a little longer.
+    let mut server = server;
+    let server = loop {
+        match std::sync::Arc::try_unwrap(server) {
+            Ok(s) => break Some(s),
+            Err(s) if Instant::now() < deadline => {
+                server = s;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => break None,
+        }
+    };
+    match server {
+        Some(server) => server.shutdown(deadline.saturating_duration_since(Instant::now())),
+        None => tracing::warn!("a management request still holds the target: exiting without draining"),
     }
     tracing::info!("stopped");
     Ok(())
