@@ -104,4 +104,5 @@ fn corpora_replay_without_panic() {
     assert!(replay("target_queue", nvmf_target::fuzz_queue_input) >= 3);
     assert!(replay("host_queue", nvmf_host::fuzzing::host_queue_input) >= 3);
     assert!(replay("config_toml", nvmf_target::config::fuzz_config_toml) >= 3);
+    assert!(replay("http_request", nvmf_target::mgmt::http::fuzz_parse_request) >= 4);
 }
