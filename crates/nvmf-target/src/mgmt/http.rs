@@ -110,6 +110,22 @@ pub fn token_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Fuzz entry point: the parser on arbitrary bytes, whole and as every
+/// prefix a connection could have received so far. It must never panic, and
+/// a prefix of a complete request never parses as a different request.
+pub fn fuzz_parse_request(data: &[u8]) {
+    let body_max = 1024;
+    let whole = parse_request(data, body_max);
+    for cut in [0, 1, 7, data.len() / 2, data.len().saturating_sub(1)] {
+        let cut = cut.min(data.len());
+        if let Ok(Some(r)) = parse_request(&data[..cut], body_max) {
+            // Complete on a prefix: the whole buffer parses to the same request.
+            let w = whole.as_ref().ok().and_then(|w| w.as_ref()).expect("a complete prefix stays complete");
+            assert_eq!((&r.method, &r.path, &r.body), (&w.method, &w.path, &w.body));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,22 +170,6 @@ mod tests {
             let mut with_head = b"POST / HTTP/1.1\r\n".to_vec();
             with_head.extend_from_slice(&buf);
             let _ = parse_request(&with_head, 64);
-        }
-    }
-}
-
-/// Fuzz entry point: the parser on arbitrary bytes, whole and as every
-/// prefix a connection could have received so far. It must never panic, and
-/// a prefix of a complete request never parses as a different request.
-pub fn fuzz_parse_request(data: &[u8]) {
-    let body_max = 1024;
-    let whole = parse_request(data, body_max);
-    for cut in [0, 1, 7, data.len() / 2, data.len().saturating_sub(1)] {
-        let cut = cut.min(data.len());
-        if let Ok(Some(r)) = parse_request(&data[..cut], body_max) {
-            // Complete on a prefix: the whole buffer parses to the same request.
-            let w = whole.as_ref().ok().and_then(|w| w.as_ref()).expect("a complete prefix stays complete");
-            assert_eq!((&r.method, &r.path, &r.body), (&w.method, &w.path, &w.body));
         }
     }
 }

@@ -14,6 +14,7 @@
 //! replaces the mirror: a failed request changes nothing, and `save_config`
 //! writes exactly what runs.
 
+pub mod event_loop;
 pub mod http;
 pub mod listen;
 pub mod methods;
