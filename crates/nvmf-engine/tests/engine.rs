@@ -74,6 +74,8 @@ struct Events {
 
 struct Echo {
     ev: Arc<Events>,
+    /// Leave probation at once (ConnIo::set_established in the first on_tick).
+    establish: bool,
 }
 impl Handler for Echo {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
@@ -86,7 +88,10 @@ impl Handler for Echo {
     fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
         Flow::Continue
     }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
+    fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        if self.establish {
+            io.set_established();
+        }
         Flow::Continue
     }
     fn on_closed(&mut self, reason: CloseReason) {
@@ -103,7 +108,17 @@ impl HandlerFactory for EchoFactory {
     fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
         self.0.created.fetch_add(1, Ordering::SeqCst);
         self.0.cores.lock().unwrap().push(info.core);
-        Some(Box::new(Echo { ev: self.0.clone() }))
+        Some(Box::new(Echo { ev: self.0.clone(), establish: false }))
+    }
+}
+
+/// Echo connections that are established as soon as they are registered.
+struct EstablishedEchoFactory(Arc<Events>);
+impl HandlerFactory for EstablishedEchoFactory {
+    fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        self.0.created.fetch_add(1, Ordering::SeqCst);
+        self.0.cores.lock().unwrap().push(info.core);
+        Some(Box::new(Echo { ev: self.0.clone(), establish: true }))
     }
 }
 
@@ -152,10 +167,8 @@ fn stats_count_bytes_and_connections() {
 #[test]
 fn many_connections_two_cores() {
     let cores = cpus(2);
-    if cores.len() < 2 {
-        eprintln!("skipping: fewer than 2 CPUs");
-        return;
-    }
+    // A missing prerequisite fails loudly rather than passing silently.
+    assert_eq!(cores.len(), 2, "this test needs 2 CPUs to run on, found {cores:?}");
     for mode in [Mode::Poll, Mode::Interrupt] {
         let ev = Arc::new(Events::default());
         let eng = Engine::start(cfg(mode, cores.clone())).unwrap();
@@ -304,14 +317,26 @@ impl HandlerFactory for HoarderFactory {
 
 #[test]
 fn full_rx_buffer_without_progress_closes() {
-    let (tx, rx) = mpsc::channel();
-    let eng = Engine::start(EngineConfig { recv_buf_bytes: 8192, ..cfg(Mode::Interrupt, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(HoarderFactory(Mutex::new(tx)))).unwrap();
-    let mut s = connect(l.local_addr());
-    let _ = s.write_all(&[1u8; 20000]);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), CloseReason::RxOverflow);
-    expect_eof(&mut s);
-    eng.shutdown(Duration::from_secs(2));
+    for mode in [Mode::Poll, Mode::Interrupt] {
+        // Large buffers disabled (not larger than the small one), or enabled:
+        // then a burst moves the connection to a large buffer, which fills too.
+        for (large, write) in [(8192, 20_000), (64 * 1024, 200_000)] {
+            let (tx, rx) = mpsc::channel();
+            let eng =
+                Engine::start(EngineConfig { recv_buf_bytes: 8192, recv_buf_large_bytes: large, ..cfg(mode, vec![]) })
+                    .unwrap();
+            let l = eng.listen(lo(), Arc::new(HoarderFactory(Mutex::new(tx)))).unwrap();
+            let mut s = connect(l.local_addr());
+            let _ = s.write_all(&vec![1u8; write]);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), CloseReason::RxOverflow);
+            expect_eof(&mut s);
+            wait_until("buffers returned", || {
+                let st = &eng.stats()[0];
+                st.connections == 0 && st.rx_large_in_use == 0
+            });
+            eng.shutdown(Duration::from_secs(2));
+        }
+    }
 }
 
 // ------------------------------------------------------------------ backpressure
@@ -520,16 +545,23 @@ fn factory_refusal_closes_socket() {
 }
 
 #[test]
-fn max_connections_per_core_refuses_extra() {
+fn connections_max_refuses_extra_when_nothing_is_evictable() {
     let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { max_connections_per_core: 2, ..cfg(Mode::Interrupt, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let _a = connect(l.local_addr());
+    // Both places are held by established connections: nothing to evict,
+    // so the third socket is refused (closed at once, no handler made).
+    let eng = Engine::start(EngineConfig { connections_max: 2, unestablished_max: 2, ..cfg(Mode::Interrupt, vec![]) })
+        .unwrap();
+    let l = eng.listen(lo(), Arc::new(EstablishedEchoFactory(ev.clone()))).unwrap();
+    let mut a = connect(l.local_addr());
     let _b = connect(l.local_addr());
-    wait_until("2 registered", || eng.stats()[0].connections == 2);
+    wait_until("2 established", || eng.connection_counts() == ConnectionCounts { open: 2, unestablished: 0 });
     let mut c = connect(l.local_addr());
     expect_eof(&mut c);
     assert_eq!(ev.created.load(Ordering::SeqCst), 2);
+    wait_until("refusal counted", || eng.stats()[0].refused_limit == 1);
+    assert_eq!(eng.stats()[0].evicted_silent + eng.stats()[0].evicted_unestablished, 0);
+    // The established ones are unaffected.
+    echo_once(&mut a, 100, 1);
     eng.shutdown(Duration::from_secs(1));
 }
 
