@@ -15,9 +15,18 @@ use nvmf_proto::limited;
 use nvmf_proto::log_limit::LogLimiter;
 
 use crate::core::{self, Command, NewConn};
-use crate::limits::{Admission, Admit};
+use crate::limits::{evictions_pending, Admission, Admit};
 use crate::stats::CoreShared;
 use crate::{CoreStats, EngineConfig, EngineError, HandlerFactory, MakeHandler};
+
+/// Sockets handed to one core and not yet registered there, beyond which
+/// its acceptor waits (at most [`HANDOFFS_PENDING_WAIT`]) before handing it
+/// more.
+pub const HANDOFFS_PENDING_MAX: u64 = 1024;
+const HANDOFFS_PENDING_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest wait of an admission for sockets in flight to become evictable.
+const ADMIT_WAIT: Duration = Duration::from_millis(100);
 
 /// Listen backlog when `/proc/sys/net/core/somaxconn` cannot be read.
 pub const LISTEN_BACKLOG_DEFAULT: i32 = 4096;
@@ -90,12 +99,16 @@ impl ListenerId {
 /// Engine-wide connection counts (see [`Engine::connection_counts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionCounts {
-    /// Open connections plus sockets on their way to a core; at most
-    /// `connections_max` except for the brief race excess described in the
-    /// crate docs.
+    /// Open connections plus sockets on their way to a core, minus those
+    /// being evicted: at most `connections_max`, but for eviction misses
+    /// (`CoreStats::evict_missed`, a race; the next admission repairs it).
     pub open: usize,
-    /// The unestablished part of `open`.
+    /// The unestablished part of `open`, at most `unestablished_max` likewise.
     pub unestablished: usize,
+    /// Connections cores were asked to evict and have not yet handled (their
+    /// sockets are still open): at most
+    /// [`EVICTIONS_PENDING_MAX`](crate::EVICTIONS_PENDING_MAX).
+    pub evicting: usize,
 }
 
 struct CoreHandle {
@@ -128,14 +141,28 @@ struct Inner {
 }
 
 impl Inner {
-    /// Reserve a place for a new connection, evicting where a limit is reached.
+    /// Reserve a place for a new connection, evicting where a limit is
+    /// reached. While nothing is evictable but sockets are on their way to
+    /// cores (not yet registered, so not yet evictable), waits for them, at
+    /// most [`ADMIT_WAIT`]: under a flood the acceptor then keeps pace with
+    /// the cores instead of refusing.
     fn admit(&self, established: bool) -> Admit {
-        self.admission.admit(
-            established,
-            self.cores.len(),
-            |i| &self.cores[i].shared.eviction,
-            |i| self.cores[i].send(Command::Evict).is_ok(),
-        )
+        let started = Instant::now();
+        loop {
+            let admitted = self.admission.admit(
+                established,
+                self.cores.len(),
+                |i| &self.cores[i].shared.eviction,
+                |i| self.cores[i].send(Command::Evict).is_ok(),
+            );
+            if admitted != Admit::Refused || started.elapsed() >= ADMIT_WAIT || self.handoffs_pending() == 0 {
+                return admitted;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    fn handoffs_pending(&self) -> u64 {
+        self.cores.iter().map(|c| c.shared.pending_handoffs.load(Ordering::Acquire)).sum()
     }
     /// Least-loaded core (live connections + sockets still in flight to it),
     /// ties broken round-robin.
@@ -335,7 +362,8 @@ impl Engine {
     /// ones `connections_max` and `unestablished_max` bound).
     pub fn connection_counts(&self) -> ConnectionCounts {
         let (open, unestablished) = self.inner.admission.counts();
-        ConnectionCounts { open, unestablished }
+        let evicting = evictions_pending(self.inner.cores.len(), |i| &self.inner.cores[i].shared.eviction);
+        ConnectionCounts { open, unestablished, evicting }
     }
 
     fn stop_all(&self, timeout: Duration) {
@@ -420,6 +448,14 @@ fn acceptor(
             return;
         }
         let idx = inner.least_loaded_core();
+        // A core that lags behind a flood gets no more sockets until it
+        // catches up (bounds the channel and the reserved places).
+        let waited = Instant::now();
+        while inner.cores[idx].shared.pending_handoffs.load(Ordering::Relaxed) >= HANDOFFS_PENDING_MAX
+            && waited.elapsed() < HANDOFFS_PENDING_WAIT
+        {
+            std::thread::sleep(Duration::from_micros(50));
+        }
         if inner.admit(false) == Admit::Refused {
             inner.cores[idx].shared.refused_limit.fetch_add(1, Ordering::Relaxed);
             let (open, unestablished) = inner.admission.counts();

@@ -216,11 +216,14 @@ pub use crate::config::{
     RECV_POOL_FREE_MAX,
 };
 pub(crate) use crate::engine::CoreSender;
-pub use crate::engine::{ConnWaker, ConnectionCounts, Engine, ListenerId, LISTEN_BACKLOG_DEFAULT};
+pub use crate::engine::{
+    ConnWaker, ConnectionCounts, Engine, ListenerId, HANDOFFS_PENDING_MAX, LISTEN_BACKLOG_DEFAULT,
+};
 pub use crate::handler::{
     ArmedSink, CloseReason, ConnInfo, ConnIo, Flow, Handler, HandlerFactory, MakeHandler, Wakeup,
     BLOCK_URING_CMD_DISCARD,
 };
+pub use crate::limits::EVICTIONS_PENDING_MAX;
 pub use crate::rx::RX_CALM_RECVS_MAX;
 pub use crate::stats::CoreStats;
 pub use crate::tx::{TX_RETAIN_BYTES, TX_TRIM_IDLE_MS};

@@ -11,16 +11,21 @@
 //! evicts only its own connections, in registration order, found in O(1)
 //! amortized through two queues with lazily dropped stale entries.
 //!
-//! Races: an eviction request counts as done as soon as it is sent
-//! (`evict_pending`), so concurrent admissions do not all evict for the same
-//! slot. If the chosen connection became established or closed before the
-//! core got the request and the core has nothing else to evict, the count
-//! stays one over its limit; the next admission then evicts one more
-//! (at most [`EVICTIONS_PER_ADMISSION_MAX`]), so the excess is bounded by the
-//! requests in flight and does not accumulate.
+//! Counting: a new socket below both limits takes a place in the
+//! engine-wide counts (compare-and-swap, so it never takes one beyond a
+//! limit); at a limit it takes the place of the victim it asks a core to
+//! evict, so the counts do not change. The victim's close then does not
+//! count again. A request that finds nothing left to evict on its core (the
+//! victim got established or closed meanwhile: a miss, counted in
+//! `CoreStats::evict_missed`) puts the victim's place back, which is the only
+//! way a count exceeds its limit; the next admission evicts for the excess
+//! too (at most [`EVICTIONS_PER_ADMISSION_MAX`] victims), so it does not
+//! accumulate. Sockets of victims not yet closed are at most
+//! [`EVICTIONS_PENDING_MAX`] engine-wide: admission waits for the cores
+//! beyond that.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nvmf_proto::log_limit::LogLimiter;
@@ -30,16 +35,25 @@ use crate::stats::CoreShared;
 /// Evictions one admission may request (more than one only to repair an
 /// excess left by a race).
 pub(crate) const EVICTIONS_PER_ADMISSION_MAX: usize = 4;
+/// Eviction requests sent to cores and not yet handled, engine-wide, beyond
+/// which admission waits (an evicted connection holds its socket until its
+/// core handles the request, so this bounds how far the sockets held can
+/// exceed `connections_max` while cores lag behind a flood).
+pub const EVICTIONS_PENDING_MAX: usize = 64;
+/// How long admission waits for cores to work pending evictions off before
+/// refusing the socket.
+pub(crate) const EVICTIONS_PENDING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Engine-wide counts, shared by acceptors, [`crate::Engine::connect`] and cores.
 pub(crate) struct Admission {
     pub(crate) connections_max: usize,
     pub(crate) unestablished_max: usize,
     /// Open connections (not yet closing) plus sockets reserved for a core
-    /// and not yet registered or refused there.
-    pub(crate) open: AtomicUsize,
-    /// The unestablished part of `open`.
-    pub(crate) unestablished: AtomicUsize,
+    /// and not yet registered or refused there, minus eviction requests not
+    /// yet handled (signed: a race may take it below the truth for a moment).
+    open: AtomicIsize,
+    /// The unestablished part of `open`, likewise.
+    unestablished: AtomicIsize,
 }
 
 /// What one core publishes for acceptors choosing an eviction victim.
@@ -47,8 +61,8 @@ pub(crate) struct Admission {
 pub(crate) struct EvictionInfo {
     silent: AtomicUsize,
     unestablished: AtomicUsize,
-    oldest_silent_ms: AtomicU64,
-    oldest_unestablished_ms: AtomicU64,
+    oldest_silent_us: AtomicU64,
+    oldest_unestablished_us: AtomicU64,
     /// Eviction requests sent to the core and not yet handled.
     pub(crate) evict_pending: AtomicUsize,
 }
@@ -65,12 +79,15 @@ pub(crate) enum Admit {
 impl Admission {
     pub(crate) fn new(connections_max: usize, unestablished_max: usize) -> Admission {
         assert!(connections_max > 0 && unestablished_max > 0);
-        Admission { connections_max, unestablished_max, open: AtomicUsize::new(0), unestablished: AtomicUsize::new(0) }
+        Admission { connections_max, unestablished_max, open: AtomicIsize::new(0), unestablished: AtomicIsize::new(0) }
     }
 
     /// Reserve a place for a new connection (`established`: outbound). Where
     /// a limit would be exceeded, ask cores to evict (`evict(core)` sends the
-    /// request; false if the core is gone).
+    /// request; false if the core is gone). While [`EVICTIONS_PENDING_MAX`]
+    /// requests are pending, waits up to [`EVICTIONS_PENDING_WAIT`] for the
+    /// cores (acceptor threads and `Engine::connect` callers only, never a
+    /// core), then refuses.
     pub(crate) fn admit<'a>(
         &self,
         established: bool,
@@ -78,44 +95,92 @@ impl Admission {
         info: impl Fn(usize) -> &'a EvictionInfo,
         mut evict: impl FnMut(usize) -> bool,
     ) -> Admit {
-        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let unestablished = if established { 0 } else { self.unestablished.fetch_add(1, Ordering::AcqRel) + 1 };
-        let pending: usize = (0..cores).map(|i| info(i).evict_pending.load(Ordering::Acquire)).sum();
-        let over_open = open.saturating_sub(pending).saturating_sub(self.connections_max);
-        let over_unestablished = unestablished.saturating_sub(pending).saturating_sub(self.unestablished_max);
-        let need = over_open.max(over_unestablished).min(EVICTIONS_PER_ADMISSION_MAX);
-        let mut evictions = 0;
-        while evictions < need {
+        if evictions_pending(cores, &info) >= EVICTIONS_PENDING_MAX {
+            let started = std::time::Instant::now();
+            while evictions_pending(cores, &info) >= EVICTIONS_PENDING_MAX {
+                if started.elapsed() >= EVICTIONS_PENDING_WAIT {
+                    return Admit::Refused;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+        let took_open = take_place(&self.open, self.connections_max);
+        let took_unestablished = established || (took_open && take_place(&self.unestablished, self.unestablished_max));
+        if took_open && took_unestablished {
+            return Admit::Admitted { evictions: 0 };
+        }
+        if took_open {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        // At a limit: the new connection takes the place of the oldest
+        // evictable one (the counts do not change).
+        let Some(core) = pick_victim_core(cores, &info) else { return Admit::Refused };
+        info(core).evict_pending.fetch_add(1, Ordering::AcqRel);
+        if !evict(core) {
+            info(core).evict_pending.fetch_sub(1, Ordering::AcqRel);
+            return Admit::Refused;
+        }
+        if established {
+            // An outbound connection needs no unestablished place.
+            self.unestablished.fetch_sub(1, Ordering::AcqRel);
+        }
+        // A count above its limit (left by a miss) is repaired by evicting more.
+        let mut evictions = 1;
+        while evictions < EVICTIONS_PER_ADMISSION_MAX
+            && (self.open.load(Ordering::Acquire) > self.connections_max as isize
+                || self.unestablished.load(Ordering::Acquire) > self.unestablished_max as isize)
+        {
             let Some(core) = pick_victim_core(cores, &info) else { break };
             info(core).evict_pending.fetch_add(1, Ordering::AcqRel);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.unestablished.fetch_sub(1, Ordering::AcqRel);
             if !evict(core) {
+                self.evict_missed();
                 info(core).evict_pending.fetch_sub(1, Ordering::AcqRel);
                 break;
             }
             evictions += 1;
         }
-        if need > 0 && evictions == 0 {
-            self.release(established);
-            return Admit::Refused;
-        }
         Admit::Admitted { evictions }
     }
 
-    /// Give back a place reserved by [`admit`](Self::admit) for a socket
-    /// that was not registered after all.
+    /// Give back the place of a socket admitted by [`admit`](Self::admit)
+    /// and not registered after all, or of a connection that starts closing.
     pub(crate) fn release(&self, established: bool) {
-        let prev = self.open.fetch_sub(1, Ordering::AcqRel);
-        assert!(prev > 0, "admission count underflow");
+        self.open.fetch_sub(1, Ordering::AcqRel);
         if !established {
-            let prev = self.unestablished.fetch_sub(1, Ordering::AcqRel);
-            assert!(prev > 0, "unestablished count underflow");
+            self.unestablished.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// (open, unestablished) right now.
-    pub(crate) fn counts(&self) -> (usize, usize) {
-        (self.open.load(Ordering::Acquire), self.unestablished.load(Ordering::Acquire))
+    /// An unestablished connection got established.
+    fn established(&self) {
+        self.unestablished.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// An eviction request found no victim: its place comes back.
+    fn evict_missed(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.unestablished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// (open, unestablished) right now, net of pending evictions.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let get = |a: &AtomicIsize| a.load(Ordering::Acquire).max(0) as usize;
+        (get(&self.open), get(&self.unestablished))
+    }
+}
+
+/// Eviction requests sent to cores and not yet handled.
+pub(crate) fn evictions_pending<'a>(cores: usize, info: impl Fn(usize) -> &'a EvictionInfo) -> usize {
+    (0..cores).map(|i| info(i).evict_pending.load(Ordering::Acquire)).sum()
+}
+
+impl Admission {}
+
+/// Take one place of `count` if it is below `max`.
+fn take_place(count: &AtomicIsize, max: usize) -> bool {
+    count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v < max as isize).then_some(v + 1)).is_ok()
 }
 
 /// The core with the oldest evictable connection that never sent a byte,
@@ -126,14 +191,14 @@ fn pick_victim_core<'a>(cores: usize, info: &impl Fn(usize) -> &'a EvictionInfo)
         (0..cores)
             .filter_map(|i| {
                 let e = info(i);
-                let (n, at_ms) = count(e);
-                (n > e.evict_pending.load(Ordering::Acquire)).then_some((at_ms, i))
+                let (n, at_us) = count(e);
+                (n > e.evict_pending.load(Ordering::Acquire)).then_some((at_us, i))
             })
             .min()
             .map(|(_, i)| i)
     };
-    oldest(|e| (e.silent.load(Ordering::Acquire), e.oldest_silent_ms.load(Ordering::Acquire))).or_else(|| {
-        oldest(|e| (e.unestablished.load(Ordering::Acquire), e.oldest_unestablished_ms.load(Ordering::Acquire)))
+    oldest(|e| (e.silent.load(Ordering::Acquire), e.oldest_silent_us.load(Ordering::Acquire))).or_else(|| {
+        oldest(|e| (e.unestablished.load(Ordering::Acquire), e.oldest_unestablished_us.load(Ordering::Acquire)))
     })
 }
 
@@ -145,8 +210,10 @@ pub(crate) struct ConnAdmission {
     pub(crate) heard: bool,
     /// Still counted in the engine-wide counts (until it starts closing).
     pub(crate) counted: bool,
-    /// Engine ms of registration.
-    pub(crate) since_ms: u64,
+    /// Chosen by an eviction request, which already took it off the counts.
+    pub(crate) evicted: bool,
+    /// Engine µs of registration (orders eviction victims across cores).
+    pub(crate) since_us: u64,
 }
 
 impl ConnAdmission {
@@ -171,12 +238,15 @@ pub(crate) enum EvictKind {
 pub(crate) struct CoreLimits {
     admission: Arc<Admission>,
     shared: Arc<CoreShared>,
-    /// (slot, connection id, registration ms); stale entries are dropped
+    /// (slot, connection id, registration µs); stale entries are dropped
     /// from the front lazily and by compaction.
     silent_q: VecDeque<(u32, u64, u64)>,
     unestablished_q: VecDeque<(u32, u64, u64)>,
     silent: usize,
     unestablished: usize,
+    /// Eviction requests handled since the last publish (acceptors see them
+    /// handled together with the counts they changed).
+    evictions_handled: usize,
     /// Something acceptors see changed since the last publish.
     changed: bool,
     /// Refusal and eviction warnings of this core.
@@ -192,6 +262,7 @@ impl CoreLimits {
             unestablished_q: VecDeque::new(),
             silent: 0,
             unestablished: 0,
+            evictions_handled: 0,
             changed: true,
             log: LogLimiter::default(),
         }
@@ -207,15 +278,15 @@ impl CoreLimits {
     }
 
     /// A connection was registered (its place was reserved by [`Admission::admit`]).
-    pub(crate) fn on_register(&mut self, slot: u32, id: u64, now_ms: u64, established: bool) -> ConnAdmission {
+    pub(crate) fn on_register(&mut self, slot: u32, id: u64, now_us: u64, established: bool) -> ConnAdmission {
         if !established {
-            self.silent_q.push_back((slot, id, now_ms));
-            self.unestablished_q.push_back((slot, id, now_ms));
+            self.silent_q.push_back((slot, id, now_us));
+            self.unestablished_q.push_back((slot, id, now_us));
             self.silent += 1;
             self.unestablished += 1;
             self.changed = true;
         }
-        ConnAdmission { established, heard: false, counted: true, since_ms: now_ms }
+        ConnAdmission { established, heard: false, counted: true, evicted: false, since_us: now_us }
     }
 
     /// The peer sent its first byte.
@@ -233,8 +304,7 @@ impl CoreLimits {
                 self.silent -= 1;
             }
             self.unestablished -= 1;
-            let prev = self.admission.unestablished.fetch_sub(1, Ordering::AcqRel);
-            assert!(prev > 0, "unestablished count underflow");
+            self.admission.established();
             self.changed = true;
         }
         a.established = true;
@@ -250,12 +320,25 @@ impl CoreLimits {
                 self.silent -= 1;
             }
             self.unestablished -= 1;
-            self.admission.release(false);
-        } else {
-            let prev = self.admission.open.fetch_sub(1, Ordering::AcqRel);
-            assert!(prev > 0, "admission count underflow");
+        }
+        if !a.evicted {
+            self.admission.release(a.established);
         }
         a.counted = false;
+        self.changed = true;
+    }
+
+    /// An eviction request was handled: `victim` is the connection it
+    /// closes next (`None`: nothing was left to evict).
+    pub(crate) fn on_eviction_handled(&mut self, victim: Option<&mut ConnAdmission>) {
+        match victim {
+            Some(a) => {
+                debug_assert!(a.unestablished() && !a.evicted);
+                a.evicted = true;
+            }
+            None => self.admission.evict_missed(),
+        }
+        self.evictions_handled += 1;
         self.changed = true;
     }
 
@@ -269,8 +352,12 @@ impl CoreLimits {
             .map(|(slot, _)| (slot, EvictKind::Unestablished))
     }
 
-    /// Publish counts and oldest registration times for acceptors if they
-    /// changed; compact the queues when stale entries dominate.
+    /// Publish what changed for acceptors (once per loop iteration):
+    /// eviction requests handled, then counts and oldest registration times.
+    /// A reader between the two over-estimates what is evictable (at worst
+    /// an eviction request that finds nothing, a miss the next admission
+    /// repairs), never under-estimates it (a refusal). Compacts the queues
+    /// when stale entries dominate.
     pub(crate) fn publish(&mut self, lookup: impl Fn(u32, u64) -> Option<ConnAdmission>) {
         if !self.changed {
             return;
@@ -287,14 +374,15 @@ impl CoreLimits {
         let oldest_silent = front_valid(&mut self.silent_q, silent).map_or(u64::MAX, |(_, ms)| ms);
         let oldest_unestablished = front_valid(&mut self.unestablished_q, unestablished).map_or(u64::MAX, |(_, ms)| ms);
         let e = &self.shared.eviction;
+        e.evict_pending.fetch_sub(std::mem::take(&mut self.evictions_handled), Ordering::AcqRel);
         e.silent.store(self.silent, Ordering::Release);
         e.unestablished.store(self.unestablished, Ordering::Release);
-        e.oldest_silent_ms.store(oldest_silent, Ordering::Release);
-        e.oldest_unestablished_ms.store(oldest_unestablished, Ordering::Release);
+        e.oldest_silent_us.store(oldest_silent, Ordering::Release);
+        e.oldest_unestablished_us.store(oldest_unestablished, Ordering::Release);
     }
 }
 
-/// Drop stale entries from the front; the first valid one's (slot, ms).
+/// Drop stale entries from the front; the first valid one's (slot, µs).
 fn front_valid(q: &mut VecDeque<(u32, u64, u64)>, valid: impl Fn(u32, u64) -> bool) -> Option<(u32, u64)> {
     while let Some(&(slot, id, ms)) = q.front() {
         if valid(slot, id) {
@@ -336,14 +424,15 @@ mod tests {
         let a = Admission::new(2, 100);
         let i = infos(3);
         i[0].unestablished.store(1, Ordering::Relaxed);
-        i[0].oldest_unestablished_ms.store(5, Ordering::Relaxed);
+        i[0].oldest_unestablished_us.store(5, Ordering::Relaxed);
         i[1].silent.store(1, Ordering::Relaxed);
         i[1].unestablished.store(1, Ordering::Relaxed);
-        i[1].oldest_silent_ms.store(50, Ordering::Relaxed);
+        i[1].oldest_silent_us.store(50, Ordering::Relaxed);
         i[2].silent.store(2, Ordering::Relaxed);
         i[2].unestablished.store(2, Ordering::Relaxed);
-        i[2].oldest_silent_ms.store(40, Ordering::Relaxed);
+        i[2].oldest_silent_us.store(40, Ordering::Relaxed);
         a.open.store(2, Ordering::Relaxed);
+        a.unestablished.store(2, Ordering::Relaxed);
         let mut sent = Vec::new();
         for _ in 0..4 {
             a.admit(
@@ -369,6 +458,7 @@ mod tests {
         i[0].silent.store(5, Ordering::Relaxed);
         i[0].unestablished.store(5, Ordering::Relaxed);
         a.open.store(1, Ordering::Relaxed);
+        a.unestablished.store(1, Ordering::Relaxed);
         let mut n = 0;
         a.admit(
             false,

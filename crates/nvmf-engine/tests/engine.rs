@@ -554,7 +554,9 @@ fn connections_max_refuses_extra_when_nothing_is_evictable() {
     let l = eng.listen(lo(), Arc::new(EstablishedEchoFactory(ev.clone()))).unwrap();
     let mut a = connect(l.local_addr());
     let _b = connect(l.local_addr());
-    wait_until("2 established", || eng.connection_counts() == ConnectionCounts { open: 2, unestablished: 0 });
+    wait_until("2 established", || {
+        eng.connection_counts() == ConnectionCounts { open: 2, unestablished: 0, evicting: 0 }
+    });
     let mut c = connect(l.local_addr());
     expect_eof(&mut c);
     assert_eq!(ev.created.load(Ordering::SeqCst), 2);

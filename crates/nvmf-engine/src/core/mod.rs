@@ -27,6 +27,8 @@ use crate::{
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_REGISTERED_RING: u32 = 16;
+/// Commands (new sockets, evictions, wake-ups) handled per loop iteration.
+const COMMANDS_PER_ITERATION_MAX: usize = 16;
 /// Grace period for in-flight ops after a forced shutdown close.
 const FORCED_GRACE: Duration = Duration::from_secs(2);
 
@@ -90,6 +92,10 @@ struct Core {
     /// serving them all is cheaper than a `recv` per connection and spin.
     direct_ok: bool,
     tx_trim: TxTrimQueue,
+    /// Commands were left in the channel for the next iteration.
+    commands_more: bool,
+    /// Handed-off sockets handled since the last publish of admission state.
+    handoffs_done: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -152,6 +158,8 @@ pub(crate) fn run_core(
             0
         },
         tx_trim: TxTrimQueue::default(),
+        commands_more: false,
+        handoffs_done: 0,
         cfg,
     };
     core.next_tick_ms = core.ctx.clock.now_ms + core.cfg.tick_ms;
@@ -228,6 +236,10 @@ impl Core {
                 self.ctx.stats.idle_loops += 1;
             }
 
+            if self.commands_more {
+                self.commands();
+            }
+
             // 2. deadlines, then the periodic tick
             let now_ms = self.ctx.clock.now_ms;
             if self.ctx.timers.next_deadline().is_some_and(|d| d <= now_ms) {
@@ -271,7 +283,7 @@ impl Core {
 
             // 5. one enter per iteration
             let pending_sqes = !self.ctx.ring.submission().is_empty();
-            if poll || rerun || !self.dirty.is_empty() || !self.ctx.ring.completion().is_empty() {
+            if poll || rerun || self.commands_more || !self.dirty.is_empty() || !self.ctx.ring.completion().is_empty() {
                 // never sleep
                 let need = pending_sqes || !self.taskrun_flag || {
                     let sq = self.ctx.ring.submission();
@@ -345,18 +357,23 @@ impl Core {
         }
     }
 
-    fn commands(&mut self) {
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
+    /// Handle up to [`COMMANDS_PER_ITERATION_MAX`] commands; more wait for
+    /// the next iteration (`commands_more`), so that a flood of new sockets
+    /// does not hold back completions (a real host's first bytes among them).
+    pub(super) fn commands(&mut self) {
+        self.commands_more = false;
+        for _ in 0..COMMANDS_PER_ITERATION_MAX {
+            let Ok(cmd) = self.cmd_rx.try_recv() else { return };
             match cmd {
                 Command::Accepted { conn, factory } => {
                     self.register(conn, false, |info| factory.create(info));
-                    self.shared.pending_handoffs.fetch_sub(1, Ordering::Relaxed);
+                    // Counted down once the connection is published as
+                    // evictable (housekeeping): until then acceptors wait
+                    // for it rather than refuse for lack of a victim.
+                    self.handoffs_done += 1;
                 }
                 Command::Connect { conn, make } => self.register(conn, true, |info| Some(make(info))),
-                Command::Evict => {
-                    self.evict_one();
-                    self.shared.eviction.evict_pending.fetch_sub(1, Ordering::AcqRel);
-                }
+                Command::Evict => self.evict_one(),
                 Command::RemoveListener { id, ack } => {
                     for (slot, c) in self.conns.iter_mut().enumerate() {
                         let Some(c) = c else { continue };
@@ -394,6 +411,7 @@ impl Core {
                 }
             }
         }
+        self.commands_more = true;
     }
 
     /// Hard-close this core's oldest connection that never sent a byte, else
@@ -403,11 +421,14 @@ impl Core {
         let victim = self.ctx.limits.victim(|slot, id| {
             conns.get(slot as usize).and_then(|c| c.as_ref()).filter(|c| c.id == id && c.live()).map(|c| c.admission)
         });
-        let Some((slot, kind)) = victim else {
+        let Some((slot, kind, c)) =
+            victim.and_then(|(slot, kind)| Some((slot, kind, self.conns.get_mut(slot as usize)?.as_mut()?)))
+        else {
             self.ctx.stats.evict_missed += 1;
+            self.ctx.limits.on_eviction_handled(None);
             return;
         };
-        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else { return };
+        self.ctx.limits.on_eviction_handled(Some(&mut c.admission));
         let now_ms = self.ctx.clock.now_ms;
         let what = match kind {
             EvictKind::Silent => {
@@ -430,7 +451,7 @@ impl Core {
              {open}/{open_max} connections, {unestablished}/{unestablished_max} unestablished",
             self.idx,
             c.info.peer,
-            now_ms.saturating_sub(c.admission.since_ms)
+            self.ctx.clock.now_us.saturating_sub(c.admission.since_us) / 1000
         );
         c.hard_close(&mut self.ctx, slot, CloseReason::Evicted);
         Self::mark(&mut self.dirty, c, slot);
@@ -486,7 +507,7 @@ impl Core {
                 (self.conns.len() - 1) as u32
             }
         };
-        let admission = self.ctx.limits.on_register(slot, id, now_ms, established);
+        let admission = self.ctx.limits.on_register(slot, id, self.ctx.clock.now_us, established);
         let c = self.conns[slot as usize].insert(Conn::new(id, nc.fd, info, handler, rx, admission));
         self.ctx.stats.connections += 1;
         self.ctx.stats.connections_total += 1;

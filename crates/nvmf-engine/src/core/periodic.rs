@@ -1,6 +1,8 @@
 //! Timers and housekeeping of a core: deadlines, the periodic tick, send
 //! buffer trimming, stats, parked connections, lazy structure bounds.
 
+use std::sync::atomic::Ordering;
+
 use super::Core;
 use crate::tx::{self, TX_TRIM_IDLE_MS};
 
@@ -109,6 +111,9 @@ impl Core {
             conns.get(slot as usize).and_then(|c| c.as_ref()).filter(|c| c.id == id).map(|c| c.admission)
         };
         self.ctx.limits.publish(lookup);
+        if self.handoffs_done > 0 {
+            self.shared.pending_handoffs.fetch_sub(std::mem::take(&mut self.handoffs_done), Ordering::AcqRel);
+        }
         if self.ctx.rx_pool.waiters_len() > 2 * live + 64 {
             self.ctx.rx_pool.retain_waiters(|slot, id| {
                 conns.get(slot as usize).and_then(|c| c.as_ref()).is_some_and(|c| c.id == id && c.rx.waiting)
