@@ -209,6 +209,7 @@ pub(crate) struct RxPool {
     pub(crate) large_in_use: u64,
     pub(crate) reserve_granted: u64,
     pub(crate) reserve_denied: u64,
+    pub(crate) burst_granted: u64,
     pub(crate) parked: u64,
 }
 
@@ -230,6 +231,7 @@ impl RxPool {
             large_in_use: 0,
             reserve_granted: 0,
             reserve_denied: 0,
+            burst_granted: 0,
             parked: 0,
         }
     }
@@ -346,8 +348,8 @@ impl RxPool {
                             self.reserve_denied += 1;
                         }
                     }
-                } else if rx.burst {
-                    self.promote(rx, true);
+                } else if rx.burst && self.promote(rx, true) {
+                    self.burst_granted += 1;
                 }
             } else if rx.reserve_bytes > small {
                 // Held for a reservation now, whatever it was taken for.

@@ -100,6 +100,9 @@ core_stats! {
     /// Attempts to grant a reservation that found the pool at
     /// `recv_pool_bytes_max` (one per flush of a waiting connection).
     rx_reserve_denied,
+    /// Large buffers lent for receive bursts (no reservation: the receives
+    /// kept filling the small buffer).
+    rx_burst_granted,
     /// Connections not receiving while they wait for a large buffer.
     rx_parked,
     /// Deadline entries in the timer heap (live and stale).

@@ -87,6 +87,7 @@ impl Core {
         s.rx_large_free = pool.large_free();
         s.rx_reserve_granted = pool.reserve_granted;
         s.rx_reserve_denied = pool.reserve_denied;
+        s.rx_burst_granted = pool.burst_granted;
         s.rx_parked = pool.parked;
         s.timer_entries = ctx.timers.heap_len() as u64;
         s.tick_conns = ctx.timers.tick_list.len() as u64;
