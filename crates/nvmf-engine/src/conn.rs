@@ -247,3 +247,14 @@ thread_local! {
 
 /// A handler-owned slice handed to a direct `recv` (pointer, length).
 pub(crate) type RawSlice = (*mut u8, usize);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_connection_slot_stays_small() {
+        // Every slot of the core's table costs this much for good (the table
+        // keeps its peak size): keep it in check.
+        let size = std::mem::size_of::<Option<super::Conn>>();
+        assert!(size <= 512, "a connection slot grew to {size} bytes");
+    }
+}
