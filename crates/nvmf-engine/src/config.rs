@@ -185,7 +185,8 @@ pub struct EngineConfig {
     pub recv_pool_free_max: usize,
     /// Per core: bytes of large receive buffers in use at once. At the cap a
     /// reservation is not granted (never blocks); buffers for receive bursts
-    /// (no reservation) use at most half of it.
+    /// (no reservation) use at most half of it. Below one large buffer, no
+    /// connection ever moves to one.
     pub recv_pool_bytes_max: usize,
     /// Per-connection bound on queued tx bytes before recv is paused.
     pub send_buf_max_bytes: usize,

@@ -179,7 +179,7 @@
 //! | listen backlog | `/proc/sys/net/core/somaxconn` (default [`LISTEN_BACKLOG_DEFAULT`], 4096) |
 //! | `recv_buf_bytes` | `4 KiB ..= 64 MiB` (default 16 KiB); small receive buffer per connection, mapped for its life, resident only where received into |
 //! | `recv_buf_large_bytes` | `4 KiB ..= 64 MiB` (default 256 KiB + 4 KiB); large buffers are `max(this, recv_buf_bytes)`; largest PDU a handler can receive (with [`ConnIo::rx_reserve`]) |
-//! | `recv_pool_bytes_max` | `0 ..= 64 GiB` per core (default 256 MiB); large buffers lent at once; bursts without a reservation take at most half |
+//! | `recv_pool_bytes_max` | `0 ..= 64 GiB` per core (default 256 MiB); large buffers lent at once; bursts without a reservation take at most half; below one large buffer, large buffers are off |
 //! | `recv_pool_free_max` | `0 ..= 4096` per core (default 16); free large buffers kept mapped |
 //! | parked connections | at most the connections of the core; each waits until a large buffer is free or its handler closes it |
 //! | receive memory per core | `connections x recv_buf_bytes + recv_pool_bytes_max + recv_pool_free_max x large` mapped (one mapping per buffer: keep `vm.max_map_count`, default 65530, above connections + large buffers) |

@@ -220,7 +220,10 @@ impl RxPool {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         RxPool {
             small_bytes: cfg.recv_buf_bytes,
-            large_bytes: if large > cfg.recv_buf_bytes { large } else { 0 },
+            // No large buffers if they would not be larger, or if the cap
+            // leaves no room for one (reservations then fail at once rather
+            // than park for ever).
+            large_bytes: if large > cfg.recv_buf_bytes && large <= cfg.recv_pool_bytes_max { large } else { 0 },
             free: Vec::new(),
             free_max: cfg.recv_pool_free_max,
             in_use_bytes: 0,
