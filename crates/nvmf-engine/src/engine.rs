@@ -20,7 +20,7 @@ use crate::stats::CoreShared;
 use crate::{CoreStats, EngineConfig, EngineError, HandlerFactory, MakeHandler};
 
 /// Sockets handed to one core and not yet registered there, beyond which
-/// its acceptor waits (at most [`HANDOFFS_PENDING_WAIT`]) before handing it
+/// its acceptor waits (at most 100 ms) before handing it
 /// more.
 pub const HANDOFFS_PENDING_MAX: u64 = 1024;
 const HANDOFFS_PENDING_WAIT: Duration = Duration::from_millis(100);

@@ -4,7 +4,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use nvmf_engine::*;
 
 pub fn lo() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -104,4 +108,81 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
+}
+
+/// A config with the given mode and cores, defaults otherwise.
+pub fn cfg(mode: Mode, cores: Vec<usize>) -> EngineConfig {
+    EngineConfig { cores, mode, ..Default::default() }
+}
+
+/// Echo `size` bytes over `s` and check them.
+pub fn echo_once(s: &mut TcpStream, size: usize, seed: u8) {
+    let msg: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+    let mut w = s.try_clone().unwrap();
+    let m2 = msg.clone();
+    let t = std::thread::spawn(move || w.write_all(&m2).unwrap());
+    let mut got = vec![0u8; size];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert_eq!(got, msg, "echo of {size} bytes");
+}
+
+// ------------------------------------------------------------------ echo handlers
+
+#[derive(Default)]
+pub struct Events {
+    pub closed: Mutex<Vec<CloseReason>>,
+    pub created: AtomicUsize,
+    pub shutdowns: AtomicUsize,
+    pub cores: Mutex<Vec<usize>>,
+}
+
+pub struct Echo {
+    pub ev: Arc<Events>,
+    /// Leave probation at once (ConnIo::set_established in the first on_tick).
+    pub establish: bool,
+}
+impl Handler for Echo {
+    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        let (rx, tx) = io.rx_tx();
+        let n = rx.len();
+        tx.extend_from_slice(rx);
+        io.consume(n);
+        Flow::Continue
+    }
+    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
+        Flow::Continue
+    }
+    fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
+        if self.establish {
+            io.set_established();
+        }
+        Flow::Continue
+    }
+    fn on_closed(&mut self, reason: CloseReason) {
+        self.ev.closed.lock().unwrap().push(reason);
+    }
+    fn on_shutdown(&mut self, _io: &mut ConnIo<'_>) -> Flow {
+        self.ev.shutdowns.fetch_add(1, Ordering::SeqCst);
+        Flow::CloseAfterFlush
+    }
+}
+
+pub struct EchoFactory(pub Arc<Events>);
+impl HandlerFactory for EchoFactory {
+    fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        self.0.created.fetch_add(1, Ordering::SeqCst);
+        self.0.cores.lock().unwrap().push(info.core);
+        Some(Box::new(Echo { ev: self.0.clone(), establish: false }))
+    }
+}
+
+/// Echo connections that are established as soon as they are registered.
+pub struct EstablishedEchoFactory(pub Arc<Events>);
+impl HandlerFactory for EstablishedEchoFactory {
+    fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
+        self.0.created.fetch_add(1, Ordering::SeqCst);
+        self.0.cores.lock().unwrap().push(info.core);
+        Some(Box::new(Echo { ev: self.0.clone(), establish: true }))
+    }
 }
