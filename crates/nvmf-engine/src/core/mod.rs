@@ -237,6 +237,7 @@ impl Core {
             }
 
             if self.commands_more {
+                self.ctx.clock.ensure_fresh();
                 self.commands();
             }
 
@@ -250,7 +251,11 @@ impl Core {
                 self.tick();
             }
 
-            // 3. flush tx / re-arm recv / finalize closes
+            // 3. flush tx / re-arm recv / finalize closes (handlers may run:
+            // re-run on_recv, on_sink_recv)
+            if !self.dirty.is_empty() {
+                self.ctx.clock.ensure_fresh();
+            }
             let rerun = self.flush();
             self.housekeeping();
 
