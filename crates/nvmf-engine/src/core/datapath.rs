@@ -376,7 +376,14 @@ impl Core {
             drop(handler);
         }));
         if r.is_err() {
-            tracing::error!(core = self.idx, "connection handler panicked in on_closed/drop");
+            let now_ms = self.ctx.clock.now_ms;
+            limited!(
+                self.ctx.limits.log,
+                now_ms,
+                error,
+                "core {}: connection handler panicked in on_closed/drop",
+                self.idx
+            );
         }
         self.free.push(slot);
         self.ctx.stats.connections -= 1;

@@ -498,7 +498,14 @@ impl Core {
                 self.ctx.rx_pool.release(rx);
                 self.ctx.limits.admission().release(established);
                 if made.is_err() {
-                    tracing::error!(core = self.idx, "handler factory panicked; connection refused");
+                    limited!(
+                        self.ctx.limits.log,
+                        now_ms,
+                        error,
+                        "core {}: handler factory panicked; connection from {} refused",
+                        self.idx,
+                        nc.peer
+                    );
                 }
                 return;
             }
