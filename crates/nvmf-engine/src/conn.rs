@@ -50,6 +50,11 @@ pub(crate) struct Conn {
     pub(crate) recv_sink_fly: bool,
     /// Bytes the receive in flight into `rx` was offered.
     pub(crate) recv_offered: usize,
+    /// The receive in flight was cancelled to give an idle burst buffer
+    /// back (its -ECANCELED is not a close).
+    pub(crate) recv_reclaim: bool,
+    /// `now_ms` of the last receive that returned data.
+    pub(crate) rx_at_ms: u64,
     pub(crate) send_fly: bool,
     pub(crate) storage_fly: u32,
     pub(crate) state: State,
@@ -101,6 +106,8 @@ impl Conn {
             recv_fly: false,
             recv_sink_fly: false,
             recv_offered: 0,
+            recv_reclaim: false,
+            rx_at_ms: 0,
             send_fly: false,
             storage_fly: 0,
             state: State::Open,

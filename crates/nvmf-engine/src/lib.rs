@@ -58,7 +58,9 @@
 //!   connection whose receives keep filling the small buffer (a burst: more
 //!   is waiting in the socket) also gets a large buffer, from at most half of
 //!   the pool's cap, and gives it back after [`RX_CALM_RECVS_MAX`] receives
-//!   in a row the small buffer could have taken. The pool keeps at most
+//!   in a row the small buffer could have taken, or once it received nothing
+//!   for [`RX_BURST_IDLE_MS`] (checked every tick; a receive armed into the
+//!   buffer is cancelled and re-armed on the small one). The pool keeps at most
 //!   `recv_pool_free_max` free buffers mapped and lends at most
 //!   `recv_pool_bytes_max` bytes per core; at the cap a reservation is not
 //!   granted. A connection whose small buffer is then full of unconsumed
@@ -181,6 +183,7 @@
 //! | `recv_buf_large_bytes` | `4 KiB ..= 64 MiB` (default 256 KiB + 4 KiB); large buffers are `max(this, recv_buf_bytes)`; largest PDU a handler can receive (with [`ConnIo::rx_reserve`]) |
 //! | `recv_pool_bytes_max` | `0 ..= 64 GiB` per core (default 256 MiB); large buffers lent at once; bursts without a reservation take at most half; below one large buffer, large buffers are off |
 //! | `recv_pool_free_max` | `0 ..= 4096` per core (default 16); free large buffers kept mapped |
+//! | burst buffers | at most half of `recv_pool_bytes_max` per core; each back after [`RX_CALM_RECVS_MAX`] (8) receives that fit the small buffer or [`RX_BURST_IDLE_MS`] (100 ms) without receiving (within a tick more) |
 //! | parked connections | at most the connections of the core; each waits until a large buffer is free or its handler closes it |
 //! | receive memory per core | `connections x recv_buf_bytes + recv_pool_bytes_max + recv_pool_free_max x large` mapped (one mapping per buffer: keep `vm.max_map_count`, default 65530, above connections + large buffers) |
 //! | `send_buf_max_bytes` | `>= 4 KiB` (default 4 MiB); a handler may still append more in one callback, it only pauses receiving |
@@ -235,7 +238,7 @@ pub use crate::handler::{
     BLOCK_URING_CMD_DISCARD,
 };
 pub use crate::limits::EVICTIONS_PENDING_MAX;
-pub use crate::rx::RX_CALM_RECVS_MAX;
+pub use crate::rx::{RX_BURST_IDLE_MS, RX_CALM_RECVS_MAX};
 pub use crate::stats::CoreStats;
 pub use crate::tx::{TX_RETAIN_BYTES, TX_TRIM_IDLE_MS};
 

@@ -13,12 +13,18 @@ use std::ptr::NonNull;
 
 use nvmf_proto::copy::copy_raw;
 
+use crate::timer::DueQueue;
 use crate::EngineConfig;
 
 /// A large buffer taken for receive bursts (no reservation) goes back to the
 /// pool after this many receives in a row that the small buffer could have
 /// taken (at most half of it each).
 pub const RX_CALM_RECVS_MAX: u32 = 8;
+
+/// A large buffer taken for a receive burst goes back to the pool once its
+/// connection has received nothing for this long (checked every tick; an
+/// armed receive into it is cancelled and re-armed on the small buffer).
+pub const RX_BURST_IDLE_MS: u64 = 100;
 
 /// An anonymous private mapping, read-write.
 pub(crate) struct MmapBuf {
@@ -97,6 +103,8 @@ pub(crate) struct RxBuf {
     burst: bool,
     /// Receives in a row on a large buffer that the small one could have taken.
     calm_recvs: u32,
+    /// Listed in the pool's burst holders (idle check every tick).
+    pub(crate) burst_listed: bool,
 }
 
 impl RxBuf {
@@ -114,6 +122,7 @@ impl RxBuf {
             large_for_burst: false,
             burst: false,
             calm_recvs: 0,
+            burst_listed: false,
         }
     }
     #[inline]
@@ -161,6 +170,16 @@ impl RxBuf {
     pub(crate) fn tail(&mut self) -> (*mut u8, usize) {
         // SAFETY: end <= cap.
         (unsafe { self.ptr.add(self.end) }, self.cap - self.end)
+    }
+    /// Holds a large buffer taken for a burst (not for a reservation).
+    #[inline]
+    pub(crate) fn holds_burst_buffer(&self) -> bool {
+        self.large.is_some() && self.large_for_burst
+    }
+    /// The connection went idle: its burst buffer goes back at the next
+    /// decision (if its unconsumed bytes fit).
+    pub(crate) fn calm_down(&mut self) {
+        self.calm_recvs = RX_CALM_RECVS_MAX;
     }
     /// `n` bytes were received into the tail, which offered `offered` bytes.
     #[inline]
@@ -211,6 +230,8 @@ pub(crate) struct RxPool {
     pub(crate) reserve_denied: u64,
     pub(crate) burst_granted: u64,
     pub(crate) parked: u64,
+    /// Connections holding a burst buffer, to check for idleness.
+    pub(crate) burst_holders: DueQueue,
 }
 
 impl RxPool {
@@ -236,6 +257,7 @@ impl RxPool {
             reserve_denied: 0,
             burst_granted: 0,
             parked: 0,
+            burst_holders: DueQueue::default(),
         }
     }
 
@@ -336,10 +358,10 @@ impl RxPool {
         self.give_large(large);
     }
 
-    /// Decide the next receive of connection `(slot, id)`: grant or return a
-    /// large buffer, compact, and check for a full buffer. Only while no
-    /// receive is in flight into `rx`.
-    pub(crate) fn prepare(&mut self, rx: &mut RxBuf, slot: u32, id: u64) -> RxReady {
+    /// Decide the next receive of connection `(slot, id)` at `now_ms`: grant
+    /// or return a large buffer, compact, and check for a full buffer. Only
+    /// while no receive is in flight into `rx`.
+    pub(crate) fn prepare(&mut self, rx: &mut RxBuf, slot: u32, id: u64, now_ms: u64) -> RxReady {
         let small = self.small_bytes;
         if self.large_bytes > 0 {
             if rx.large.is_none() {
@@ -353,6 +375,10 @@ impl RxPool {
                     }
                 } else if rx.burst && self.promote(rx, true) {
                     self.burst_granted += 1;
+                    if !rx.burst_listed {
+                        rx.burst_listed = true;
+                        self.burst_holders.push(slot, id, now_ms + RX_BURST_IDLE_MS);
+                    }
                 }
             } else if rx.reserve_bytes > small {
                 // Held for a reservation now, whatever it was taken for.

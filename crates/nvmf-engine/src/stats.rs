@@ -103,6 +103,9 @@ core_stats! {
     /// Large buffers lent for receive bursts (no reservation: the receives
     /// kept filling the small buffer).
     rx_burst_granted,
+    /// Burst buffers given back because their connection went idle
+    /// ([`crate::RX_BURST_IDLE_MS`]).
+    rx_idle_reclaims,
     /// Connections not receiving while they wait for a large buffer.
     rx_parked,
     /// Deadline entries in the timer heap (live and stale).

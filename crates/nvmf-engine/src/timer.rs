@@ -11,7 +11,7 @@
 //! more than [`Timers::needs_rebuild`] allows.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::Wakeup;
 
@@ -132,6 +132,34 @@ impl Timers {
 
     pub(crate) fn heap_len(&self) -> usize {
         self.heap.len()
+    }
+}
+
+/// Connections to look at again at a due time, checked every tick in
+/// arrival order (for coarse idle checks: each connection is listed at most
+/// once by its owner, so the queue is bounded by the connections).
+#[derive(Default)]
+pub(crate) struct DueQueue {
+    q: VecDeque<(u32, u64, u64)>,
+}
+
+impl DueQueue {
+    /// List connection `(slot, id)` to be looked at from `due_ms` on.
+    pub(crate) fn push(&mut self, slot: u32, id: u64, due_ms: u64) {
+        self.q.push_back((slot, id, due_ms));
+    }
+    /// The next entry due by `now_ms`, if the front one is.
+    pub(crate) fn pop_due(&mut self, now_ms: u64) -> Option<(u32, u64)> {
+        match self.q.front() {
+            Some(&(slot, id, due)) if due <= now_ms => {
+                self.q.pop_front();
+                Some((slot, id))
+            }
+            _ => None,
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
     }
 }
 

@@ -1,8 +1,6 @@
 //! Send side: borrowed segments, iovecs, and trimming send buffers that
 //! grew for a large batch once the connection no longer needs them.
 
-use std::collections::VecDeque;
-
 /// Max bytes in one send SQE.
 pub(crate) const MAX_SEND_CHUNK: usize = 1 << 30;
 /// Max iovecs per sendmsg (UIO_MAXIOV).
@@ -70,32 +68,5 @@ pub(crate) fn trim(bytes: &mut Vec<u8>, segs: &mut Vec<ExtSeg>) {
     }
     if segs.capacity() > TX_RETAIN_SEGS {
         segs.shrink_to(TX_RETAIN_SEGS);
-    }
-}
-
-/// Connections that sent a big batch, checked every tick in due order
-/// (each listed at most once, so the list is bounded by the connections).
-#[derive(Default)]
-pub(crate) struct TxTrimQueue {
-    q: VecDeque<(u32, u64, u64)>,
-}
-
-impl TxTrimQueue {
-    /// List connection `(slot, id)` to be checked at `due_ms`.
-    pub(crate) fn push(&mut self, slot: u32, id: u64, due_ms: u64) {
-        self.q.push_back((slot, id, due_ms));
-    }
-    /// The next entry due by `now_ms`, if any.
-    pub(crate) fn pop_due(&mut self, now_ms: u64) -> Option<(u32, u64)> {
-        match self.q.front() {
-            Some(&(slot, id, due)) if due <= now_ms => {
-                self.q.pop_front();
-                Some((slot, id))
-            }
-            _ => None,
-        }
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.q.len()
     }
 }

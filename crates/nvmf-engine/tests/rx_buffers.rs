@@ -189,37 +189,57 @@ fn at_the_pool_cap_a_reservation_parks_and_resumes_when_a_buffer_returns() {
     }
 }
 
-#[test]
-fn receive_bursts_borrow_a_large_buffer_and_give_it_back_when_calm() {
-    let (factory, _closed) = summer(false);
-    let eng = Engine::start(EngineConfig { mode: Mode::Interrupt, ..Default::default() }).unwrap();
-    let addr = eng.listen(lo(), factory).unwrap().local_addr();
-    let mut s = connect(addr);
-    // 4 MiB of 1 KiB messages written at once: receives fill the small buffer.
-    let count = 4096;
+/// Write 4 MiB of 1 KiB messages at once (receives fill the small buffer)
+/// and check the answers.
+fn burst(s: &mut std::net::TcpStream) {
     let mut stream = Vec::new();
     let mut answers = Vec::new();
-    for i in 0..count {
+    for i in 0..4096 {
         let m = message(1020, i as u8);
         answers.extend_from_slice(&answer(&m));
         stream.extend_from_slice(&m);
     }
-    let writer = write_in_background(&s, stream);
+    let writer = write_in_background(s, stream);
     let mut got = vec![0u8; answers.len()];
     s.read_exact(&mut got).unwrap();
     writer.join().unwrap();
     assert!(got == answers);
-    wait_until_or(
-        "a burst buffer was lent",
-        || eng.stats()[0].rx_burst_granted >= 1,
-        || format!("{:?}", eng.stats()[0]),
-    );
-    // Calm traffic: the buffer goes back after a few small receives.
-    for i in 0..2 * RX_CALM_RECVS_MAX {
-        send_and_check(&mut s, &message(100, i as u8));
+}
+
+#[test]
+fn receive_bursts_borrow_a_large_buffer_and_give_it_back_when_calm_or_idle() {
+    for mode in [Mode::Poll, Mode::Interrupt] {
+        let (factory, closed) = summer(false);
+        let eng = Engine::start(EngineConfig { mode, ..Default::default() }).unwrap();
+        let addr = eng.listen(lo(), factory).unwrap().local_addr();
+        let stats = || eng.stats()[0].clone();
+        let mut s = connect(addr);
+        burst(&mut s);
+        wait_until_or("a burst buffer was lent", || stats().rx_burst_granted >= 1, || format!("{:?}", stats()));
+        // Calm traffic: the buffer goes back after a few small receives.
+        for i in 0..2 * RX_CALM_RECVS_MAX {
+            send_and_check(&mut s, &message(100, i as u8));
+        }
+        wait_until_or("returned when calm", || stats().rx_large_in_use == 0, || format!("{:?}", stats()));
+        // Idle right after a burst: the buffer goes back too (in interrupt
+        // mode the receive armed into it is cancelled and re-armed).
+        let granted = stats().rx_burst_granted;
+        burst(&mut s);
+        wait_until_or("another burst buffer", || stats().rx_burst_granted > granted, || format!("{:?}", stats()));
+        wait_until_or(
+            "returned when idle",
+            || {
+                let st = stats();
+                st.rx_large_in_use == 0 && st.rx_idle_reclaims >= 1
+            },
+            || format!("{:?}", stats()),
+        );
+        // Still the same connection, receiving as before.
+        send_and_check(&mut s, &message(100, 1));
+        burst(&mut s);
+        assert!(closed.try_recv().is_err(), "the connection stayed open");
+        eng.shutdown(Duration::from_secs(2));
     }
-    wait_until_or("returned", || eng.stats()[0].rx_large_in_use == 0, || format!("{:?}", eng.stats()[0]));
-    eng.shutdown(Duration::from_secs(2));
 }
 
 #[test]

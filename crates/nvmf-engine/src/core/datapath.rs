@@ -27,6 +27,12 @@ impl Core {
                 };
                 c.recv_fly = false;
                 let sunk = std::mem::take(&mut c.recv_sink_fly);
+                if std::mem::take(&mut c.recv_reclaim) && res == -libc::ECANCELED {
+                    // Cancelled to give an idle burst buffer back: flush
+                    // returns it and re-arms on the small buffer.
+                    Self::mark(&mut self.dirty, c, idx);
+                    return;
+                }
                 let offered = c.recv_offered;
                 Self::recv_result(&mut self.ctx, &mut self.dirty, c, idx, res, sunk, offered);
             }
@@ -109,6 +115,7 @@ impl Core {
             ctx.stats.bytes_rx += res as u64;
             ctx.stats.recv_ops += 1;
             c.hot_eligible = true;
+            c.rx_at_ms = ctx.clock.now_ms;
             if c.rx_epoch != ctx.rx_epoch {
                 c.rx_epoch = ctx.rx_epoch;
                 ctx.rx_busy_conns += 1;
@@ -142,6 +149,7 @@ impl Core {
     /// whether any received data.
     pub(super) fn poll_hot(&mut self) -> bool {
         let max_tx = self.cfg.send_buf_max_bytes;
+        let now_ms = self.ctx.clock.now_ms;
         let mut got = false;
         if !self.direct_ok {
             // Too many busy connections: all of them go back to the ring.
@@ -166,7 +174,7 @@ impl Core {
             // a hot connection); anything but a plain receive goes to flush.
             let ready = c.state == State::Open
                 && c.tx_pending() <= max_tx
-                && self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id) == RxReady::Ready;
+                && self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id, now_ms) == RxReady::Ready;
             if !ready {
                 c.hot = false;
                 Self::mark(&mut self.dirty, c, slot);
@@ -300,7 +308,7 @@ impl Core {
                 State::Open => {
                     // A hot connection is received by poll_hot, not by an SQE.
                     if !c.hot && !c.recv_fly && c.tx_pending() <= max_tx {
-                        match self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id) {
+                        match self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id, now_ms) {
                             RxReady::Ready => {}
                             RxReady::Park => continue,
                             RxReady::Overflow => {

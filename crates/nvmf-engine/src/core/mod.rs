@@ -20,7 +20,7 @@ use crate::ctx::{build_ring, register_ring_fd, ud, Clock, CoreCtx, K_WAKE};
 use crate::limits::{Admission, CoreLimits, EvictKind};
 use crate::rx::RxPool;
 use crate::stats::CoreShared;
-use crate::tx::TxTrimQueue;
+use crate::timer::DueQueue;
 use crate::{
     CloseReason, ConnInfo, CoreSender, EngineConfig, EngineError, Flow, Handler, HandlerFactory, MakeHandler, Mode,
 };
@@ -91,7 +91,8 @@ struct Core {
     /// during the last tick. With more busy connections one `io_uring_enter`
     /// serving them all is cheaper than a `recv` per connection and spin.
     direct_ok: bool,
-    tx_trim: TxTrimQueue,
+    /// Connections that sent a batch above the retained send buffer size.
+    tx_trim: DueQueue,
     /// Commands were left in the channel for the next iteration.
     commands_more: bool,
     /// Handed-off sockets handled since the last publish of admission state.
@@ -157,7 +158,7 @@ pub(crate) fn run_core(
         } else {
             0
         },
-        tx_trim: TxTrimQueue::default(),
+        tx_trim: DueQueue::default(),
         commands_more: false,
         handoffs_done: 0,
         cfg,

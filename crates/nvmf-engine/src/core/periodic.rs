@@ -3,7 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
+use io_uring::opcode;
+
 use super::Core;
+use crate::ctx::{ud, K_CANCEL, K_RECV};
+use crate::rx::RX_BURST_IDLE_MS;
 use crate::tx::{self, TX_TRIM_IDLE_MS};
 
 impl Core {
@@ -53,6 +57,7 @@ impl Core {
         ctx.timers.tick_list = list;
 
         self.trim_tx();
+        self.reclaim_idle_bursts();
         self.publish();
     }
 
@@ -73,6 +78,40 @@ impl Core {
             c.iov = Vec::new();
             c.tx_trim_listed = false;
             self.ctx.stats.tx_trims += 1;
+        }
+    }
+
+    /// Give burst buffers of connections idle for [`RX_BURST_IDLE_MS`] back
+    /// (the armed receive into one is cancelled first; flush then returns
+    /// it and re-arms on the small buffer).
+    fn reclaim_idle_bursts(&mut self) {
+        let now_ms = self.ctx.clock.now_ms;
+        for _ in 0..self.ctx.rx_pool.burst_holders.len() {
+            let Some((slot, id)) = self.ctx.rx_pool.burst_holders.pop_due(now_ms) else { break };
+            let Some(c) = Self::conn(&mut self.conns, slot, id) else { continue };
+            if !c.rx.holds_burst_buffer() || !c.live() {
+                c.rx.burst_listed = false;
+                continue;
+            }
+            let idle_at = c.rx_at_ms + RX_BURST_IDLE_MS;
+            if idle_at > now_ms {
+                self.ctx.rx_pool.burst_holders.push(slot, id, idle_at);
+                continue;
+            }
+            // Idle: look again later in case the buffer cannot go back yet
+            // (unconsumed bytes that do not fit the small buffer).
+            self.ctx.rx_pool.burst_holders.push(slot, id, now_ms + RX_BURST_IDLE_MS);
+            c.rx.calm_down();
+            if c.recv_fly && !c.recv_sink_fly {
+                if !c.recv_reclaim {
+                    c.recv_reclaim = true;
+                    self.ctx.push(&opcode::AsyncCancel::new(ud(K_RECV, slot)).build().user_data(ud(K_CANCEL, slot)));
+                    self.ctx.stats.rx_idle_reclaims += 1;
+                }
+            } else {
+                self.ctx.stats.rx_idle_reclaims += 1;
+                Self::mark(&mut self.dirty, c, slot);
+            }
         }
     }
 
