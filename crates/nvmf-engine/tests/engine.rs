@@ -1,111 +1,21 @@
-//! Behavioural tests of the engine over loopback (never timing assertions).
+//! Behavioural tests of the engine over loopback (never timing
+//! assertions): echo, framing, overflow, backpressure, listeners, shutdown,
+//! handler-initiated close, ticks. More in `engine_io.rs`.
+
+mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::*;
 use nvmf_engine::*;
 
-fn lo() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Up to `n` CPUs this process may run on.
-fn cpus(n: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            for c in 0..1024 {
-                if libc::CPU_ISSET(c, &set) && out.len() < n {
-                    out.push(c);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn cfg(mode: Mode, cores: Vec<usize>) -> EngineConfig {
-    EngineConfig { cores, mode, ..Default::default() }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Expect EOF (or reset) from the peer within 10 s.
-fn expect_eof(s: &mut TcpStream) {
-    let mut b = [0u8; 4096];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("expected EOF, got {e}"),
-        }
-    }
-}
-
 // ------------------------------------------------------------------ echo
-
-#[derive(Default)]
-struct Events {
-    closed: Mutex<Vec<CloseReason>>,
-    created: AtomicUsize,
-    shutdowns: AtomicUsize,
-    cores: Mutex<Vec<usize>>,
-}
-
-struct Echo {
-    ev: Arc<Events>,
-}
-impl Handler for Echo {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let (rx, tx) = io.rx_tx();
-        let n = rx.len();
-        tx.extend_from_slice(rx);
-        io.consume(n);
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, reason: CloseReason) {
-        self.ev.closed.lock().unwrap().push(reason);
-    }
-    fn on_shutdown(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        self.ev.shutdowns.fetch_add(1, Ordering::SeqCst);
-        Flow::CloseAfterFlush
-    }
-}
-
-struct EchoFactory(Arc<Events>);
-impl HandlerFactory for EchoFactory {
-    fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        self.0.created.fetch_add(1, Ordering::SeqCst);
-        self.0.cores.lock().unwrap().push(info.core);
-        Some(Box::new(Echo { ev: self.0.clone() }))
-    }
-}
 
 fn echo_roundtrips(mode: Mode) {
     let ev = Arc::new(Events::default());
@@ -152,10 +62,8 @@ fn stats_count_bytes_and_connections() {
 #[test]
 fn many_connections_two_cores() {
     let cores = cpus(2);
-    if cores.len() < 2 {
-        eprintln!("skipping: fewer than 2 CPUs");
-        return;
-    }
+    // A missing prerequisite fails loudly rather than passing silently.
+    assert_eq!(cores.len(), 2, "this test needs 2 CPUs to run on, found {cores:?}");
     for mode in [Mode::Poll, Mode::Interrupt] {
         let ev = Arc::new(Events::default());
         let eng = Engine::start(cfg(mode, cores.clone())).unwrap();
@@ -304,14 +212,26 @@ impl HandlerFactory for HoarderFactory {
 
 #[test]
 fn full_rx_buffer_without_progress_closes() {
-    let (tx, rx) = mpsc::channel();
-    let eng = Engine::start(EngineConfig { recv_buf_bytes: 8192, ..cfg(Mode::Interrupt, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(HoarderFactory(Mutex::new(tx)))).unwrap();
-    let mut s = connect(l.local_addr());
-    let _ = s.write_all(&[1u8; 20000]);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), CloseReason::RxOverflow);
-    expect_eof(&mut s);
-    eng.shutdown(Duration::from_secs(2));
+    for mode in [Mode::Poll, Mode::Interrupt] {
+        // Large buffers disabled (not larger than the small one), or enabled:
+        // then a burst moves the connection to a large buffer, which fills too.
+        for (large, write) in [(8192, 20_000), (64 * 1024, 200_000)] {
+            let (tx, rx) = mpsc::channel();
+            let eng =
+                Engine::start(EngineConfig { recv_buf_bytes: 8192, recv_buf_large_bytes: large, ..cfg(mode, vec![]) })
+                    .unwrap();
+            let l = eng.listen(lo(), Arc::new(HoarderFactory(Mutex::new(tx)))).unwrap();
+            let mut s = connect(l.local_addr());
+            let _ = s.write_all(&vec![1u8; write]);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), CloseReason::RxOverflow);
+            expect_eof(&mut s);
+            wait_until("buffers returned", || {
+                let st = &eng.stats()[0];
+                st.connections == 0 && st.rx_large_in_use == 0
+            });
+            eng.shutdown(Duration::from_secs(2));
+        }
+    }
 }
 
 // ------------------------------------------------------------------ backpressure
@@ -520,16 +440,25 @@ fn factory_refusal_closes_socket() {
 }
 
 #[test]
-fn max_connections_per_core_refuses_extra() {
+fn connections_max_refuses_extra_when_nothing_is_evictable() {
     let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { max_connections_per_core: 2, ..cfg(Mode::Interrupt, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let _a = connect(l.local_addr());
+    // Both places are held by established connections: nothing to evict,
+    // so the third socket is refused (closed at once, no handler made).
+    let eng = Engine::start(EngineConfig { connections_max: 2, unestablished_max: 2, ..cfg(Mode::Interrupt, vec![]) })
+        .unwrap();
+    let l = eng.listen(lo(), Arc::new(EstablishedEchoFactory(ev.clone()))).unwrap();
+    let mut a = connect(l.local_addr());
     let _b = connect(l.local_addr());
-    wait_until("2 registered", || eng.stats()[0].connections == 2);
+    wait_until("2 established", || {
+        eng.connection_counts() == ConnectionCounts { open: 2, unestablished: 0, evicting: 0 }
+    });
     let mut c = connect(l.local_addr());
     expect_eof(&mut c);
     assert_eq!(ev.created.load(Ordering::SeqCst), 2);
+    wait_until("refusal counted", || eng.stats()[0].refused_limit == 1);
+    assert_eq!(eng.stats()[0].evicted_silent + eng.stats()[0].evicted_unestablished, 0);
+    // The established ones are unaffected.
+    echo_once(&mut a, 100, 1);
     eng.shutdown(Duration::from_secs(1));
 }
 
@@ -628,652 +557,4 @@ fn ticks_are_periodic_and_monotonic() {
         assert!(t.windows(2).all(|w| w[0] <= w[1]));
         eng.shutdown(Duration::from_secs(1));
     }
-}
-
-// ------------------------------------------------------------------ storage
-
-/// Protocol: client sends 1 byte command: 'W' write 4 KiB pattern at 0, 'R' read 4 KiB at 0
-/// and send it back, 'F' fdatasync, 'S' fsync, 'P' read from a pipe (blocks until the test
-/// writes to it). Each storage completion replies with 4-byte LE result (then data for R).
-struct Store {
-    file: RawFdT,
-    pipe: RawFdT,
-    buf: Box<[u8]>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-type RawFdT = std::os::fd::RawFd;
-
-impl Handler for Store {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let cmds = io.rx().to_vec();
-        io.consume(cmds.len());
-        for c in cmds {
-            let p = self.buf.as_mut_ptr();
-            match c {
-                b'W' => {
-                    for (i, b) in self.buf.iter_mut().enumerate() {
-                        *b = (i % 251) as u8;
-                    }
-                    unsafe { io.submit_write(self.file, 0, p, 4096, 1) };
-                }
-                b'R' => {
-                    self.buf.fill(0);
-                    unsafe { io.submit_read(self.file, 0, p, 4096, 2) };
-                }
-                b'F' => io.submit_fsync(self.file, true, 3),
-                b'S' => io.submit_fsync(self.file, false, 4),
-                b'P' => unsafe { io.submit_read(self.pipe, 0, p, 16, 5) },
-                _ => return Flow::CloseNow,
-            }
-        }
-        Flow::Continue
-    }
-    fn on_storage(&mut self, io: &mut ConnIo<'_>, token: u64, result: i32) -> Flow {
-        self.log.lock().unwrap().push(format!("storage {token} {result}"));
-        io.tx().extend_from_slice(&result.to_le_bytes());
-        if token == 2 {
-            io.tx().extend_from_slice(&self.buf);
-        }
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, reason: CloseReason) {
-        self.log.lock().unwrap().push(format!("closed {reason:?}"));
-    }
-}
-
-struct StoreFactory {
-    file: RawFdT,
-    pipe: RawFdT,
-    log: Arc<Mutex<Vec<String>>>,
-}
-impl HandlerFactory for StoreFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Store {
-            file: self.file,
-            pipe: self.pipe,
-            buf: vec![0u8; 4096].into_boxed_slice(),
-            log: self.log.clone(),
-        }))
-    }
-}
-
-fn temp_file() -> (std::fs::File, std::path::PathBuf) {
-    let p =
-        std::env::temp_dir().join(format!("nvmf-engine-test-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
-    (f, p)
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-#[test]
-fn storage_read_write_fsync() {
-    for mode in [Mode::Poll, Mode::Interrupt] {
-        let (f, path) = temp_file();
-        let (pr, _pw) = pipe();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let l = eng
-            .listen(lo(), Arc::new(StoreFactory { file: f.as_raw_fd(), pipe: pr.as_raw_fd(), log: log.clone() }))
-            .unwrap();
-        let mut s = connect(l.local_addr());
-        let mut r4 = [0u8; 4];
-        s.write_all(b"W").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 4096);
-        s.write_all(b"F").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 0);
-        s.write_all(b"S").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 0);
-        s.write_all(b"R").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 4096);
-        let mut data = vec![0u8; 4096];
-        s.read_exact(&mut data).unwrap();
-        assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
-        // file content really written
-        let on_disk = std::fs::read(&path).unwrap();
-        assert_eq!(on_disk, data);
-        wait_until("storage stats", || eng.stats()[0].storage_ops == 4);
-        eng.shutdown(Duration::from_secs(1));
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
-#[test]
-fn close_waits_for_inflight_storage() {
-    for mode in [Mode::Poll, Mode::Interrupt] {
-        let (f, path) = temp_file();
-        let (pr, pw) = pipe();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let l = eng
-            .listen(lo(), Arc::new(StoreFactory { file: f.as_raw_fd(), pipe: pr.as_raw_fd(), log: log.clone() }))
-            .unwrap();
-        let mut s = connect(l.local_addr());
-        s.write_all(b"P").unwrap(); // read from the pipe: stays in flight
-        wait_until("storage submitted", || eng.stats()[0].bytes_rx == 1);
-        drop(s); // peer closes while the op is in flight
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(log.lock().unwrap().is_empty(), "handler closed with storage in flight: {:?}", log.lock().unwrap());
-        let mut w = std::fs::File::from(pw);
-        w.write_all(b"0123456789abcdef").unwrap();
-        wait_until("closed", || log.lock().unwrap().iter().any(|l| l.starts_with("closed")));
-        assert_eq!(log.lock().unwrap().as_slice(), &["closed PeerClosed".to_string()]);
-        eng.shutdown(Duration::from_secs(1));
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
-// ------------------------------------------------------------------ outbound
-
-struct Client {
-    got: mpsc::Sender<Vec<u8>>,
-    said_hello: bool,
-}
-impl Handler for Client {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        if io.rx().len() >= 5 {
-            let _ = self.got.send(io.rx()[..5].to_vec());
-            io.consume(5);
-            return Flow::CloseAfterFlush;
-        }
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        if !self.said_hello {
-            self.said_hello = true;
-            io.tx().extend_from_slice(b"hello");
-        }
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {
-        let _ = self.got.send(b"closed".to_vec());
-    }
-}
-
-#[test]
-fn outbound_connect() {
-    let cores = cpus(2);
-    let eng = Engine::start(cfg(Mode::Poll, cores.clone())).unwrap();
-    let server = TcpListener::bind(lo()).unwrap();
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let last = eng.core_count() - 1;
-    let (itx, irx) = mpsc::channel();
-    eng.connect(
-        last,
-        addr,
-        Box::new(move |info: &ConnInfo| {
-            itx.send(info.clone()).unwrap();
-            Box::new(Client { got: tx, said_hello: false }) as Box<dyn Handler>
-        }),
-    )
-    .unwrap();
-    let (mut s, _) = server.accept().unwrap();
-    let info = irx.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(info.core, last);
-    assert_eq!(info.listener_id, None);
-    assert_eq!(info.peer, addr);
-    let mut b = [0u8; 5];
-    s.read_exact(&mut b).unwrap();
-    assert_eq!(&b, b"hello");
-    s.write_all(b"world").unwrap();
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"world");
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"closed");
-    expect_eof(&mut s);
-    // errors are reported synchronously
-    let dead = {
-        let l = TcpListener::bind(lo()).unwrap();
-        l.local_addr().unwrap()
-    };
-    assert!(eng.connect(0, dead, Box::new(|_: &ConnInfo| -> Box<dyn Handler> { unreachable!() })).is_err());
-    assert!(matches!(
-        eng.connect(99, addr, Box::new(|_: &ConnInfo| -> Box<dyn Handler> { unreachable!() })),
-        Err(EngineError::NoSuchCore(99))
-    ));
-    eng.shutdown(Duration::from_secs(1));
-}
-
-// ------------------------------------------------------------------ config
-
-#[test]
-fn config_and_parsing() {
-    assert_eq!(parse_core_list("0,2-3").unwrap(), vec![0, 2, 3]);
-    assert_eq!(parse_core_list(" 5 ").unwrap(), vec![5]);
-    for bad in ["", "a", "1,,2", "3-1", "1,1", "0-5000", "-1", "1-", "2048"] {
-        assert!(parse_core_list(bad).is_err(), "{bad:?} should fail");
-    }
-    assert_eq!("poll".parse::<Mode>().unwrap(), Mode::Poll);
-    assert_eq!("interrupt".parse::<Mode>().unwrap(), Mode::Interrupt);
-    assert!("spin".parse::<Mode>().is_err());
-    assert_eq!(Mode::Interrupt.to_string(), "interrupt");
-    assert!(EngineConfig::default().validate().is_ok());
-    assert!(Engine::start(EngineConfig { recv_buf_bytes: 10, ..Default::default() }).is_err());
-    assert!(Engine::start(EngineConfig { cores: vec![1, 1], ..Default::default() }).is_err());
-    assert!(
-        Engine::start(EngineConfig { cores: vec![1023], ..Default::default() }).is_err(),
-        "pinning to a missing CPU fails"
-    );
-    let c = cpus(1);
-    pin_current_thread(c[0]).unwrap();
-}
-
-// ------------------------------------------------------------------ cross-thread wake
-
-struct Wakee {
-    give: Option<mpsc::Sender<ConnWaker>>,
-    wakes: usize,
-}
-impl Handler for Wakee {
-    fn on_recv(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        if let Some(g) = self.give.take() {
-            g.send(io.waker()).unwrap();
-        }
-        Flow::Continue
-    }
-    fn on_wake(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        self.wakes += 1;
-        io.tx().extend_from_slice(&[self.wakes as u8]);
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {}
-}
-
-#[test]
-fn waker_from_another_thread() {
-    fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Engine>();
-    assert_send_sync::<ConnWaker>();
-    for mode in [Mode::Poll, Mode::Interrupt] {
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let server = TcpListener::bind(lo()).unwrap();
-        let (tx, rx) = mpsc::channel();
-        eng.connect(
-            0,
-            server.local_addr().unwrap(),
-            Box::new(move |_: &ConnInfo| Box::new(Wakee { give: Some(tx), wakes: 0 }) as Box<dyn Handler>),
-        )
-        .unwrap();
-        let (mut s, _) = server.accept().unwrap();
-        let w = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        for i in 1..=3u8 {
-            let w2 = w.clone();
-            std::thread::spawn(move || assert!(w2.wake())).join().unwrap();
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-            assert_eq!(b[0], i);
-        }
-        drop(s);
-        eng.shutdown(Duration::from_secs(1));
-        assert!(!w.wake(), "wake after shutdown reports failure");
-    }
-}
-
-// ------------------------------------------------------------------ panics
-
-struct Panicky;
-impl Handler for Panicky {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        if io.rx()[0] == b'!' {
-            panic!("handler bug (expected by the test)");
-        }
-        let n = io.rx().len();
-        let d = io.rx().to_vec();
-        io.tx().extend_from_slice(&d);
-        io.consume(n);
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {}
-}
-struct PanickyFactory;
-impl HandlerFactory for PanickyFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Panicky))
-    }
-}
-
-#[test]
-fn handler_panic_closes_only_its_connection() {
-    let eng = Engine::start(cfg(Mode::Interrupt, vec![])).unwrap();
-    let l = eng.listen(lo(), Arc::new(PanickyFactory)).unwrap();
-    let mut good = connect(l.local_addr());
-    let mut bad = connect(l.local_addr());
-    bad.write_all(b"!").unwrap();
-    expect_eof(&mut bad);
-    good.write_all(b"ok").unwrap();
-    let mut r = [0u8; 2];
-    good.read_exact(&mut r).unwrap();
-    assert_eq!(&r, b"ok");
-    eng.shutdown(Duration::from_secs(1));
-}
-
-// ------------------------------------------------------------------ zero-copy send
-
-/// On 'b': "HEAD" + borrowed 1 MiB + "TAIL". On 's': 3000 x ("<" + borrowed 10 bytes + ">").
-struct Borrower {
-    big: Box<[u8]>,
-    small: Box<[u8]>,
-    sent: Arc<Mutex<Vec<u64>>>,
-}
-impl Handler for Borrower {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let cmds = io.rx().to_vec();
-        io.consume(cmds.len());
-        for c in cmds {
-            match c {
-                b'b' => {
-                    io.tx().extend_from_slice(b"HEAD");
-                    unsafe { io.send_borrowed(self.big.as_ptr(), self.big.len(), 7) };
-                    io.tx().extend_from_slice(b"TAIL");
-                }
-                b's' => {
-                    for i in 0..3000u64 {
-                        io.tx().push(b'<');
-                        unsafe { io.send_borrowed(self.small.as_ptr(), self.small.len(), 1000 + i) };
-                        io.tx().push(b'>');
-                    }
-                }
-                _ => return Flow::CloseNow,
-            }
-        }
-        Flow::Continue
-    }
-    fn on_sent(&mut self, _io: &mut ConnIo<'_>, token: u64) -> Flow {
-        self.sent.lock().unwrap().push(token);
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {}
-}
-struct BorrowFactory(Arc<Mutex<Vec<u64>>>);
-impl HandlerFactory for BorrowFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
-        Some(Box::new(Borrower {
-            big: big.into_boxed_slice(),
-            small: b"0123456789".to_vec().into_boxed_slice(),
-            sent: self.0.clone(),
-        }))
-    }
-}
-
-#[test]
-fn send_borrowed_zero_copy_segments() {
-    for mode in [Mode::Poll, Mode::Interrupt] {
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let l = eng.listen(lo(), Arc::new(BorrowFactory(sent.clone()))).unwrap();
-        let mut s = connect(l.local_addr());
-        s.write_all(b"b").unwrap();
-        let mut got = vec![0u8; 8 + (1 << 20)];
-        s.read_exact(&mut got).unwrap();
-        assert_eq!(&got[..4], b"HEAD");
-        assert_eq!(&got[got.len() - 4..], b"TAIL");
-        assert!(got[4..got.len() - 4].iter().enumerate().all(|(i, b)| *b == (i % 253) as u8));
-        wait_until("on_sent(7)", || sent.lock().unwrap().as_slice() == [7]);
-        s.write_all(b"s").unwrap();
-        let mut got = vec![0u8; 3000 * 12];
-        s.read_exact(&mut got).unwrap();
-        assert!(got.chunks(12).all(|c| c == b"<0123456789>"));
-        wait_until("all small on_sent", || sent.lock().unwrap().len() == 3001);
-        let v = sent.lock().unwrap().clone();
-        assert!(v[1..].iter().enumerate().all(|(i, t)| *t == 1000 + i as u64), "on_sent in order");
-        eng.shutdown(Duration::from_secs(1));
-    }
-}
-
-// ------------------------------------------------------------------ poll-mode direct receive
-
-/// Echo `size` bytes over `s` and check them.
-fn echo_once(s: &mut TcpStream, size: usize, seed: u8) {
-    let msg: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
-    let mut w = s.try_clone().unwrap();
-    let m2 = msg.clone();
-    let t = std::thread::spawn(move || w.write_all(&m2).unwrap());
-    let mut got = vec![0u8; size];
-    s.read_exact(&mut got).unwrap();
-    t.join().unwrap();
-    assert_eq!(got, msg, "echo of {size} bytes");
-}
-
-#[test]
-fn poll_direct_recv_is_used_and_falls_back_when_idle() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 2, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let mut a = connect(l.local_addr());
-    let mut b = connect(l.local_addr());
-    // Both busy, within the bound: received directly after their first (ring) receive.
-    for round in 0..200u32 {
-        echo_once(&mut a, 1 + (round as usize * 97) % 9000, round as u8);
-        echo_once(&mut b, 1 + (round as usize * 61) % 9000, !round as u8);
-    }
-    // Stats are published every tick.
-    wait_until("direct and ring receives in the stats", || {
-        let st = &eng.stats()[0];
-        st.direct_recv_ops > 0 && st.recv_ops > st.direct_recv_ops
-    });
-    // Idle long enough to leave the direct set (4096 empty polls), then traffic again.
-    std::thread::sleep(Duration::from_millis(300));
-    for round in 0..50u32 {
-        echo_once(&mut a, 300_000 + round as usize, round as u8);
-        echo_once(&mut b, 4120, round as u8);
-    }
-    drop(a);
-    drop(b);
-    wait_until("both closed", || ev.closed.lock().unwrap().len() == 2);
-    assert!(ev.closed.lock().unwrap().iter().all(|r| *r == CloseReason::PeerClosed));
-    wait_until("no connections in the stats", || eng.stats()[0].connections == 0);
-    eng.shutdown(Duration::from_secs(2));
-}
-
-#[test]
-fn poll_without_direct_recv_still_echoes() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 0, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let mut s = connect(l.local_addr());
-    for size in [1usize, 4120, 300_000] {
-        echo_once(&mut s, size, 7);
-    }
-    drop(s);
-    wait_until("closed", || ev.closed.lock().unwrap().len() == 1);
-    wait_until("stats published", || eng.stats()[0].recv_ops > 0);
-    assert_eq!(eng.stats()[0].direct_recv_ops, 0);
-    eng.shutdown(Duration::from_secs(2));
-}
-
-#[test]
-fn direct_recv_conns_max_is_bounded() {
-    let bad = EngineConfig { poll_direct_recv_conns_max: DIRECT_RECV_CONNS_MAX + 1, ..Default::default() };
-    assert!(bad.validate().is_err());
-    let ok = EngineConfig { poll_direct_recv_conns_max: DIRECT_RECV_CONNS_MAX, ..Default::default() };
-    assert!(ok.validate().is_ok());
-}
-
-#[test]
-fn poll_direct_recv_stops_with_more_busy_connections_than_the_bound() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 1, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let addr = l.local_addr();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Four connections echoing continuously: more busy than the bound of 1.
-    let workers: Vec<_> = (0..4u8)
-        .map(|k| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut s = connect(addr);
-                let mut n = 0u32;
-                while !stop.load(Ordering::SeqCst) {
-                    echo_once(&mut s, 64 + (n as usize % 512), k ^ n as u8);
-                    n += 1;
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(150));
-    let s0 = eng.stats()[0].clone();
-    std::thread::sleep(Duration::from_millis(400));
-    let s1 = eng.stats()[0].clone();
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let (direct, all) = (s1.direct_recv_ops - s0.direct_recv_ops, s1.recv_ops - s0.recv_ops);
-    assert!(all > 0, "traffic was counted: {s0:?} {s1:?}");
-    // Without the gate one of the four would stay direct (~1/4 of receives).
-    // Workers stalled for a whole tick can let one go direct for a while, so
-    // the bound is loose; most receives must go through the ring.
-    assert!(direct * 8 < all, "busy core kept direct receives: {direct} of {all}");
-    wait_until("all closed", || ev.closed.lock().unwrap().len() == 4);
-    eng.shutdown(Duration::from_secs(2));
-}
-
-// ------------------------------------------------------------------ poll-mode receive into a sink
-
-/// Messages are a 4-byte little-endian length and that many payload bytes;
-/// the answer to each is its length and the wrapping sum of its payload
-/// (8 bytes). Payload bytes left after the header go into a buffer of the
-/// handler's own through `recv_sink`, and at message boundaries receives are
-/// capped at the header (`recv_len_hint`).
-#[derive(Default)]
-struct SinkSum {
-    /// Payload buffer of the message in progress, and how much of it is filled.
-    payload: Vec<u8>,
-    filled: usize,
-    in_message: bool,
-}
-
-impl SinkSum {
-    fn finish_if_done(&mut self, io: &mut ConnIo<'_>) {
-        if self.in_message && self.filled == self.payload.len() {
-            let sum = self.payload.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32));
-            io.tx().extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-            io.tx().extend_from_slice(&sum.to_le_bytes());
-            self.in_message = false;
-        }
-    }
-}
-
-impl Handler for SinkSum {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        loop {
-            if self.in_message {
-                let n = (self.payload.len() - self.filled).min(io.rx().len());
-                self.payload[self.filled..self.filled + n].copy_from_slice(&io.rx()[..n]);
-                self.filled += n;
-                io.consume(n);
-                self.finish_if_done(io);
-                if self.in_message {
-                    return Flow::Continue;
-                }
-            } else {
-                if io.rx().len() < 4 {
-                    return Flow::Continue;
-                }
-                let len = u32::from_le_bytes(io.rx()[..4].try_into().unwrap()) as usize;
-                io.consume(4);
-                assert!(len <= 1 << 20);
-                self.payload = vec![0; len];
-                self.filled = 0;
-                self.in_message = true;
-                self.finish_if_done(io);
-            }
-        }
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _r: CloseReason) {}
-    fn recv_sink(&mut self) -> Option<&mut [u8]> {
-        if self.in_message && self.payload.len() - self.filled >= 1024 {
-            Some(&mut self.payload[self.filled..])
-        } else {
-            None
-        }
-    }
-    fn recv_len_hint(&self) -> usize {
-        if self.in_message {
-            self.payload.len() - self.filled + 4
-        } else {
-            4
-        }
-    }
-    fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
-        assert!(self.in_message && n > 0 && self.filled + n <= self.payload.len());
-        self.filled += n;
-        self.finish_if_done(io);
-        Flow::Continue
-    }
-}
-
-struct SinkSumFactory;
-impl HandlerFactory for SinkSumFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(SinkSum::default()))
-    }
-}
-
-#[test]
-fn poll_direct_recv_fills_handler_sinks_in_stream_order() {
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 2, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(SinkSumFactory)).unwrap();
-    let mut s = connect(l.local_addr());
-    let sizes: Vec<usize> = (0..300usize).map(|i| [0, 1, 3, 1023, 1024, 4096, 70_000, 262_144][i % 8] + i).collect();
-    let mut wire = Vec::new();
-    let mut want = Vec::new();
-    for (i, &n) in sizes.iter().enumerate() {
-        let payload: Vec<u8> = (0..n).map(|j| (j as u8).wrapping_mul(13) ^ i as u8).collect();
-        wire.extend_from_slice(&(n as u32).to_le_bytes());
-        wire.extend_from_slice(&payload);
-        want.extend_from_slice(&(n as u32).to_le_bytes());
-        want.extend_from_slice(&payload.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32)).to_le_bytes());
-    }
-    // Written in uneven pieces so messages straddle receives.
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        for piece in wire.chunks(77_777) {
-            w.write_all(piece).unwrap();
-        }
-    });
-    let mut got = vec![0u8; want.len()];
-    s.read_exact(&mut got).unwrap();
-    writer.join().unwrap();
-    assert!(got == want, "answers differ");
-    wait_until("sink receives in the stats", || eng.stats()[0].sink_recv_ops > 0);
-    eng.shutdown(Duration::from_secs(2));
 }

@@ -6,10 +6,18 @@
 //! nvmf-pingpong c PORT REQ RESP MODE SECONDS [QD]        raw client
 //! nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] engine server
 //! nvmf-pingpong x CPU_A CPU_B [ROUND_TRIPS]              cross-core cache-line round trip (ns)
+//! nvmf-pingpong f PORT REQ RESP COUNT                    flood: COUNT idle sockets as fast as
+//!                                                        possible; a real client meanwhile
 //! options: --json (client output as one JSON object), --host IP (default 127.0.0.1),
 //!          --stats (engine server: per-second syscalls/loops per op on stderr),
-//!          --zc (engine server: answer with ConnIo::send_borrowed instead of copying into tx)
+//!          --zc (engine server: answer with ConnIo::send_borrowed instead of copying into tx),
+//!          --limits CONNS,UNESTABLISHED (engine server: connections_max, unestablished_max)
 //! ```
+//! The engine server's connections are established (`ConnIo::set_established`)
+//! by their first complete request, so a flood of idle sockets is evicted
+//! before them. The flood client reports how long a real client took to get
+//! its first answer at each quarter of the flood, and how many idle sockets
+//! the server closed.
 //! The server answers every complete REQ-byte request with RESP bytes. The client at
 //! QD 1 measures per-op latency (avg, min, p50, p99, p99.9, max); at QD > 1 it keeps QD
 //! requests in flight and reports ops/s.
@@ -19,14 +27,15 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvmf_engine::{CloseReason, ConnInfo, ConnIo, Engine, EngineConfig, Flow, Handler, HandlerFactory, Mode};
+use nvmf_engine::{CloseReason, ConnInfo, ConnIo, Engine, EngineConfig, Flow, Handler, HandlerFactory, Mode, Wakeup};
 
 const BUFSZ: usize = 1 << 22;
 
 fn usage() -> ! {
     eprintln!(
         "usage:\n  nvmf-pingpong s PORT REQ RESP b|p\n  nvmf-pingpong c PORT REQ RESP b|p SECONDS [QD] [--json]\n  \
-         nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N]\n  nvmf-pingpong x CPU_A CPU_B [ROUND_TRIPS]\n\
+         nvmf-pingpong e PORT REQ RESP poll|interrupt [--core N] [--limits CONNS,UNESTABLISHED]\n  \
+         nvmf-pingpong x CPU_A CPU_B [ROUND_TRIPS]\n  nvmf-pingpong f PORT REQ RESP COUNT\n\
          options: --host IP"
     );
     std::process::exit(2)
@@ -258,6 +267,10 @@ impl Handler for Answer {
         self.have += r;
         let n = self.have / self.req;
         self.have %= self.req;
+        if n > 0 {
+            // A complete request proves a real client: out of probation.
+            io.set_established();
+        }
         if self.zc && self.resp <= self.pattern.len() {
             for _ in 0..n {
                 // SAFETY: the pattern is kept alive by this handler (Arc) and never modified.
@@ -279,6 +292,9 @@ impl Handler for Answer {
     fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
         Flow::Continue
     }
+    fn next_wakeup(&self) -> Wakeup {
+        Wakeup::Never
+    }
     fn on_closed(&mut self, _reason: CloseReason) {}
 }
 
@@ -295,8 +311,25 @@ impl HandlerFactory for AnswerFactory {
     }
 }
 
-fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Option<usize>, stats: bool, zc: bool) {
-    let cfg = EngineConfig { cores: core.into_iter().collect(), mode, ..Default::default() };
+#[allow(clippy::too_many_arguments)]
+fn engine_server(
+    addr: SocketAddr,
+    req: usize,
+    resp: usize,
+    mode: Mode,
+    core: Option<usize>,
+    stats: bool,
+    zc: bool,
+    limits: Option<(usize, usize)>,
+) {
+    if let Err(e) = nvmf_engine::raise_fd_limit() {
+        eprintln!("cannot raise the fd limit: {e}");
+    }
+    let mut cfg = EngineConfig { cores: core.into_iter().collect(), mode, ..Default::default() };
+    if let Some((conns, unestablished)) = limits {
+        cfg.connections_max = conns;
+        cfg.unestablished_max = unestablished;
+    }
     let eng = Engine::start(cfg).unwrap_or_else(|e| {
         eprintln!("engine: {e}");
         std::process::exit(1)
@@ -315,6 +348,21 @@ fn engine_server(addr: SocketAddr, req: usize, resp: usize, mode: Mode, core: Op
         }
         let cur = eng.stats();
         for (a, b) in cur.iter().zip(&prev) {
+            if a.evicted_silent + a.evicted_unestablished + a.refused_limit
+                != b.evicted_silent + b.evicted_unestablished + b.refused_limit
+            {
+                eprintln!(
+                    "core{} connections={} unestablished={} evicted_silent={} evicted_unestablished={} \
+                     refused_limit={} rx_mapped_bytes={}",
+                    a.core_index,
+                    a.connections,
+                    a.unestablished,
+                    a.evicted_silent,
+                    a.evicted_unestablished,
+                    a.refused_limit,
+                    a.rx_mapped_bytes
+                );
+            }
             let ops = (a.bytes_rx - b.bytes_rx) / req as u64;
             if ops == 0 {
                 continue;
@@ -341,6 +389,7 @@ fn main() {
     let mut core = None;
     let mut stats = false;
     let mut zc = false;
+    let mut limits = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -349,6 +398,11 @@ fn main() {
             "--zc" => zc = true,
             "--host" => host = args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage()),
             "--core" => core = Some(args.next().and_then(|h| h.parse().ok()).unwrap_or_else(|| usage())),
+            "--limits" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                let (c, u) = v.split_once(',').unwrap_or_else(|| usage());
+                limits = Some((c.parse().unwrap_or_else(|_| usage()), u.parse().unwrap_or_else(|_| usage())));
+            }
             "-h" | "--help" => usage(),
             _ => pos.push(a),
         }
@@ -382,9 +436,95 @@ fn main() {
         }
         "e" | "engine" => {
             let mode: Mode = pos[4].parse().unwrap_or_else(|_| usage());
-            engine_server(addr, req, resp, mode, core, stats, zc);
+            engine_server(addr, req, resp, mode, core, stats, zc, limits);
         }
+        "f" | "flood" => flood(addr, req, resp, pos[4].parse().unwrap_or_else(|_| usage()), json),
         _ => usage(),
+    }
+}
+
+/// One real client: connect, send a request, wait for the answer; the time
+/// it took and the socket (kept open to check later that it survived).
+fn real_client(addr: SocketAddr, req: usize, resp: usize) -> std::io::Result<(Duration, TcpStream)> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(&vec![1u8; req])?;
+    let mut b = vec![0u8; resp];
+    s.read_exact(&mut b)?;
+    Ok((t.elapsed(), s))
+}
+
+/// Open `count` sockets that never send, as fast as possible; at each
+/// quarter a real client connects and is timed to its first answer.
+fn flood(addr: SocketAddr, req: usize, resp: usize, count: usize, json: bool) {
+    use std::io::{Read, Write};
+    match nvmf_engine::raise_fd_limit() {
+        Ok(n) if (n as usize) < count + 64 => eprintln!("fd limit {n} is below {count} sockets"),
+        Ok(_) => {}
+        Err(e) => eprintln!("cannot raise the fd limit: {e}"),
+    }
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(count);
+    let mut probes = Vec::new();
+    let mut failed = 0usize;
+    for i in 0..count {
+        if i > 0 && i % (count / 4).max(1) == 0 {
+            let at = i;
+            probes.push((at, std::thread::spawn(move || real_client(addr, req, resp))));
+        }
+        match TcpStream::connect(addr) {
+            Ok(s) => idle.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    probes.push((count, std::thread::spawn(move || real_client(addr, req, resp))));
+    let mut real = Vec::new();
+    for (at, p) in probes {
+        match p.join().expect("probe thread") {
+            Ok((took, s)) => real.push((at, took.as_secs_f64() * 1e3, Some(s))),
+            Err(e) => {
+                eprintln!("real client at {at}: {e}");
+                real.push((at, f64::NAN, None));
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let closed = idle
+        .iter()
+        .filter(|s| {
+            let _ = s.set_nonblocking(true);
+            let mut b = [0u8; 1];
+            !matches!((&**s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    // Every real client is still served (established: never evicted).
+    let survived = real
+        .iter_mut()
+        .filter(|(_, _, s)| {
+            s.as_ref().is_some_and(|mut s| {
+                let mut b = vec![0u8; resp];
+                s.write_all(&vec![1u8; req]).is_ok() && s.read_exact(&mut b).is_ok()
+            })
+        })
+        .count();
+    let ms: Vec<String> = real.iter().map(|(at, ms, _)| format!("{at}:{ms:.1}")).collect();
+    if json {
+        println!(
+            "{{\"sockets\":{count},\"connect_failed\":{failed},\"flood_s\":{flood_secs:.3},\
+             \"idle_closed_by_server\":{closed},\"real_ms\":\"{}\",\"real_survived\":{survived}}}",
+            ms.join(" ")
+        );
+    } else {
+        println!(
+            "{count} idle sockets in {flood_secs:.3} s ({failed} connects failed), {closed} closed by the server; \
+             real client first answer (at socket: ms) {}; {survived}/{} real clients still served",
+            ms.join(", "),
+            real.len()
+        );
     }
 }
 
