@@ -31,7 +31,24 @@ enum Cmd {
     Ctl(cli::ctl::CtlArgs),
 }
 
+/// Process set-up every command shares.
+fn prepare_process() {
+    // Thousands of connections need thousands of descriptors; the soft limit
+    // is often 1024 while the hard limit allows far more.
+    if let Err(e) = nvmf_engine::raise_fd_limit() {
+        eprintln!("nvmf: warning: cannot raise the open-file limit: {e}");
+    }
+    // glibc moves its mmap threshold up to every freed large block, after
+    // which large buffers come from heap arenas that are never given back:
+    // a fixed threshold keeps them mapped, so memory returns when freed.
+    // SAFETY: plain libc call at start, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() {
+    prepare_process();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Target(a) => cli::target::run(a),

@@ -29,7 +29,7 @@ enum Due {
 }
 
 impl Queue {
-    fn deadlines(&mut self) -> Option<(u64, Due)> {
+    fn deadlines(&self) -> Option<(u64, Due)> {
         if self.phase == Phase::Closing {
             return None;
         }
@@ -65,7 +65,7 @@ impl Queue {
 
     /// When [`Queue::on_timeout`] must run next (µs, the clock of `now_us`);
     /// `None`: nothing is pending.
-    pub fn next_deadline_us(&mut self) -> Option<u64> {
+    pub fn next_deadline_us(&self) -> Option<u64> {
         self.deadlines().map(|(at, _)| at)
     }
 

@@ -3,13 +3,12 @@
 //! discovery listener, and adapts engine callbacks to queue calls.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nvmf_engine::{
     parse_core_list, CloseReason, ConnInfo, ConnIo, CoreStats, Engine, EngineConfig, EngineError, Flow, Handler,
-    HandlerFactory, ListenerId, Mode,
+    HandlerFactory, ListenerId, Mode, Wakeup,
 };
 
 use crate::action::{Action, StorageKind};
@@ -49,11 +48,10 @@ pub struct ServerStats {
 /// A running target.
 pub struct Server {
     engine: Option<Engine>,
+    housekeeping: Option<Housekeeping>,
     target: Arc<Target>,
     /// Changed at runtime by management (add/remove listener).
     listeners: Mutex<Vec<(ListenerId, Port)>>,
-    connections: Arc<AtomicUsize>,
-    connections_max: usize,
 }
 
 impl Server {
@@ -77,12 +75,7 @@ impl Server {
         if port.addr.port() != 0 && l.iter().any(|(_, p)| p.addr == port.addr) {
             return Err(ServeError::ListenerExists(port.addr));
         }
-        let factory = Arc::new(QueueFactory {
-            target: self.target.clone(),
-            port: port.clone(),
-            connections: self.connections.clone(),
-            connections_max: self.connections_max,
-        });
+        let factory = Arc::new(QueueFactory { target: self.target.clone(), port: port.clone() });
         let id =
             engine.listen(port.addr, factory).map_err(|err| ServeError::Listen { addr: port.addr.to_string(), err })?;
         port.addr = id.local_addr();
@@ -107,15 +100,16 @@ impl Server {
     }
     pub fn stats(&self) -> ServerStats {
         ServerStats {
-            connections: self.connections.load(Ordering::Relaxed),
+            connections: self.engine.as_ref().map(|e| e.connection_counts().open).unwrap_or(0),
             controllers: self.target.controller_count(),
             cores: self.engine.as_ref().map(|e| e.stats()).unwrap_or_default(),
         }
     }
     /// Stop accepting, let queues finish in-flight work, close everything.
     pub fn shutdown(mut self, timeout: Duration) {
+        self.housekeeping.take();
         if let Some(e) = self.engine.take() {
-            tracing::info!("target shutting down ({} connections)", self.connections.load(Ordering::Relaxed));
+            tracing::info!("target shutting down ({} connections)", e.connection_counts().open);
             e.shutdown(timeout);
         }
     }
@@ -145,20 +139,22 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
         mode,
         // Every connection starts small; larger PDUs borrow from the core's
         // pool while they need it (rx_reserve).
-        // ENGINE-COMPAT: until rx_reserve exists, hold the largest capsule.
-        recv_buf_bytes: (2 * crate::tcp::capsule_len_max(cfg.limits.in_capsule_data_bytes.max(8192)) as usize)
-            .max(crate::limits::RECV_BUF_SMALL_BYTES),
+        // Every connection starts small; a PDU that needs more borrows a
+        // large buffer from the core's pool for as long as it is arriving.
+        recv_buf_bytes: crate::limits::RECV_BUF_SMALL_BYTES,
+        recv_buf_large_bytes: (crate::tcp::QueueLimits::from_target(&target).pdu_len_max() as usize + 4096)
+            .max(EngineConfig::default().recv_buf_large_bytes),
+        connections_max: cfg.limits.connections_max as usize,
+        unestablished_max: cfg.limits.connections_unestablished_max as usize,
         poll_direct_recv_conns_max: cfg.engine.poll_direct_recv_conns_max,
         ..EngineConfig::default()
     };
     let engine = Engine::start(ecfg)?;
-    let connections = Arc::new(AtomicUsize::new(0));
     let mut server = Server {
         engine: None,
+        housekeeping: Some(Housekeeping::start(target.clone())),
         target: target.clone(),
         listeners: Mutex::new(Vec::new()),
-        connections: connections.clone(),
-        connections_max: cfg.limits.connections_max as usize,
     };
     let mut specs: Vec<(String, Port)> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -173,12 +169,7 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
         specs.push((a.clone(), Port { port_id, addr, subsystems: Vec::new(), discovery_only: true }));
     }
     for (text, mut port) in specs {
-        let factory = Arc::new(QueueFactory {
-            target: target.clone(),
-            port: port.clone(),
-            connections: connections.clone(),
-            connections_max: cfg.limits.connections_max as usize,
-        });
+        let factory = Arc::new(QueueFactory { target: target.clone(), port: port.clone() });
         let id = engine.listen(port.addr, factory).map_err(|err| ServeError::Listen { addr: text, err })?;
         port.addr = id.local_addr();
         tracing::info!(
@@ -194,20 +185,70 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
     Ok(server)
 }
 
+/// A control-plane thread that gives freed heap memory back to the system
+/// after a wave of connections has closed (glibc keeps freed small blocks in
+/// its arenas otherwise). It runs `malloc_trim` only when the number of open
+/// queues fell well below its peak, at most every [`TRIM_INTERVAL_MS`]: off
+/// the data cores, and never while connections are steady.
+struct Housekeeping {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Shortest time between two trims.
+const TRIM_INTERVAL_MS: u64 = 2000;
+/// A trim needs the open queues to have fallen by at least this many.
+const TRIM_AFTER_CLOSED_MIN: usize = 256;
+
+impl Housekeeping {
+    fn start(target: Arc<Target>) -> Housekeeping {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let target = Arc::downgrade(&target);
+        let thread = std::thread::Builder::new()
+            .name("nvmf-housekeeping".into())
+            .spawn(move || {
+                let mut peak = 0usize;
+                let mut last = std::time::Instant::now();
+                while !s2.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let Some(t) = target.upgrade() else { return };
+                    let open = t.queues_open.load(Ordering::Relaxed);
+                    peak = peak.max(open);
+                    if peak >= open + TRIM_AFTER_CLOSED_MIN
+                        && open <= peak / 2
+                        && last.elapsed() >= Duration::from_millis(TRIM_INTERVAL_MS)
+                    {
+                        // SAFETY: malloc_trim has no preconditions.
+                        unsafe { libc::malloc_trim(0) };
+                        tracing::debug!("heap trimmed after {} queues closed", peak - open);
+                        peak = open;
+                        last = std::time::Instant::now();
+                    }
+                }
+            })
+            .ok();
+        Housekeeping { stop, thread }
+    }
+}
+
+impl Drop for Housekeeping {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 struct QueueFactory {
     target: Arc<Target>,
     port: Port,
-    connections: Arc<AtomicUsize>,
-    connections_max: usize,
 }
 
 impl HandlerFactory for QueueFactory {
     fn create(&self, info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.connections_max {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(peer = %info.peer, "connection limit ({}) reached; refusing", self.connections_max);
-            return None;
-        }
         // The current export list: management may have changed it since.
         let mut port = self.port.clone();
         if let Some(p) = self.target.ports().into_iter().find(|p| p.port_id == port.port_id) {
@@ -217,14 +258,10 @@ impl HandlerFactory for QueueFactory {
             port.addr.set_port(info.local.port());
         }
         tracing::debug!(peer = %info.peer, local = %info.local, core = info.core, "connection accepted");
-        let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer, clock_us());
-        Some(Box::new(QueueHandler {
-            q,
-            target: self.target.clone(),
-            connections: self.connections.clone(),
-            peer: info.peer,
-            waker: None,
-        }))
+        // The clock starts at the first callback (`on_tick` at registration).
+        self.target.queues_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer, 0);
+        Some(Box::new(QueueHandler { q, target: self.target.clone(), peer: info.peer, waker: None, started: false }))
     }
 }
 
@@ -240,16 +277,10 @@ impl QueueWaker for EngineWaker {
 struct QueueHandler {
     q: Queue,
     target: Arc<Target>,
-    connections: Arc<AtomicUsize>,
     peer: SocketAddr,
     waker: Option<Arc<dyn QueueWaker>>,
-}
-
-/// Monotonic µs since the first call: the queue's one clock.
-/// ENGINE-COMPAT: becomes `io.now_us()`.
-fn clock_us() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+    /// The queue's clock was set (first callback).
+    started: bool,
 }
 
 fn flow(f: QueueFlow) -> Flow {
@@ -270,6 +301,13 @@ fn worse(a: QueueFlow, b: QueueFlow) -> QueueFlow {
 }
 
 impl QueueHandler {
+    fn start(&mut self, io: &ConnIo<'_>) {
+        if !self.started {
+            self.started = true;
+            self.q.on_start(io.now_us());
+        }
+    }
+
     /// After every queue call: splice lent read data into the output, run
     /// the queue's actions, and return the flow.
     fn after(&mut self, io: &mut ConnIo<'_>, f: QueueFlow) -> Flow {
@@ -290,10 +328,10 @@ impl QueueHandler {
                         let target = self.target.clone();
                         let waker = self.waker.get_or_insert_with(|| Arc::new(EngineWaker(io.waker()))).clone();
                         let mut out = std::mem::take(io.tx());
-                        let r = apply_control(&target, &mut self.q, other, &|| waker.clone(), clock_us(), &mut out);
+                        let r = apply_control(&target, &mut self.q, other, &|| waker.clone(), io.now_us(), &mut out);
                         *io.tx() = out;
                         if r.established {
-                            // ENGINE-COMPAT: io.set_established();
+                            io.set_established();
                         }
                         // A Connect answered: read what the host sent after it.
                         if !self.q.input_paused() && !io.rx().is_empty() {
@@ -319,46 +357,39 @@ fn submit_storage(io: &mut ConnIo<'_>, op: crate::action::StorageOp) {
             StorageKind::Read { offset, buf, len } => io.submit_read(op.fd, offset, buf, len, op.token),
             StorageKind::Write { offset, buf, len } => io.submit_write(op.fd, offset, buf, len, op.token),
             StorageKind::Fsync { datasync } => io.submit_fsync(op.fd, datasync, op.token),
-            // ENGINE-COMPAT: io.submit_fallocate / io.submit_discard.
-            StorageKind::Fallocate { .. } | StorageKind::Discard { .. } => {
-                io.submit_fsync(op.fd, true, op.token | COMPAT_UNSUPPORTED)
-            }
+            StorageKind::Fallocate { mode, offset, len } => io.submit_fallocate(op.fd, mode, offset, len, op.token),
+            StorageKind::Discard { offset, len } => io.submit_discard(op.fd, offset, len, op.token),
         }
     }
 }
 
-/// ENGINE-COMPAT: marks an fsync standing in for an operation the engine
-/// cannot submit yet; its completion is reported as EOPNOTSUPP.
-const COMPAT_UNSUPPORTED: u64 = 1 << 55;
-
 impl Handler for QueueHandler {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let now = clock_us();
+        self.start(io);
+        let now = io.now_us();
         // Borrow juggling: the output Vec is moved out of the engine for the
         // call (no copy) because `rx` borrows `io`.
         let mut out = std::mem::take(io.tx());
         let (n, f) = self.q.on_recv(io.rx(), now, &mut out);
         *io.tx() = out;
         io.consume(n);
-        // ENGINE-COMPAT: io.rx_reserve(self.q.rx_wanted());
+        let want = self.q.rx_wanted();
+        if want > io.rx_capacity() {
+            io.rx_reserve(want);
+        }
         self.after(io, f)
     }
 
     fn on_storage(&mut self, io: &mut ConnIo<'_>, token: u64, result: i32) -> Flow {
-        let (token, result) = if token & COMPAT_UNSUPPORTED != 0 {
-            (token & !COMPAT_UNSUPPORTED, -libc::EOPNOTSUPP)
-        } else {
-            (token, result)
-        };
         let mut out = std::mem::take(io.tx());
-        let f = self.q.on_storage(token, result, clock_us(), &mut out);
+        let f = self.q.on_storage(token, result, io.now_us(), &mut out);
         *io.tx() = out;
         self.after(io, f)
     }
 
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        // ENGINE-COMPAT: with next_wakeup this runs only at the deadline.
-        let now = clock_us();
+        self.start(io);
+        let now = io.now_us();
         if self.q.next_deadline_us().is_some_and(|d| d <= now) {
             let mut out = std::mem::take(io.tx());
             let f = self.q.on_timeout(now, &mut out);
@@ -368,9 +399,20 @@ impl Handler for QueueHandler {
         Flow::Continue
     }
 
+    fn next_wakeup(&self) -> Wakeup {
+        if !self.started {
+            return Wakeup::EveryTick;
+        }
+        // The engine's clock is in ms; round up so the deadline has passed.
+        match self.q.next_deadline_us() {
+            Some(us) => Wakeup::At(us.div_ceil(1000)),
+            None => Wakeup::Never,
+        }
+    }
+
     fn on_wake(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let mut out = std::mem::take(io.tx());
-        let f = self.q.on_wake(clock_us(), &mut out);
+        let f = self.q.on_wake(io.now_us(), &mut out);
         *io.tx() = out;
         self.after(io, f)
     }
@@ -381,7 +423,7 @@ impl Handler for QueueHandler {
 
     fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
         let mut out = std::mem::take(io.tx());
-        self.q.on_sink_recv(n, clock_us(), &mut out);
+        self.q.on_sink_recv(n, io.now_us(), &mut out);
         *io.tx() = out;
         let f = self.q.flow();
         self.after(io, f)
@@ -395,18 +437,17 @@ impl Handler for QueueHandler {
             None => tracing::debug!(peer = %self.peer, "connection closed before Connect ({reason:?})"),
         }
         self.q.on_closed();
+        self.target.queues_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let actions: Vec<Action> = self.q.take_actions().collect();
-        let waker = self.waker.clone();
+        let waker: Arc<dyn QueueWaker> = self.waker.clone().unwrap_or_else(|| Arc::new(NoWaker));
         for a in actions {
             if matches!(a, Action::Storage(_)) {
                 continue;
             }
             let target = self.target.clone();
-            let w = waker.clone().unwrap_or_else(|| Arc::new(NoWaker));
             let mut out = Vec::new();
-            apply_control(&target, &mut self.q, a, &|| w.clone(), clock_us(), &mut out);
+            apply_control(&target, &mut self.q, a, &|| waker.clone(), 0, &mut out);
         }
-        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn on_shutdown(&mut self, io: &mut ConnIo<'_>) -> Flow {

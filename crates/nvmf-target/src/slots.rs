@@ -206,6 +206,7 @@ impl SlotTable {
         let cid = s.sqe.cid;
         self.remove_cid(cid);
         self.free.push(i as u16);
+        self.prune_r2t();
         debug_assert!(self.free.len() <= self.slots.len());
     }
 
@@ -236,20 +237,29 @@ impl SlotTable {
         let s = &mut self.slots[i];
         s.r2t_us = now_us;
         let gen = s.generation;
+        self.prune_r2t();
         self.r2t_order.push_back((i as u16, gen));
-        assert!(self.r2t_order.len() <= 2 * self.slots.len() + 1);
+        assert!(self.r2t_order.len() <= 2 * self.slots.len() + 1, "R2T order list unbounded");
     }
 
     /// When the oldest transfer still waiting for H2CData got its R2T.
-    pub fn oldest_r2t_us(&mut self) -> Option<u64> {
+    pub fn oldest_r2t_us(&self) -> Option<u64> {
+        self.r2t_order.iter().find_map(|&(i, gen)| {
+            let s = &self.slots[i as usize];
+            (s.stage == Stage::AwaitData && s.generation == gen).then_some(s.r2t_us)
+        })
+    }
+
+    /// Drop the front entries of transfers that moved on (called as slots
+    /// are freed, so the order list stays at most twice the slot count).
+    fn prune_r2t(&mut self) {
         while let Some(&(i, gen)) = self.r2t_order.front() {
             let s = &self.slots[i as usize];
             if s.stage == Stage::AwaitData && s.generation == gen {
-                return Some(s.r2t_us);
+                return;
             }
             self.r2t_order.pop_front();
         }
-        None
     }
 }
 

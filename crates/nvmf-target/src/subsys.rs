@@ -249,6 +249,8 @@ pub struct Target {
     pub keep_alive_expiries: AtomicU64,
     /// Queues created from now on keep latency histograms (metrics enabled).
     pub latency_histograms: AtomicBool,
+    /// Connections (queues) open now: counted once per accept and close.
+    pub queues_open: std::sync::atomic::AtomicUsize,
 }
 
 /// Opens a namespace backend (normally [`crate::backend::open`]).
@@ -268,6 +270,7 @@ impl Target {
             discovery_ctrls: Mutex::new(CtrlTable::default()),
             keep_alive_expiries: AtomicU64::new(0),
             latency_histograms: AtomicBool::new(false),
+            queues_open: std::sync::atomic::AtomicUsize::new(0),
         });
         for s in &cfg.subsystems {
             t.add_subsystem(s, open)?;

@@ -224,6 +224,14 @@ impl Queue {
         }
     }
 
+    /// The driver's first callback: the queue's clock starts (the connect
+    /// timeout counts from here).
+    pub fn on_start(&mut self, now_us: u64) {
+        self.created_us = now_us;
+        self.now_us = now_us;
+        self.last_command_us = now_us;
+    }
+
     /// The host's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer

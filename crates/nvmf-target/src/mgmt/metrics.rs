@@ -33,6 +33,38 @@ impl Out {
     }
 }
 
+/// Connections refused and evicted, by reason, summed over the cores; the
+/// connections still on probation; receive buffer memory.
+fn admission(o: &mut Out, cores: &[nvmf_engine::CoreStats]) {
+    let sum = |f: fn(&nvmf_engine::CoreStats) -> u64| cores.iter().map(f).sum::<u64>();
+    o.head("nvmf_connections_unestablished", "gauge", "Open connections that have not completed Connect.");
+    o.val("nvmf_connections_unestablished", &[], sum(|c| c.unestablished));
+    o.head(
+        "nvmf_connections_refused_total",
+        "counter",
+        "New connections closed at accept, by reason (limit: connections_max or connections_unestablished_max with nothing to evict).",
+    );
+    for (reason, v) in [
+        ("limit", sum(|c| c.refused_limit)),
+        ("shutdown", sum(|c| c.refused_shutdown)),
+        ("handler", sum(|c| c.refused_handler)),
+        ("no_memory", sum(|c| c.refused_nomem)),
+    ] {
+        o.val("nvmf_connections_refused_total", &[("reason", reason)], v);
+    }
+    o.head(
+        "nvmf_connections_evicted_total",
+        "counter",
+        "Connections closed to make room for a new one, by reason (silent: never sent a byte; unestablished: no Connect yet).",
+    );
+    o.val("nvmf_connections_evicted_total", &[("reason", "silent")], sum(|c| c.evicted_silent));
+    o.val("nvmf_connections_evicted_total", &[("reason", "unestablished")], sum(|c| c.evicted_unestablished));
+    o.head("nvmf_rx_buffer_bytes", "gauge", "Receive buffer memory mapped by the engine (small and large buffers).");
+    o.val("nvmf_rx_buffer_bytes", &[], sum(|c| c.rx_mapped_bytes));
+    o.head("nvmf_rx_large_buffers_in_use", "gauge", "Large receive buffers lent to connections for a PDU in progress.");
+    o.val("nvmf_rx_large_buffers_in_use", &[], sum(|c| c.rx_large_in_use));
+}
+
 /// Render every metric.
 pub fn render(m: &Mgmt) -> String {
     let mut o = Out(String::with_capacity(4096));
@@ -100,6 +132,7 @@ pub fn render(m: &Mgmt) -> String {
         }
     }
     latency_and_errors(&mut o, &totals);
+    admission(&mut o, &st.cores);
     o.head("nvmf_keep_alive_expiries_total", "counter", "Controllers torn down by keep-alive timeout.");
     o.val("nvmf_keep_alive_expiries_total", &[], server.target().keep_alive_expiries.load(Ordering::Relaxed));
     for (name, help, f) in [
