@@ -18,14 +18,15 @@ fn have(cmd: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs fresh release binaries, 2 CPUs, python3 and taskset: NVMF_BENCH_SMOKE=1 cargo test --test bench_smoke -- --ignored"]
 fn bench_quick_row_runs_and_reports() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bins = [root.join("target/release/nvmf"), root.join("target/release/nvmf-pingpong")];
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if !wanted() || !bins.iter().all(|b| b.exists()) || cpus < 2 || !have("python3") || !have("taskset") {
-        eprintln!("skipped: set NVMF_BENCH_SMOKE=1 with fresh release binaries, 2 CPUs, python3 and taskset");
-        return;
-    }
+    assert!(
+        wanted() && bins.iter().all(|b| b.exists()) && cpus >= 2 && have("python3") && have("taskset"),
+        "set NVMF_BENCH_SMOKE=1 with fresh release binaries, 2 CPUs, python3 and taskset"
+    );
     let out = Command::new("python3")
         .arg(root.join("bench/bench.py"))
         .args(["--quick", "--rows", "rr4k_qd1_poll", "--no-digests", "--json"])

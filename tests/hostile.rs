@@ -32,6 +32,9 @@ fn bin() -> String {
 }
 const NQN: &str = "nqn.2026-12.io.nvmf:hostile";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000ee";
+/// The tests of this file share the process's open-file limit: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// How long a real host may take to connect while the target is under attack.
 const CONNECT_BOUND: Duration = Duration::from_secs(2);
 
@@ -161,6 +164,7 @@ fn rss_returns(t: &Target, baseline_kib: u64, within: Duration) -> (u64, Duratio
 
 #[test]
 fn idle_sockets_do_not_lock_out_real_hosts_and_memory_comes_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let nofile = raise_nofile();
     assert!(nofile >= 19_500, "the open-file hard limit must allow 19,000 sockets, it is {nofile}");
     let t = Target::start("");
@@ -266,6 +270,7 @@ fn partial_after_connect(addr: SocketAddr, cntlid: u16, qid: u16) -> TcpStream {
 
 #[test]
 fn partial_pdus_do_not_lock_out_real_hosts_before_or_after_connect() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     raise_nofile();
     // Long enough that every partial PDU is still held while a host connects.
     let t = Target::start("pdu_timeout_ms = 60000\ndata_timeout_ms = 60000");

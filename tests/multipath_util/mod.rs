@@ -50,9 +50,19 @@ const PASS: u8 = 0;
 const HOLD: u8 = 1;
 const DOWN: u8 = 2;
 
+/// After a [`FaultProxy::release`], a close the host made during the hold
+/// reaches the target this much later than the bytes held with it: all
+/// connections of a path are released at once, and without the delay the
+/// close of one connection (e.g. the admin queue, which ends the controller)
+/// could overtake the late bytes of another (the stale write the test wants
+/// to land while the old controller still lives).
+const RELEASED_CLOSE_DELAY_MS: u64 = 200;
+
 struct Shared {
     upstream: Mutex<SocketAddr>,
     mode: AtomicU8,
+    /// When the last hold was released.
+    released_at: Mutex<Option<std::time::Instant>>,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
 }
@@ -78,6 +88,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream: Mutex::new(upstream),
             mode: AtomicU8::new(PASS),
+            released_at: Mutex::new(None),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
         });
@@ -101,6 +112,7 @@ impl FaultProxy {
         self.shared.mode.store(HOLD, Ordering::SeqCst);
     }
     pub fn release(&self) {
+        *self.shared.released_at.lock().unwrap() = Some(std::time::Instant::now());
         self.shared.mode.store(PASS, Ordering::SeqCst);
     }
 }
@@ -157,6 +169,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, s: Arc<Shared>) {
         }
         match from.read(&mut buf) {
             Ok(0) => {
+                let released = *s.released_at.lock().unwrap();
+                if let Some(left) =
+                    released.and_then(|t| Duration::from_millis(RELEASED_CLOSE_DELAY_MS).checked_sub(t.elapsed()))
+                {
+                    std::thread::sleep(left);
+                }
                 let _ = to.shutdown(Shutdown::Write);
                 return;
             }

@@ -163,13 +163,22 @@ impl Controller {
         if !self.dead.swap(true, Ordering::AcqRel) {
             tracing::info!("ctrl {} ({}) torn down: {why}", self.cntlid, self.nqn());
         }
+        self.close_gate();
         self.wake_all();
     }
     /// Mark dead without a log line (normal disconnect, logged by the caller)
     /// and wake the queues.
     pub fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
+        self.close_gate();
         self.wake_all();
+    }
+    /// A dead controller runs no further I/O: the gate moves to a new epoch,
+    /// so a command that reaches an I/O queue before its wake-up does is
+    /// refused too.
+    fn close_gate(&self) {
+        let epoch = self.epoch() + 1;
+        self.gate.store((epoch << GATE_STATE_BITS) | CtrlState::Disabled as u64, Ordering::Release);
     }
     #[inline]
     pub fn is_dead(&self) -> bool {

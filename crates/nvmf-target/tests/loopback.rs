@@ -656,3 +656,62 @@ fn shutdown_fails_commands_waiting_for_data_and_closes() {
     assert!(q.closed_by_peer());
     assert!(a.closed_by_peer());
 }
+
+/// A loop device for a block namespace test (detached on drop).
+struct LoopDev {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root, losetup and a free loop device (scripts/test.sh runs it as root)"]
+fn block_backend_through_the_ring() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = dir.path().join("blk.img");
+    std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let lo = LoopDev { dev: String::from_utf8(out.stdout).unwrap().trim().to_string(), _dir: dir };
+    let mut n = nvmf_target::config::NamespaceConfig::new("block");
+    n.nsid = Some(1);
+    n.path = Some(lo.dev.clone());
+    let mut sub = nvmf_target::config::SubsystemConfig::with_namespaces(NQN, vec![n]);
+    sub.allow_any_host = Some(true);
+    let cfg = nvmf_target::config::TargetConfig {
+        engine: nvmf_target::config::EngineSection { mode: "interrupt".into(), ..Default::default() },
+        limits: small_limits(),
+        listeners: vec![nvmf_target::config::ListenerConfig {
+            addr: "127.0.0.1:0".into(),
+            port_id: None,
+            subsystems: Vec::new(),
+        }],
+        discovery: Default::default(),
+        subsystems: vec![sub],
+    };
+    let srv = nvmf_target::serve(&cfg).expect("serve");
+    let (_a, mut q) = full_bringup(srv.io_addrs()[0], false, false, 0);
+    let d = pattern(64 * 1024, 21);
+    assert!(write(&mut q, 1, 0, &d, 512, false).is_success());
+    assert!(q.exec(rw(iop::FLUSH, 1, 0, 1), &[], true).0.status.is_success());
+    assert_eq!(read(&mut q, 1, 0, 128, 512).1, d);
+    // Write Zeroes (fallocate ZERO_RANGE on the device) of blocks 8..16.
+    let mut wz = rw(iop::WRITE_ZEROES, 1, 8, 8);
+    wz.sgl1 = Sgl::default();
+    assert!(q.exec(wz, &[], true).0.status.is_success());
+    let back = read(&mut q, 1, 0, 128, 512).1;
+    assert!(back[4096..8192].iter().all(|&x| x == 0));
+    assert_eq!(&back[..4096], &d[..4096]);
+    // Deallocate (discard through io_uring, or its fallbacks) succeeds.
+    let mut dsm = Sqe::new(iop::DATASET_MANAGEMENT, 0, 1);
+    dsm.cdw11 = 1 << 2;
+    let mut range = [0u8; 16];
+    range[4..8].copy_from_slice(&2048u32.to_le_bytes());
+    range[8..16].copy_from_slice(&4096u64.to_le_bytes());
+    assert!(q.exec(dsm, &range, true).0.status.is_success());
+    srv.shutdown(Duration::from_secs(2));
+}
