@@ -129,6 +129,28 @@ fn status_of(c: &Cqe) -> (u8, u8) {
     (c.status.sct, c.status.sc)
 }
 
+/// Write `fill` over the first 16 blocks of namespace 1 (in-capsule).
+fn fill_16_blocks(io: &mut Driven, fill: u8) {
+    let mut w = Sqe::rw(iop::WRITE, 1, 1, 0, 16);
+    w.sgl1 = Sgl::in_capsule(0, 8192);
+    io.recv(&capsule(&w, &[fill; 8192]));
+    assert!(last_cqe(&io.take_out()).status.is_success());
+}
+
+/// Read the first 16 blocks of namespace 1 back (storage run synchronously).
+fn read_16_blocks(io: &mut Driven) -> Vec<u8> {
+    io.storage_mode = StorageMode::Sync;
+    io.recv(&capsule(&read_sqe(90, 0, 16, 512), &[]));
+    let out = io.take_out();
+    let data: Vec<u8> = pdus(&out, false, false)
+        .into_iter()
+        .filter_map(|p| if let Pdu::C2HData { data, .. } = p { Some(data.to_vec()) } else { None })
+        .flatten()
+        .collect();
+    assert_eq!(data.len(), 8192);
+    data
+}
+
 /// A target with one file namespace in a temp dir.
 fn file_target(dir: &std::path::Path) -> Arc<Target> {
     let mut ns = NamespaceConfig::new("file");
@@ -527,13 +549,8 @@ fn flush_write_zeroes_and_deallocate_on_files_are_storage_actions() {
     let t = file_target(dir.path());
     let (_a, cntlid) = admin(&t, 0);
     let mut io = io_queue(&t, cntlid, 1);
-    // Fill 64 KiB with 0x5a.
-    let mut w = Sqe::rw(iop::WRITE, 1, 1, 0, 16);
-    w.sgl1 = Sgl::in_capsule(0, 8192);
-    io.recv(&capsule(&w, &[0x5a; 8192]));
-    assert!(last_cqe(&io.take_out()).status.is_success());
+    fill_16_blocks(&mut io, 0x5a);
     io.storage_mode = StorageMode::Hold;
-    let mut kinds = Vec::new();
     // Flush, Write Zeroes of blocks 2..4, Deallocate of block 8.
     io.recv(&capsule(&Sqe::new(iop::FLUSH, 2, 1), &[]));
     let mut z = Sqe::rw(iop::WRITE_ZEROES, 3, 1, 2, 2);
@@ -547,9 +564,6 @@ fn flush_write_zeroes_and_deallocate_on_files_are_storage_actions() {
     range[8] = 8; // at LBA 8
     io.recv(&capsule(&dsm, &range));
     assert!(io.take_out().is_empty(), "nothing completes before storage does");
-    for op in &io.storage {
-        kinds.push(std::mem::discriminant(&op.kind));
-    }
     assert!(io.storage.iter().any(|o| matches!(o.kind, StorageKind::Fsync { datasync: true })));
     assert!(io.storage.iter().any(|o| matches!(o.kind, StorageKind::Fallocate { offset: 1024, len: 1024, .. })));
     assert!(io.storage.iter().any(|o| matches!(o.kind, StorageKind::Fallocate { offset: 4096, len: 512, .. })));
@@ -557,15 +571,7 @@ fn flush_write_zeroes_and_deallocate_on_files_are_storage_actions() {
     let done = cqes(&io.take_out());
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|c| c.status.is_success()), "{done:?}");
-    io.storage_mode = StorageMode::Sync;
-    io.recv(&capsule(&read_sqe(5, 0, 16, 512), &[]));
-    let out = io.take_out();
-    let data: Vec<u8> = pdus(&out, false, false)
-        .into_iter()
-        .filter_map(|p| if let Pdu::C2HData { data, .. } = p { Some(data.to_vec()) } else { None })
-        .flatten()
-        .collect();
-    assert_eq!(data.len(), 8192);
+    let data = read_16_blocks(&mut io);
     assert!(data[..1024].iter().all(|&x| x == 0x5a));
     assert!(data[1024..2048].iter().all(|&x| x == 0));
     assert!(data[2048..4096].iter().all(|&x| x == 0x5a));
@@ -579,10 +585,7 @@ fn write_zeroes_falls_back_to_writing_zeros() {
     let t = file_target(dir.path());
     let (_a, cntlid) = admin(&t, 0);
     let mut io = io_queue(&t, cntlid, 1);
-    let mut w = Sqe::rw(iop::WRITE, 1, 1, 0, 16);
-    w.sgl1 = Sgl::in_capsule(0, 8192);
-    io.recv(&capsule(&w, &[0x77; 8192]));
-    io.take_out();
+    fill_16_blocks(&mut io, 0x77);
     io.storage_mode = StorageMode::Hold;
     io.recv(&capsule(&Sqe::rw(iop::WRITE_ZEROES, 2, 1, 4, 4), &[]));
     // The file system "cannot" zero ranges: the queue writes zeros instead.
@@ -591,14 +594,7 @@ fn write_zeroes_falls_back_to_writing_zeros() {
         _ => crate::testing::exec_storage_sync(op),
     });
     assert!(last_cqe(&io.take_out()).status.is_success());
-    io.storage_mode = StorageMode::Sync;
-    io.recv(&capsule(&read_sqe(3, 0, 16, 512), &[]));
-    let out = io.take_out();
-    let data: Vec<u8> = pdus(&out, false, false)
-        .into_iter()
-        .filter_map(|p| if let Pdu::C2HData { data, .. } = p { Some(data.to_vec()) } else { None })
-        .flatten()
-        .collect();
+    let data = read_16_blocks(&mut io);
     assert!(data[..2048].iter().all(|&x| x == 0x77));
     assert!(data[2048..4096].iter().all(|&x| x == 0));
     assert!(data[4096..].iter().all(|&x| x == 0x77));

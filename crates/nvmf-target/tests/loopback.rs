@@ -518,14 +518,8 @@ fn async_event_on_namespace_change() {
     srv.shutdown(Duration::from_secs(2));
 }
 
-#[test]
-fn file_backend_through_the_ring() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ns.img");
-    let mut n = nvmf_target::config::NamespaceConfig::new("file");
-    n.nsid = Some(1);
-    n.size = Some("8MiB".into());
-    n.path = Some(path.to_string_lossy().into_owned());
+/// A target (interrupt mode, small limits, any host) with one namespace.
+fn serve_one_namespace(n: nvmf_target::config::NamespaceConfig) -> nvmf_target::Server {
     let mut sub = nvmf_target::config::SubsystemConfig::with_namespaces(NQN, vec![n]);
     sub.allow_any_host = Some(true);
     let cfg = nvmf_target::config::TargetConfig {
@@ -539,7 +533,18 @@ fn file_backend_through_the_ring() {
         discovery: Default::default(),
         subsystems: vec![sub],
     };
-    let srv = nvmf_target::serve(&cfg).expect("serve");
+    nvmf_target::serve(&cfg).expect("serve")
+}
+
+#[test]
+fn file_backend_through_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ns.img");
+    let mut n = nvmf_target::config::NamespaceConfig::new("file");
+    n.nsid = Some(1);
+    n.size = Some("8MiB".into());
+    n.path = Some(path.to_string_lossy().into_owned());
+    let srv = serve_one_namespace(n);
     let addr = srv.io_addrs()[0];
     let (_a, mut q) = full_bringup(addr, false, true, 0);
     let d = pattern(128 * 1024, 11);
@@ -680,20 +685,7 @@ fn block_backend_through_the_ring() {
     let mut n = nvmf_target::config::NamespaceConfig::new("block");
     n.nsid = Some(1);
     n.path = Some(lo.dev.clone());
-    let mut sub = nvmf_target::config::SubsystemConfig::with_namespaces(NQN, vec![n]);
-    sub.allow_any_host = Some(true);
-    let cfg = nvmf_target::config::TargetConfig {
-        engine: nvmf_target::config::EngineSection { mode: "interrupt".into(), ..Default::default() },
-        limits: small_limits(),
-        listeners: vec![nvmf_target::config::ListenerConfig {
-            addr: "127.0.0.1:0".into(),
-            port_id: None,
-            subsystems: Vec::new(),
-        }],
-        discovery: Default::default(),
-        subsystems: vec![sub],
-    };
-    let srv = nvmf_target::serve(&cfg).expect("serve");
+    let srv = serve_one_namespace(n);
     let (_a, mut q) = full_bringup(srv.io_addrs()[0], false, false, 0);
     let d = pattern(64 * 1024, 21);
     assert!(write(&mut q, 1, 0, &d, 512, false).is_success());
