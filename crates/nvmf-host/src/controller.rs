@@ -13,6 +13,10 @@
 //! the caller through a mutex; it sends Keep Alive every KATO/2 and, between
 //! those, picks up Asynchronous Event completions and forwards them to
 //! [`Controller::events`]. I/O queues belong to the caller (`&mut self`).
+//!
+//! Longer than the project's ~800 lines: this blocking driver is replaced by
+//! the one sans-IO controller session of the host control-plane issue (#14),
+//! which splits bring-up, keep-alive and reconnect into their own modules.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -30,6 +30,10 @@
 //! Every I/O completes to the caller exactly once: completions carry the
 //! attempt number, and a completion of an attempt that is not the I/O's
 //! current one is counted in [`Counters::stale_completions`] and dropped.
+//!
+//! Longer than the project's ~800 lines (half of it tests): the host
+//! control-plane issue (#14) moves multipath onto controller sessions and
+//! splits path selection from the retry rule then.
 
 use std::collections::VecDeque;
 
