@@ -128,13 +128,17 @@ impl Queue {
         if let Work::Io(IoPlan::Dsm { nr, deallocate }) = s.work {
             let ns = s.ns.clone().expect("namespace");
             let ranges = dsm_ranges(&ns, s.buf.as_ref().expect("ranges").as_slice(nr as usize * DSM_RANGE_LEN), nr);
-            if let Err(st) = ranges {
-                let cid = s.sqe.cid;
-                self.free_slot(i);
-                return self.respond(out, cid, st, 0, 0);
-            }
-            if !deallocate {
-                // Attributes other than Deallocate are hints we do not use.
+            let ranges = match ranges {
+                Ok(r) => r,
+                Err(st) => {
+                    let cid = s.sqe.cid;
+                    self.free_slot(i);
+                    return self.respond(out, cid, st, 0, 0);
+                }
+            };
+            // Attributes other than Deallocate are hints we do not use, and
+            // ranges of zero blocks ask for nothing.
+            if !deallocate || ranges.is_empty() {
                 let cid = s.sqe.cid;
                 self.free_slot(i);
                 return self.respond(out, cid, Status::SUCCESS, 0, 0);
@@ -175,7 +179,7 @@ impl Queue {
             }
             // A written FUA command, or a Flush.
             IoPlan::Write { .. } | IoPlan::Flush { .. } => (StorageKind::Fsync { datasync: true }, OP_FSYNC),
-            IoPlan::WriteZeroes { off, len } => zero_step(s.fallback, &ns, off, len, done),
+            IoPlan::WriteZeroes { off, len } => zero_step(s.fallback, off, len, done),
             IoPlan::Dsm { nr, .. } => {
                 let ranges = dsm_ranges(&ns, s.buf.as_ref().expect("ranges").as_slice(nr as usize * 16), nr)
                     .expect("checked at start");
@@ -183,7 +187,7 @@ impl Queue {
                 match (is_block(&ns), s.fallback) {
                     (true, step::NATIVE) => (StorageKind::Discard { offset: off, len }, OP_DISCARD),
                     (true, _) => (punch(off, len), OP_FALLOCATE),
-                    (false, step::ZEROS) => zero_step(step::ZEROS, &ns, off, len, done),
+                    (false, step::ZEROS) => zero_step(step::ZEROS, off, len, done),
                     (false, _) => (punch(off, len), OP_FALLOCATE),
                 }
             }
@@ -398,7 +402,7 @@ fn punch(offset: u64, len: u64) -> StorageKind {
 }
 
 /// The next operation zeroing `off..off+len`, `done` bytes of which are zero.
-fn zero_step(fallback: u8, _ns: &Namespace, off: u64, len: u64, done: u64) -> (StorageKind, u64) {
+fn zero_step(fallback: u8, off: u64, len: u64, done: u64) -> (StorageKind, u64) {
     if fallback == step::NATIVE {
         let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         return (StorageKind::Fallocate { mode, offset: off, len }, OP_FALLOCATE);

@@ -127,7 +127,7 @@ impl Queue {
     /// `buf` starts with a partly received PDU: if it is an H2CData whose
     /// header is all there, check it and start taking its payload. Returns
     /// the header bytes consumed.
-    pub(crate) fn h2c_try_start(&mut self, buf: &[u8], _out: &mut Vec<u8>) -> Result<Option<usize>, PduError> {
+    pub(crate) fn h2c_try_start(&mut self, buf: &[u8]) -> Result<Option<usize>, PduError> {
         if buf.first() != Some(&(PduType::H2CData as u8)) || self.conn.is_none() {
             return Ok(None);
         }

@@ -325,7 +325,7 @@ impl Queue {
             }
             match decode(buf, &self.frame) {
                 Ok(Decoded::NeedMore(need)) => {
-                    match self.h2c_try_start(buf, out) {
+                    match self.h2c_try_start(buf) {
                         Ok(Some(n)) => {
                             pos += n;
                             continue;

@@ -822,3 +822,17 @@ fn test_opener_is_ram() {
     let b = test_opener(&NamespaceConfig::ram("1MiB")).unwrap();
     assert_eq!(b.kind(), "ram");
 }
+
+#[test]
+fn dataset_management_with_only_empty_ranges_completes_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = file_target(dir.path());
+    let (_a, cntlid) = admin(&t, 0);
+    let mut io = io_queue(&t, cntlid, 1);
+    let mut dsm = Sqe::new(iop::DATASET_MANAGEMENT, 4, 1);
+    dsm.cdw10 = 1; // two ranges
+    dsm.cdw11 = 1 << 2;
+    dsm.sgl1 = Sgl::in_capsule(0, 32);
+    io.recv(&capsule(&dsm, &[0u8; 32])); // both of zero blocks
+    assert!(last_cqe(&io.take_out()).status.is_success());
+}
