@@ -401,6 +401,20 @@ mod tests {
         (0..n).map(|_| EvictionInfo::default()).collect()
     }
 
+    /// Admit an unestablished connection over the cores of `i`, granting
+    /// every eviction asked for and recording its core in `evicted`.
+    fn admit_evicting(a: &Admission, i: &[EvictionInfo], evicted: &mut Vec<usize>) -> Admit {
+        a.admit(
+            false,
+            i.len(),
+            |k| &i[k],
+            |core| {
+                evicted.push(core);
+                true
+            },
+        )
+    }
+
     #[test]
     fn admits_below_the_limits_without_evicting() {
         let a = Admission::new(2, 2);
@@ -435,15 +449,7 @@ mod tests {
         a.unestablished.store(2, Ordering::Relaxed);
         let mut sent = Vec::new();
         for _ in 0..4 {
-            a.admit(
-                false,
-                3,
-                |k| &i[k],
-                |core| {
-                    sent.push(core);
-                    true
-                },
-            );
+            admit_evicting(&a, &i, &mut sent);
         }
         // Core 2 has two silent (oldest 40), then core 1, then only
         // unestablished ones are left (core 0, and core 1's which is its silent one).
@@ -459,29 +465,13 @@ mod tests {
         i[0].unestablished.store(5, Ordering::Relaxed);
         a.open.store(1, Ordering::Relaxed);
         a.unestablished.store(1, Ordering::Relaxed);
-        let mut n = 0;
-        a.admit(
-            false,
-            1,
-            |k| &i[k],
-            |_| {
-                n += 1;
-                true
-            },
-        );
-        assert_eq!(n, 1);
+        let mut sent = Vec::new();
+        admit_evicting(&a, &i, &mut sent);
+        assert_eq!(sent.len(), 1);
         // The first request is not handled yet: one more admission needs one
         // more eviction, not two.
-        a.admit(
-            false,
-            1,
-            |k| &i[k],
-            |_| {
-                n += 1;
-                true
-            },
-        );
-        assert_eq!(n, 2);
+        admit_evicting(&a, &i, &mut sent);
+        assert_eq!(sent.len(), 2);
         assert_eq!(i[0].evict_pending.load(Ordering::Relaxed), 2);
     }
 }

@@ -13,47 +13,23 @@ use std::time::Duration;
 use common::*;
 use nvmf_engine::*;
 
-/// Echoes every byte; a `H` (hello) establishes the connection. Never ticks.
-struct Probe {
-    closed: Arc<Mutex<Vec<CloseReason>>>,
+/// Echoes every byte; a `H` (hello) establishes the connection.
+fn echo_hello(io: &mut ConnIo<'_>) -> Flow {
+    let (rx, tx) = io.rx_tx();
+    let n = rx.len();
+    let hello = rx.contains(&b'H');
+    tx.extend_from_slice(rx);
+    io.consume(n);
+    if hello {
+        io.set_established();
+        assert!(io.is_established());
+    }
+    Flow::Continue
 }
 
-impl Handler for Probe {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let (rx, tx) = io.rx_tx();
-        let n = rx.len();
-        let hello = rx.contains(&b'H');
-        tx.extend_from_slice(rx);
-        io.consume(n);
-        if hello {
-            io.set_established();
-            assert!(io.is_established());
-        }
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn next_wakeup(&self) -> Wakeup {
-        Wakeup::Never
-    }
-    fn on_closed(&mut self, reason: CloseReason) {
-        self.closed.lock().unwrap().push(reason);
-    }
-}
-
-#[derive(Default)]
-struct ProbeFactory {
-    closed: Arc<Mutex<Vec<CloseReason>>>,
-}
-
-impl HandlerFactory for ProbeFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Probe { closed: self.closed.clone() }))
-    }
+/// Connections answered by [`echo_hello`]; never ticking.
+fn probe() -> Arc<OnRecv> {
+    Arc::new(OnRecv::new(echo_hello).never_ticking())
 }
 
 /// Connect, say hello, wait for the echo: an established connection.
@@ -104,7 +80,7 @@ fn idle_flood(mode: Mode, flood: usize) {
     assert!(fds as usize > 2 * flood + 256, "fd limit {fds} too low for a flood of {flood}");
     let cores = cpus(2);
     assert_eq!(cores.len(), 2, "this test needs 2 CPUs to run on, found {cores:?}");
-    let factory = Arc::new(ProbeFactory::default());
+    let factory = probe();
     let eng =
         Engine::start(EngineConfig { cores, mode, connections_max: N, unestablished_max: M, ..Default::default() })
             .unwrap();
@@ -210,7 +186,7 @@ fn idle_flood_evicts_idle_sockets_and_real_hosts_are_served_poll() {
 #[test]
 fn silent_connections_are_evicted_before_ones_that_spoke() {
     const M: usize = 4;
-    let factory = Arc::new(ProbeFactory::default());
+    let factory = probe();
     let eng = Engine::start(EngineConfig {
         mode: Mode::Interrupt,
         connections_max: 100,
@@ -264,11 +240,11 @@ fn outbound_connections_count_and_start_established() {
     .unwrap();
     let server = TcpListener::bind(lo()).unwrap();
     let target = server.local_addr().unwrap();
-    let factory = Arc::new(ProbeFactory::default());
+    let factory = probe();
     let addr = eng.listen(lo(), factory.clone()).unwrap().local_addr();
-    let make = |f: &Arc<ProbeFactory>| -> MakeHandler {
-        let closed = f.closed.clone();
-        Box::new(move |_: &ConnInfo| Box::new(Probe { closed }) as Box<dyn Handler>)
+    let make = |f: &Arc<OnRecv>| -> MakeHandler {
+        let handler = OnRecv::clone(f);
+        Box::new(move |_: &ConnInfo| Box::new(handler) as Box<dyn Handler>)
     };
     // One unestablished inbound and one outbound fill the limit.
     let inbound = connect(addr);

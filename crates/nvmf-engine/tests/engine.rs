@@ -104,10 +104,9 @@ impl Handler for Framed {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
         loop {
             let rx = io.rx();
-            if rx.len() < 4 {
+            let Some(len) = message_len(rx) else {
                 return Flow::Continue;
-            }
-            let len = u32::from_le_bytes(rx[..4].try_into().unwrap()) as usize;
+            };
             if len > 100_000 {
                 return Flow::CloseNow;
             }
@@ -237,38 +236,22 @@ fn full_rx_buffer_without_progress_closes() {
 // ------------------------------------------------------------------ backpressure
 
 /// Each received byte produces 64 bytes of output.
-struct Amplifier;
-impl Handler for Amplifier {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let n = io.rx().len();
-        for i in 0..n {
-            let b = io.rx()[i];
-            let l = io.tx().len();
-            io.tx().resize(l + 64, b);
-        }
-        io.consume(n);
-        Flow::Continue
+fn amplify(io: &mut ConnIo<'_>) -> Flow {
+    let n = io.rx().len();
+    for i in 0..n {
+        let b = io.rx()[i];
+        let l = io.tx().len();
+        io.tx().resize(l + 64, b);
     }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {}
-}
-struct AmpFactory;
-impl HandlerFactory for AmpFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Amplifier))
-    }
+    io.consume(n);
+    Flow::Continue
 }
 
 #[test]
 fn backpressure_pauses_receive_and_recovers() {
     for mode in [Mode::Poll, Mode::Interrupt] {
         let eng = Engine::start(EngineConfig { send_buf_max_bytes: 64 * 1024, ..cfg(mode, vec![]) }).unwrap();
-        let l = eng.listen(lo(), Arc::new(AmpFactory)).unwrap();
+        let l = eng.listen(lo(), Arc::new(OnRecv::new(amplify))).unwrap();
         let mut s = connect(l.local_addr());
         for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
             let v: libc::c_int = 16 * 1024;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -98,64 +98,78 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
+/// An engine in `mode` whose connections run [`Store`] on a fresh temp file
+/// and a pipe.
+struct StoreServer {
+    eng: Engine,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    path: std::path::PathBuf,
+    /// The write end of the pipe `P` reads from.
+    pipe_w: OwnedFd,
+    _file: std::fs::File,
+    _pipe_r: OwnedFd,
+}
+
+fn store_server(mode: Mode) -> StoreServer {
+    let (file, path) = temp_file();
+    let (pipe_r, pipe_w) = pipe();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let eng = Engine::start(cfg(mode, vec![])).unwrap();
+    let factory = StoreFactory { file: file.as_raw_fd(), pipe: pipe_r.as_raw_fd(), log: log.clone() };
+    let addr = eng.listen(lo(), Arc::new(factory)).unwrap().local_addr();
+    StoreServer { eng, addr, log, path, pipe_w, _file: file, _pipe_r: pipe_r }
+}
+
+/// Send a [`Store`] command and read the result of its storage op.
+fn command(s: &mut TcpStream, c: u8) -> i32 {
+    s.write_all(&[c]).unwrap();
+    let mut r4 = [0u8; 4];
+    s.read_exact(&mut r4).unwrap();
+    i32::from_le_bytes(r4)
+}
+
 #[test]
 fn storage_read_write_fsync() {
     for mode in [Mode::Poll, Mode::Interrupt] {
-        let (f, path) = temp_file();
-        let (pr, _pw) = pipe();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let l = eng
-            .listen(lo(), Arc::new(StoreFactory { file: f.as_raw_fd(), pipe: pr.as_raw_fd(), log: log.clone() }))
-            .unwrap();
-        let mut s = connect(l.local_addr());
-        let mut r4 = [0u8; 4];
-        s.write_all(b"W").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 4096);
-        s.write_all(b"F").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 0);
-        s.write_all(b"S").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 0);
-        s.write_all(b"R").unwrap();
-        s.read_exact(&mut r4).unwrap();
-        assert_eq!(i32::from_le_bytes(r4), 4096);
+        let st = store_server(mode);
+        let mut s = connect(st.addr);
+        assert_eq!(command(&mut s, b'W'), 4096);
+        assert_eq!(command(&mut s, b'F'), 0);
+        assert_eq!(command(&mut s, b'S'), 0);
+        assert_eq!(command(&mut s, b'R'), 4096);
         let mut data = vec![0u8; 4096];
         s.read_exact(&mut data).unwrap();
         assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
         // file content really written
-        let on_disk = std::fs::read(&path).unwrap();
+        let on_disk = std::fs::read(&st.path).unwrap();
         assert_eq!(on_disk, data);
-        wait_until("storage stats", || eng.stats()[0].storage_ops == 4);
-        eng.shutdown(Duration::from_secs(1));
-        let _ = std::fs::remove_file(&path);
+        wait_until("storage stats", || st.eng.stats()[0].storage_ops == 4);
+        st.eng.shutdown(Duration::from_secs(1));
+        let _ = std::fs::remove_file(&st.path);
     }
 }
 
 #[test]
 fn close_waits_for_inflight_storage() {
     for mode in [Mode::Poll, Mode::Interrupt] {
-        let (f, path) = temp_file();
-        let (pr, pw) = pipe();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let eng = Engine::start(cfg(mode, vec![])).unwrap();
-        let l = eng
-            .listen(lo(), Arc::new(StoreFactory { file: f.as_raw_fd(), pipe: pr.as_raw_fd(), log: log.clone() }))
-            .unwrap();
-        let mut s = connect(l.local_addr());
+        let st = store_server(mode);
+        let mut s = connect(st.addr);
         s.write_all(b"P").unwrap(); // read from the pipe: stays in flight
-        wait_until("storage submitted", || eng.stats()[0].bytes_rx == 1);
+        wait_until("storage submitted", || st.eng.stats()[0].bytes_rx == 1);
         drop(s); // peer closes while the op is in flight
         std::thread::sleep(Duration::from_millis(100));
-        assert!(log.lock().unwrap().is_empty(), "handler closed with storage in flight: {:?}", log.lock().unwrap());
-        let mut w = std::fs::File::from(pw);
+        assert!(
+            st.log.lock().unwrap().is_empty(),
+            "handler closed with storage in flight: {:?}",
+            st.log.lock().unwrap()
+        );
+        let mut w = std::fs::File::from(st.pipe_w);
         w.write_all(b"0123456789abcdef").unwrap();
-        wait_until("closed", || log.lock().unwrap().iter().any(|l| l.starts_with("closed")));
-        assert_eq!(log.lock().unwrap().as_slice(), &["closed PeerClosed".to_string()]);
-        eng.shutdown(Duration::from_secs(1));
-        let _ = std::fs::remove_file(&path);
+        wait_until("closed", || st.log.lock().unwrap().iter().any(|l| l.starts_with("closed")));
+        assert_eq!(st.log.lock().unwrap().as_slice(), &["closed PeerClosed".to_string()]);
+        st.eng.shutdown(Duration::from_secs(1));
+        let _ = std::fs::remove_file(&st.path);
     }
 }
 
@@ -315,37 +329,22 @@ fn waker_from_another_thread() {
 
 // ------------------------------------------------------------------ panics
 
-struct Panicky;
-impl Handler for Panicky {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        if io.rx()[0] == b'!' {
-            panic!("handler bug (expected by the test)");
-        }
-        let n = io.rx().len();
-        let d = io.rx().to_vec();
-        io.tx().extend_from_slice(&d);
-        io.consume(n);
-        Flow::Continue
+/// Echoes, but panics on a receive starting with '!'.
+fn echo_or_panic(io: &mut ConnIo<'_>) -> Flow {
+    if io.rx()[0] == b'!' {
+        panic!("handler bug (expected by the test)");
     }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _reason: CloseReason) {}
-}
-struct PanickyFactory;
-impl HandlerFactory for PanickyFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Panicky))
-    }
+    let n = io.rx().len();
+    let d = io.rx().to_vec();
+    io.tx().extend_from_slice(&d);
+    io.consume(n);
+    Flow::Continue
 }
 
 #[test]
 fn handler_panic_closes_only_its_connection() {
     let eng = Engine::start(cfg(Mode::Interrupt, vec![])).unwrap();
-    let l = eng.listen(lo(), Arc::new(PanickyFactory)).unwrap();
+    let l = eng.listen(lo(), Arc::new(OnRecv::new(echo_or_panic))).unwrap();
     let mut good = connect(l.local_addr());
     let mut bad = connect(l.local_addr());
     bad.write_all(b"!").unwrap();
@@ -441,11 +440,9 @@ fn send_borrowed_zero_copy_segments() {
 
 #[test]
 fn poll_direct_recv_is_used_and_falls_back_when_idle() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 2, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let mut a = connect(l.local_addr());
-    let mut b = connect(l.local_addr());
+    let (eng, ev, addr) = echo_server(EngineConfig { poll_direct_recv_conns_max: 2, ..cfg(Mode::Poll, vec![]) });
+    let mut a = connect(addr);
+    let mut b = connect(addr);
     // Both busy, within the bound: received directly after their first (ring) receive.
     for round in 0..200u32 {
         echo_once(&mut a, 1 + (round as usize * 97) % 9000, round as u8);
@@ -472,10 +469,8 @@ fn poll_direct_recv_is_used_and_falls_back_when_idle() {
 
 #[test]
 fn poll_without_direct_recv_still_echoes() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 0, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let mut s = connect(l.local_addr());
+    let (eng, ev, addr) = echo_server(EngineConfig { poll_direct_recv_conns_max: 0, ..cfg(Mode::Poll, vec![]) });
+    let mut s = connect(addr);
     for size in [1usize, 4120, 300_000] {
         echo_once(&mut s, size, 7);
     }
@@ -496,10 +491,7 @@ fn direct_recv_conns_max_is_bounded() {
 
 #[test]
 fn poll_direct_recv_stops_with_more_busy_connections_than_the_bound() {
-    let ev = Arc::new(Events::default());
-    let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 1, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(EchoFactory(ev.clone()))).unwrap();
-    let addr = l.local_addr();
+    let (eng, ev, addr) = echo_server(EngineConfig { poll_direct_recv_conns_max: 1, ..cfg(Mode::Poll, vec![]) });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Four connections echoing continuously: more busy than the bound of 1.
     let workers: Vec<_> = (0..4u8)
@@ -535,118 +527,12 @@ fn poll_direct_recv_stops_with_more_busy_connections_than_the_bound() {
 
 // ------------------------------------------------------------------ poll-mode receive into a sink
 
-/// Messages are a 4-byte little-endian length and that many payload bytes;
-/// the answer to each is its length and the wrapping sum of its payload
-/// (8 bytes). Payload bytes left after the header go into a buffer of the
-/// handler's own through `recv_sink`, and at message boundaries receives are
-/// capped at the header (`recv_len_hint`).
-#[derive(Default)]
-struct SinkSum {
-    /// Payload buffer of the message in progress, and how much of it is filled.
-    payload: Vec<u8>,
-    filled: usize,
-    in_message: bool,
-}
-
-impl SinkSum {
-    fn finish_if_done(&mut self, io: &mut ConnIo<'_>) {
-        if self.in_message && self.filled == self.payload.len() {
-            let sum = self.payload.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32));
-            io.tx().extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-            io.tx().extend_from_slice(&sum.to_le_bytes());
-            self.in_message = false;
-        }
-    }
-}
-
-impl Handler for SinkSum {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        loop {
-            if self.in_message {
-                let n = (self.payload.len() - self.filled).min(io.rx().len());
-                self.payload[self.filled..self.filled + n].copy_from_slice(&io.rx()[..n]);
-                self.filled += n;
-                io.consume(n);
-                self.finish_if_done(io);
-                if self.in_message {
-                    return Flow::Continue;
-                }
-            } else {
-                if io.rx().len() < 4 {
-                    return Flow::Continue;
-                }
-                let len = u32::from_le_bytes(io.rx()[..4].try_into().unwrap()) as usize;
-                io.consume(4);
-                assert!(len <= 1 << 20);
-                self.payload = vec![0; len];
-                self.filled = 0;
-                self.in_message = true;
-                self.finish_if_done(io);
-            }
-        }
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _r: CloseReason) {}
-    fn recv_sink(&mut self) -> Option<&mut [u8]> {
-        if self.in_message && self.payload.len() - self.filled >= 1024 {
-            Some(&mut self.payload[self.filled..])
-        } else {
-            None
-        }
-    }
-    fn recv_len_hint(&self) -> usize {
-        if self.in_message {
-            self.payload.len() - self.filled + 4
-        } else {
-            4
-        }
-    }
-    fn on_sink_recv(&mut self, io: &mut ConnIo<'_>, n: usize) -> Flow {
-        assert!(self.in_message && n > 0 && self.filled + n <= self.payload.len());
-        self.filled += n;
-        self.finish_if_done(io);
-        Flow::Continue
-    }
-}
-
-struct SinkSumFactory;
-impl HandlerFactory for SinkSumFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(SinkSum::default()))
-    }
-}
-
 #[test]
 fn poll_direct_recv_fills_handler_sinks_in_stream_order() {
     let eng = Engine::start(EngineConfig { poll_direct_recv_conns_max: 2, ..cfg(Mode::Poll, vec![]) }).unwrap();
-    let l = eng.listen(lo(), Arc::new(SinkSumFactory)).unwrap();
-    let mut s = connect(l.local_addr());
-    let sizes: Vec<usize> = (0..300usize).map(|i| [0, 1, 3, 1023, 1024, 4096, 70_000, 262_144][i % 8] + i).collect();
-    let mut wire = Vec::new();
-    let mut want = Vec::new();
-    for (i, &n) in sizes.iter().enumerate() {
-        let payload: Vec<u8> = (0..n).map(|j| (j as u8).wrapping_mul(13) ^ i as u8).collect();
-        wire.extend_from_slice(&(n as u32).to_le_bytes());
-        wire.extend_from_slice(&payload);
-        want.extend_from_slice(&(n as u32).to_le_bytes());
-        want.extend_from_slice(&payload.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32)).to_le_bytes());
-    }
-    // Written in uneven pieces so messages straddle receives.
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        for piece in wire.chunks(77_777) {
-            w.write_all(piece).unwrap();
-        }
-    });
-    let mut got = vec![0u8; want.len()];
-    s.read_exact(&mut got).unwrap();
-    writer.join().unwrap();
-    assert!(got == want, "answers differ");
+    let addr = eng.listen(lo(), Arc::new(SinkSummerFactory { armed: false })).unwrap().local_addr();
+    let mut s = connect(addr);
+    send_messages_in_pieces(&mut s, 300);
     wait_until("sink receives in the stats", || eng.stats()[0].sink_recv_ops > 0);
     eng.shutdown(Duration::from_secs(2));
 }

@@ -11,32 +11,11 @@ use std::time::Duration;
 use common::*;
 use nvmf_engine::*;
 
-/// Consumes everything, never ticks.
-struct Drain;
-
-impl Handler for Drain {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let n = io.rx().len();
-        io.consume(n);
-        Flow::Continue
-    }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn next_wakeup(&self) -> Wakeup {
-        Wakeup::Never
-    }
-    fn on_closed(&mut self, _r: CloseReason) {}
-}
-
-struct DrainFactory;
-impl HandlerFactory for DrainFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Drain))
-    }
+/// Consumes everything.
+fn consume_all(io: &mut ConnIo<'_>) -> Flow {
+    let n = io.rx().len();
+    io.consume(n);
+    Flow::Continue
 }
 
 #[test]
@@ -54,7 +33,7 @@ fn receive_memory_goes_back_when_connections_close() {
         ..Default::default()
     })
     .unwrap();
-    let addr = eng.listen(lo(), std::sync::Arc::new(DrainFactory)).unwrap().local_addr();
+    let addr = eng.listen(lo(), std::sync::Arc::new(OnRecv::new(consume_all).never_ticking())).unwrap().local_addr();
     let stats = || eng.stats()[0].clone();
     let payload = vec![7u8; BYTES];
     let before_kib = rss_kib();
@@ -72,14 +51,7 @@ fn receive_memory_goes_back_when_connections_close() {
         wait_until("received", || stats().bytes_rx == received);
         let busy_kib = rss_kib();
         drop(conns);
-        wait_until_or(
-            "freed and unmapped",
-            || {
-                let st = stats();
-                st.connections == 0 && st.rx_mapped_bytes == 0
-            },
-            || format!("{:?}", stats()),
-        );
+        wait_for_stats(&eng, "freed and unmapped", |st| st.connections == 0 && st.rx_mapped_bytes == 0);
         // Let the stats settle: nothing large was ever lent.
         assert_eq!((stats().rx_large_in_use, stats().rx_large_free, stats().rx_burst_granted), (0, 0, 0));
         let after = rss_kib();

@@ -11,32 +11,14 @@ use common::*;
 use nvmf_engine::*;
 
 /// Each received byte `n` is answered with `n` x 64 KiB of it.
-struct Blaster;
-
-impl Handler for Blaster {
-    fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
-        let rx = io.rx().to_vec();
-        io.consume(rx.len());
-        for n in rx {
-            let l = io.tx().len();
-            io.tx().resize(l + n as usize * 64 * 1024, n);
-        }
-        Flow::Continue
+fn blast(io: &mut ConnIo<'_>) -> Flow {
+    let rx = io.rx().to_vec();
+    io.consume(rx.len());
+    for n in rx {
+        let l = io.tx().len();
+        io.tx().resize(l + n as usize * 64 * 1024, n);
     }
-    fn on_storage(&mut self, _io: &mut ConnIo<'_>, _t: u64, _r: i32) -> Flow {
-        Flow::Continue
-    }
-    fn on_tick(&mut self, _io: &mut ConnIo<'_>) -> Flow {
-        Flow::Continue
-    }
-    fn on_closed(&mut self, _r: CloseReason) {}
-}
-
-struct BlasterFactory;
-impl HandlerFactory for BlasterFactory {
-    fn create(&self, _info: &ConnInfo) -> Option<Box<dyn Handler>> {
-        Some(Box::new(Blaster))
-    }
+    Flow::Continue
 }
 
 fn ask(s: &mut std::net::TcpStream, n: u8) {
@@ -49,7 +31,7 @@ fn ask(s: &mut std::net::TcpStream, n: u8) {
 #[test]
 fn send_buffers_are_trimmed_when_idle_not_while_busy() {
     let eng = Engine::start(EngineConfig { mode: Mode::Interrupt, ..Default::default() }).unwrap();
-    let addr = eng.listen(lo(), Arc::new(BlasterFactory)).unwrap().local_addr();
+    let addr = eng.listen(lo(), Arc::new(OnRecv::new(blast))).unwrap().local_addr();
     let mut busy = connect(addr);
     let mut once = connect(addr);
     // Small batches never list a connection.
