@@ -159,6 +159,19 @@ impl Queue {
         // One relaxed load: the controller must be enabled, in the epoch this
         // queue connected in (a reset or shutdown refuses further I/O).
         if !io_allowed(&c.ctrl, c.gate_open) {
+            if c.ctrl.is_dead() {
+                // The controller is gone (keep-alive expired, its admin queue
+                // closed): run nothing and end the queue, as its wake-up is
+                // about to. No answer: the host sees the connection end and
+                // treats the command's fate as unknown, which its failover
+                // rules handle (a Command Sequence Error with DNR would be a
+                // hard error for a command that never ran).
+                tracing::debug!("ctrl {}: command {} on a dead controller; closing", c.ctrl.cntlid, sqe.cid);
+                self.abort_waiting(out);
+                self.phase = crate::tcp::Phase::Closing;
+                return;
+            }
+            // CC.EN = 0 or shut down: as Linux nvmet answers.
             return self.respond(out, sqe.cid, st(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR), 0, 0);
         }
         // The snapshot is moved out for the command (no refcount traffic on

@@ -836,3 +836,23 @@ fn dataset_management_with_only_empty_ranges_completes_on_files() {
     io.recv(&capsule(&dsm, &[0u8; 32])); // both of zero blocks
     assert!(last_cqe(&io.take_out()).status.is_success());
 }
+
+#[test]
+fn a_command_racing_a_controllers_death_is_not_run_and_gets_no_answer() {
+    let t = test_target();
+    let (mut a, cntlid) = admin(&t, 0);
+    let mut io = io_queue(&t, cntlid, 1);
+    // The admin queue goes away: the controller dies; the I/O queue's wake-up
+    // has not been delivered yet when a write arrives.
+    a.close();
+    let mut w = Sqe::rw(iop::WRITE, 7, 1, 0, 1);
+    w.sgl1 = Sgl::in_capsule(0, 512);
+    io.waker.0.store(false, Ordering::Release);
+    assert_eq!(io.recv(&capsule(&w, &[9; 512])), QueueFlow::CloseAfterFlush);
+    assert!(cqes(&io.take_out()).is_empty(), "no answer: the host's failover decides");
+    // Nothing was written.
+    let ns = t.subsystem(TEST_NQN).unwrap().namespaces();
+    let mut b = [0u8; 512];
+    ns.get(1).unwrap().backend.read_sync(0, &mut b).unwrap().unwrap();
+    assert_eq!(b, [0u8; 512]);
+}
