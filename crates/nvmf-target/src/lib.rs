@@ -38,6 +38,7 @@ pub mod mgmt;
 #[doc(hidden)]
 pub mod peerlog;
 pub mod r2t;
+pub mod secret;
 pub mod server;
 pub mod slots;
 pub mod stats;

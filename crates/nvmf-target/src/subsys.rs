@@ -303,6 +303,16 @@ impl Target {
     /// Add a subsystem with its namespaces.
     pub fn add_subsystem(&self, s: &SubsystemConfig, open: BackendOpener<'_>) -> Result<Arc<Subsystem>, RegistryError> {
         nvmf_proto::validate_nqn(&s.nqn).map_err(|e| RegistryError::Invalid(format!("{}: {e}", s.nqn)))?;
+        // Keys are refused until the target enforces them: a host key that
+        // is accepted but not checked would let anyone in.
+        if let Some(h) = s.hosts.iter().find(|h| {
+            h.dhchap_key.is_some() || h.dhchap_key_file.is_some() || h.tls_key.is_some() || h.tls_key_file.is_some()
+        }) {
+            return Err(RegistryError::Invalid(format!(
+                "{}: host {} has a key, and this build does not authenticate hosts yet",
+                s.nqn, h.nqn
+            )));
+        }
         if s.nqn == DISCOVERY_NQN {
             return Err(RegistryError::Invalid("a subsystem cannot use the discovery NQN".into()));
         }
@@ -317,8 +327,13 @@ impl Target {
             nqn: s.nqn.clone(),
             serial: s.serial.clone().unwrap_or_else(|| format!("{h:016x}")),
             model: s.model.clone().unwrap_or_else(|| "nvmf".to_string()),
-            allow_any_host: AtomicBool::new(s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty())),
-            allowed_hosts: Mutex::new(s.allowed_hosts.clone()),
+            allow_any_host: AtomicBool::new(
+                s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty() && s.hosts.is_empty()),
+            ),
+            // Hosts of `[[subsystem.host]]` tables are allowed too.
+            allowed_hosts: Mutex::new(
+                s.allowed_hosts.iter().cloned().chain(s.hosts.iter().map(|h| h.nqn.clone())).collect(),
+            ),
             io_queues_max: s.io_queues_max.unwrap_or(u32::MAX).min(self.limits.io_queues_max).max(1),
             queue_depth_max: s.queue_depth_max.unwrap_or(u32::MAX).min(self.limits.queue_depth_max).max(2),
             ns: Mutex::new(Arc::new(NsTable::default())),

@@ -100,6 +100,7 @@ pub fn test_target() -> Arc<Target> {
             model: None,
             allow_any_host: Some(true),
             allowed_hosts: Vec::new(),
+            hosts: Vec::new(),
             io_queues_max: None,
             queue_depth_max: None,
             namespaces: vec![NamespaceConfig {

@@ -182,6 +182,9 @@ pub struct SubsystemConfig {
     pub allow_any_host: Option<bool>,
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Hosts with their own settings (keys): a host listed here is allowed.
+    #[serde(default, rename = "host", skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostConfig>,
     /// I/O queues per controller (overrides limits.io_queues_max when lower).
     #[serde(default)]
     pub io_queues_max: Option<u32>,
@@ -190,6 +193,60 @@ pub struct SubsystemConfig {
     pub queue_depth_max: Option<u32>,
     #[serde(default, rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// A host of a subsystem with its own settings (`[[subsystem.host]]`).
+///
+/// Each secret is given inline or as a file (`*_file`, which must not be
+/// readable by group or others); configuration files written back
+/// (`save-config`, `--print-config`) keep each the way it was given. `Debug`
+/// never prints an inline secret.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub nqn: String,
+    /// DH-HMAC-CHAP host secret (`DHHC-1:hh:...:`): the host must authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key_file: Option<String>,
+    /// Controller secret: the controller authenticates to the host too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_key_file: Option<String>,
+    /// Hash the controller picks: "sha256" (default), "sha384" or "sha512".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_hash: Option<String>,
+    /// DH group the controller picks: "null", "ffdhe2048" (default) … "ffdhe8192".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_dhgroup: Option<String>,
+    /// Configured TLS PSK in the NVMe interchange format (`NVMeTLSkey-1:hh:...:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
+    /// Derive the TLS PSK as libnvme before 1.16 did (its HkdfLabel layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_compat: Option<bool>,
+}
+
+impl fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HostConfig")
+            .field("nqn", &self.nqn)
+            .field("dhchap_key", &secret(&self.dhchap_key))
+            .field("dhchap_key_file", &self.dhchap_key_file)
+            .field("dhchap_ctrl_key", &secret(&self.dhchap_ctrl_key))
+            .field("dhchap_ctrl_key_file", &self.dhchap_ctrl_key_file)
+            .field("dhchap_hash", &self.dhchap_hash)
+            .field("dhchap_dhgroup", &self.dhchap_dhgroup)
+            .field("tls_key", &secret(&self.tls_key))
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_key_compat", &self.tls_key_compat)
+            .finish()
+    }
 }
 
 /// One namespace.
@@ -318,6 +375,7 @@ impl SubsystemConfig {
             model: None,
             allow_any_host: None,
             allowed_hosts: Vec::new(),
+            hosts: Vec::new(),
             io_queues_max: None,
             queue_depth_max: None,
             namespaces,
@@ -326,7 +384,9 @@ impl SubsystemConfig {
 
     /// Whether `host_nqn` may connect (on a normalized config).
     pub fn host_allowed(&self, host_nqn: &str) -> bool {
-        self.allow_any_host.unwrap_or(self.allowed_hosts.is_empty()) || self.allowed_hosts.iter().any(|h| h == host_nqn)
+        self.allow_any_host.unwrap_or(self.allowed_hosts.is_empty() && self.hosts.is_empty())
+            || self.allowed_hosts.iter().any(|h| h == host_nqn)
+            || self.hosts.iter().any(|h| h.nqn == host_nqn)
     }
 }
 

@@ -261,6 +261,50 @@ fn normalize_listeners(c: &mut TargetConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Names the controller may pick for DH-HMAC-CHAP (as Linux nvmet's
+/// `dhchap_hash` and `dhchap_dhgroup` attributes take them).
+pub const DHCHAP_HASH_NAMES: [&str; 3] = ["sha256", "sha384", "sha512"];
+pub const DHCHAP_DHGROUP_NAMES: [&str; 6] = ["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"];
+
+/// Check one `[[subsystem.host]]` table (secrets are checked when they are
+/// loaded: a file may not exist yet when a configuration is written).
+fn normalize_host(p: &str, h: &HostConfig) -> Result<(), ConfigError> {
+    check_nqn(&format!("{p}.nqn"), &h.nqn)?;
+    for (name, inline, file) in [
+        ("dhchap_key", &h.dhchap_key, &h.dhchap_key_file),
+        ("dhchap_ctrl_key", &h.dhchap_ctrl_key, &h.dhchap_ctrl_key_file),
+        ("tls_key", &h.tls_key, &h.tls_key_file),
+    ] {
+        if inline.is_some() && file.is_some() {
+            return Err(ConfigError::invalid(format!("{p}.{name}"), format!("give {name} or {name}_file, not both")));
+        }
+    }
+    let has = |inline: &Option<String>, file: &Option<String>| inline.is_some() || file.is_some();
+    if has(&h.dhchap_ctrl_key, &h.dhchap_ctrl_key_file) && !has(&h.dhchap_key, &h.dhchap_key_file) {
+        return Err(ConfigError::invalid(
+            format!("{p}.dhchap_ctrl_key"),
+            "a controller key needs a host key (the controller authenticates after the host)",
+        ));
+    }
+    if let Some(v) = &h.dhchap_hash {
+        if !DHCHAP_HASH_NAMES.contains(&v.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{p}.dhchap_hash"),
+                format!("{v:?} is not one of {DHCHAP_HASH_NAMES:?}"),
+            ));
+        }
+    }
+    if let Some(v) = &h.dhchap_dhgroup {
+        if !DHCHAP_DHGROUP_NAMES.contains(&v.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{p}.dhchap_dhgroup"),
+                format!("{v:?} is not one of {DHCHAP_DHGROUP_NAMES:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_nqn(key: &str, nqn: &str) -> Result<(), ConfigError> {
     nvmf_proto::validate_nqn(nqn).map_err(|m| ConfigError::invalid(key, format!("{nqn:?}: {m}")))
 }
@@ -320,8 +364,21 @@ fn normalize_subsystems(c: &mut TargetConfig) -> Result<(), ConfigError> {
                 return Err(ConfigError::invalid(key, format!("{h:?} is listed twice")));
             }
         }
+        if s.hosts.len() > ALLOWED_HOSTS_MAX {
+            return Err(ConfigError::invalid(format!("{p}.host"), format!("more than {ALLOWED_HOSTS_MAX}")));
+        }
+        let mut table_hosts = HashSet::new();
+        for (hi, h) in s.hosts.iter().enumerate() {
+            normalize_host(&format!("{p}.host[{hi}]"), h)?;
+            if !table_hosts.insert(h.nqn.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{p}.host[{hi}].nqn"),
+                    format!("{:?} is listed twice", h.nqn),
+                ));
+            }
+        }
         match s.allow_any_host {
-            None => s.allow_any_host = Some(s.allowed_hosts.is_empty()),
+            None => s.allow_any_host = Some(s.allowed_hosts.is_empty() && s.hosts.is_empty()),
             Some(true) if !s.allowed_hosts.is_empty() => {
                 return Err(ConfigError::invalid(
                     format!("{p}.allow_any_host"),

@@ -466,3 +466,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn host_tables_allow_their_hosts_keep_secrets_as_given_and_never_print_them() {
+    let host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+    let text = format!(
+        "[[listener]]\naddr = \"127.0.0.1:4420\"\n[[subsystem]]\nnqn = \"nqn.2026-12.io.nvmf:keys\"\n\
+         [[subsystem.host]]\nnqn = \"{host}\"\ndhchap_key = \"DHHC-1:00:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0:\"\n\
+         dhchap_ctrl_key_file = \"/etc/nvmf/ctrl.key\"\ndhchap_hash = \"sha384\"\ndhchap_dhgroup = \"ffdhe4096\"\n\
+         [[subsystem.namespace]]\nkind = \"null\"\nsize = \"1MiB\"\n"
+    );
+    let c = parse_norm(&text).unwrap();
+    let s = &c.subsystems[0];
+    assert_eq!(s.allow_any_host, Some(false), "a host table restricts the subsystem");
+    assert!(s.host_allowed(host));
+    assert!(!s.host_allowed("nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555"));
+    let again = TargetConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+    assert_eq!(again.subsystems[0].hosts, s.hosts, "inline stays inline, a file stays a file");
+    let dbg = format!("{:?}", s.hosts[0]);
+    assert!(!dbg.contains("c2Vj") && dbg.contains("<redacted>"), "{dbg}");
+
+    for (bad, key) in [
+        ("dhchap_key = \"x\"\ndhchap_key_file = \"/k\"", "dhchap_key"),
+        ("dhchap_ctrl_key = \"x\"", "dhchap_ctrl_key"),
+        ("dhchap_hash = \"md5\"", "dhchap_hash"),
+        ("dhchap_dhgroup = \"ffdhe1024\"", "dhchap_dhgroup"),
+    ] {
+        let t = format!(
+            "[[listener]]\naddr = \"127.0.0.1:4420\"\n[[subsystem]]\nnqn = \"nqn.2026-12.io.nvmf:keys\"\n\
+             [[subsystem.host]]\nnqn = \"{host}\"\n{bad}\n"
+        );
+        let e = parse_norm(&t).unwrap_err();
+        assert!(e.key().is_some_and(|k| k.ends_with(key)), "{bad}: {e}");
+    }
+}
