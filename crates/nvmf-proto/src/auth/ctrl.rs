@@ -140,6 +140,11 @@ impl CtrlAuth {
     /// Feed the data of an AUTH_Send.
     pub fn on_send(&mut self, payload: &[u8]) -> CtrlStatus {
         let message = AuthMessage::decode(payload);
+        if matches!(self.state, State::AwaitNegotiate) && payload.len() >= 6 {
+            // Echo the host's T_ID even in the Failure1 for a Negotiate we
+            // cannot decode (nvmet records it before checking).
+            self.t_id = u16::from_le_bytes([payload[4], payload[5]]);
+        }
         if let Ok(AuthMessage::Failure2(f)) = &message {
             if !matches!(self.state, State::Done(_) | State::Failed(_)) {
                 self.state = State::Failed(f.explanation);

@@ -5,9 +5,8 @@
 //! identifiers as raw bytes, so the state machines decide what an unknown hash
 //! or group means. It reads the declared lengths and ignores anything after the
 //! message: AUTH_Receive data is zero padded to the host's allocation length.
-//! Nothing is allocated beyond [`HASH_LEN_MAX`](super::HASH_LEN_MAX),
-//! [`DH_VALUE_LEN_MAX`](super::DH_VALUE_LEN_MAX) and
-//! [`AUTH_MESSAGE_LEN_MAX`](super::AUTH_MESSAGE_LEN_MAX) per field.
+//! Nothing is allocated beyond [`HASH_LEN_MAX`], [`DH_VALUE_LEN_MAX`] and
+//! [`AUTH_MESSAGE_LEN_MAX`] per field.
 
 use super::{AuthError, DhGroup, FailureReason, HashId, AUTH_MESSAGE_LEN_MAX, DH_VALUE_LEN_MAX, HASH_LEN_MAX};
 

@@ -10,7 +10,9 @@
 //!   in DHHC-1, little-endian). `hh`: 00 = use the configured PSK as the
 //!   retained PSK (32 or 48 bytes), 01 = derive with SHA-256 (32 bytes), 02 =
 //!   with SHA-384 (48 bytes). nvme-cli `gen-tls-key` prints 01 or 02 with a
-//!   random key of that length.
+//!   random key of that length ([`ConfiguredPsk::generate`], `format`), and
+//!   `check-tls-key -n NQNh -c NQNc [-I 1] [--compat]` prints the identity
+//!   [`derive()`] returns for that version and layout.
 //! - Retained PSK = HKDF-Expand-Label(HKDF-Extract(0, configured), "HostNQN",
 //!   NQNh, length of the configured PSK), hash `hh`; `hh` = 00 keeps the PSK.
 //! - The TLS hash ("cipher") is `hh`, or for 00 the one of the PSK's length
@@ -36,7 +38,7 @@
 //! - The Linux kernel (6.12) derives nothing for configured PSKs: libnvme
 //!   inserts the TLS PSK into the `.nvme` keyring under its identity and the
 //!   kernel looks up `NVMe0R02 …` then `NVMe0R01 …` (v0 only). With secure
-//!   channel concatenation (Linux 6.14 and later) the kernel derives from the
+//!   channel concatenation (a 2024 series, after 6.12) the kernel derives from the
 //!   generated PSK with the RFC 8446 layout, context `"<hh> <digest>"`, identity
 //!   `NVMe1G<hh> <NQNh> <NQNc> <digest>` ([`derive_generated`]).
 
@@ -298,7 +300,7 @@ pub fn derive(
     Ok(DerivedPsk { identity, tls_psk })
 }
 
-/// What Linux (6.14 and later, `nvme_auth_secure_concat` /
+/// What Linux with secure channel concatenation (`nvme_auth_secure_concat` /
 /// `nvmet_auth_insert_psk`) derives after DH-HMAC-CHAP with secure channel
 /// concatenation: identity `NVMe1G<hh> <NQNh> <NQNc> <digest>` and the TLS PSK
 /// from the generated PSK (RFC 8446 layout). `hash` is the DH-HMAC-CHAP hash;
