@@ -6,9 +6,10 @@
 //!
 //! The HMAC key of a response is the *transformed* key ([`DhchapKey::transform`]):
 //! its length is the hash length of the secret's own hash, or the secret's
-//! length when `hh` = 00. Linux before 6.7 passed the secret's length instead
-//! ("nvme-auth: use transformed key size to create resp", 2023); the two agree
-//! whenever the secret is as long as its hash, which nvme-cli enforces.
+//! length when `hh` = 00. Kernels before "nvme-auth: use transformed key size
+//! to create resp" (October 2023, so 6.12 has it) passed the secret's length
+//! instead; the two agree whenever the secret is as long as its hash, which
+//! nvme-cli enforces.
 //!
 //! Linux keeps the raw DH value `g^xy mod p` as its "session key" and uses it as
 //! an HMAC key, which HMAC first hashes because it is longer than the hash's

@@ -7,7 +7,8 @@
 //!   (`drivers/nvme/common/auth.c` `nvme_auth_extract_key`) and SPDK accept any
 //!   of the three lengths with any `hh`; nvme-cli's `gen-dhchap-key` and
 //!   `check-dhchap-key` tie 01 to 32, 02 to 48 and 03 to 64 bytes (00 takes
-//!   any). We parse like the kernel and generate like nvme-cli.
+//!   any; `gen-dhchap-key` makes 32 bytes for 00 unless `-l` says otherwise).
+//!   We parse like the kernel and generate like nvme-cli.
 //! - The CRC is zlib's CRC-32 (polynomial 0xEDB88320, initial and final
 //!   inversion) of the secret, appended little-endian before encoding.
 //! - Base64 is the standard alphabet with `=` padding (a 64-byte secret ends in
