@@ -16,6 +16,7 @@
 //! - [`digest`]: CRC32C header/data digests.
 //! - [`copy`]: payload copies that avoid a slow `rep movsb` case.
 
+pub mod auth;
 pub mod copy;
 pub mod cqe;
 pub mod digest;

@@ -3,7 +3,8 @@
 //! ever kept is re-checked on stable Rust in CI.
 //!
 //! `NVMF_WRITE_SEEDS=1 cargo test -p nvmf-proto --test fuzz_corpus` rewrites
-//! the seed inputs (valid PDUs of every type and admin structures).
+//! the seed inputs (valid PDUs of every type, admin structures, and recorded
+//! DH-HMAC-CHAP transactions from `nvmf_proto::auth::fuzz::seeds`).
 
 use std::path::PathBuf;
 
@@ -70,7 +71,12 @@ fn seeds_admin() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn corpus_replays_without_panic() {
     if std::env::var_os("NVMF_WRITE_SEEDS").is_some() {
-        for (target, seeds) in [("pdu_stream", seeds_pdu()), ("admin_structures", seeds_admin())] {
+        let targets = [
+            ("pdu_stream", seeds_pdu()),
+            ("admin_structures", seeds_admin()),
+            ("auth_messages", nvmf_proto::auth::fuzz::seeds()),
+        ];
+        for (target, seeds) in targets {
             let dir = corpus_dir(target);
             std::fs::create_dir_all(&dir).unwrap();
             for (name, data) in seeds {
@@ -82,6 +88,8 @@ fn corpus_replays_without_panic() {
     assert!(n >= 6, "pdu_stream corpus has {n} inputs");
     let n = replay("admin_structures", nvmf_proto::fuzz::admin_structures);
     assert!(n >= 4, "admin_structures corpus has {n} inputs");
+    let n = replay("auth_messages", nvmf_proto::auth::fuzz::auth_messages);
+    assert!(n >= 20, "auth_messages corpus has {n} inputs");
 }
 
 #[test]
