@@ -31,6 +31,7 @@ SUBNQN_A=nqn.2026-11.io.nvmf:a
 SUBNQN_B=nqn.2026-11.io.nvmf:b
 SUBNQN_FILE=nqn.2026-11.io.nvmf:file
 SUBNQN_RESTRICTED=nqn.2026-11.io.nvmf:restricted
+SUBNQN_AUTH=nqn.2026-12.io.nvmf:auth
 ALLOWED_HOSTNQN=nqn.2026-11.io.nvmf:host:allowed
 KT_NQN1=nqn.2026-11.io.nvmf:kernel-target:one
 KT_NQN2=nqn.2026-11.io.nvmf:kernel-target:two
@@ -54,6 +55,7 @@ CASES=(
     "target-disconnect-clean|target|target:--config|90|c_target_disconnect_clean"
     "target-unknown-nqn|target|target:--config|90|c_target_unknown_nqn"
     "target-allow-host|target|target:--listen,--discovery-listen,--subsystem,--namespace,--allow-host|90|c_target_allow_host"
+    "target-auth|target|target:--config|180|c_target_auth"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
@@ -340,6 +342,7 @@ kind = "null"
 size = "1TiB"
 block_size = 512
 EOF
+    auth_config
     echo "$pf $pfd" >"$STATE/t2.ports"
     echo "$ph $phd" >"$STATE/t3.ports"
     rm -f "$STATE/file-ns.img"
@@ -469,6 +472,58 @@ c_target_unknown_nqn() {
     tenv; tneed t1 || return 1
     gexec target 80 negative.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A MODE=unknown-nqn
     talive t1
+}
+# DH-HMAC-CHAP: host tables of $SUBNQN_AUTH in t1.toml (auth_config), keys in auth.env
+c_target_auth() {
+    tenv; tneed t1 || return 1
+    local kv=()
+    # shellcheck disable=SC2207  # one KEY=VALUE per line
+    kv=($(cat "$STATE/auth.env"))
+    gexec target 150 auth.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_AUTH "${kv[@]}"
+    talive t1
+}
+# dhchap_key HH: a fresh DH-HMAC-CHAP secret in nvme-cli's format (DHHC-1, hash HH)
+dhchap_key() {
+    python3 -c 'import base64, os, sys, zlib
+h = int(sys.argv[1]); s = os.urandom({0: 32, 1: 32, 2: 48, 3: 64}[h])
+print("DHHC-1:%02d:%s:" % (h, base64.b64encode(s + zlib.crc32(s).to_bytes(4, "little")).decode()))' "$1"
+}
+# auth_config: the host tables of the auth subsystem (appended to t1.toml) and the
+# keys the guest uses (auth.env)
+auth_config() {
+    local h1=nqn.2026-12.io.nvmf:host:auth1 h2=nqn.2026-12.io.nvmf:host:auth2
+    local h3=nqn.2026-12.io.nvmf:host:auth3 h4=nqn.2026-12.io.nvmf:host:auth4
+    local k1 k2 k3 k4 ck4 kx ckx
+    k1=$(dhchap_key 1) k2=$(dhchap_key 3) k3=$(dhchap_key 0) k4=$(dhchap_key 2) ck4=$(dhchap_key 1)
+    kx=$(dhchap_key 1) ckx=$(dhchap_key 1)
+    cat >>"$STATE/t1.toml" <<EOF2
+
+[[subsystem]]
+nqn = "$SUBNQN_AUTH"
+[[subsystem.host]]
+nqn = "$h1"
+dhchap_key = "$k1"
+dhchap_hash = "sha256"
+dhchap_dhgroup = "ffdhe2048"
+[[subsystem.host]]
+nqn = "$h2"
+dhchap_key = "$k2"
+dhchap_hash = "sha512"
+dhchap_dhgroup = "ffdhe4096"
+[[subsystem.host]]
+nqn = "$h3"
+dhchap_key = "$k3"
+dhchap_dhgroup = "null"
+[[subsystem.host]]
+nqn = "$h4"
+dhchap_key = "$k4"
+dhchap_ctrl_key = "$ck4"
+[[subsystem.namespace]]
+kind = "ram"
+size = "64MiB"
+EOF2
+    printf '%s\n' "H1=$h1" "H2=$h2" "H3=$h3" "H4=$h4" "K1=$k1" "K2=$k2" "K3=$k3" "K4=$k4" \
+        "CK4=$ck4" "KX=$kx" "CKX=$ckx" >"$STATE/auth.env"
 }
 c_target_allow_host() {
     tenv; tneed t3 || return 1

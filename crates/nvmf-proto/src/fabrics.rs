@@ -17,6 +17,10 @@ pub const ADMIN_CAPSULE_BYTES: u32 = 8192;
 pub const ADMIN_IN_CAPSULE_DATA_BYTES_MAX: u32 = ADMIN_CAPSULE_BYTES - crate::sqe::SQE_LEN as u32;
 /// CATTR bit 2: the host disables SQ flow control (SQHD is then meaningless).
 pub const CATTR_DISABLE_SQ_FLOW_CONTROL: u8 = 1 << 2;
+/// Connect response DW0: authentication required (ATR) before other commands.
+pub const CONNECT_DW0_AUTH_REQUIRED: u32 = 1 << 17;
+/// Connect response DW0: secure channel concatenation required (ASCR).
+pub const CONNECT_DW0_SECURE_CONCAT_REQUIRED: u32 = 1 << 18;
 
 /// Parsed fields of a Connect command SQE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -121,6 +121,8 @@ pub mod cmd {
     pub const CONNECT_INVALID_HOST: u8 = 0x84;
     /// Fabrics: Invalid Queue Type.
     pub const INVALID_QUEUE_TYPE: u8 = 0x85;
+    /// Fabrics: Authentication Required (a command before the queue authenticated).
+    pub const AUTH_REQUIRED: u8 = 0x91;
 }
 
 /// Media and data integrity errors (SCT 2).
@@ -181,6 +183,7 @@ fn name(sct_v: u8, sc: u8) -> &'static str {
         (1, 0x83) => "Connect Restart Discovery",
         (1, 0x84) => "Connect Invalid Host",
         (1, 0x85) => "Invalid Queue Type",
+        (1, 0x91) => "Authentication Required",
         (2, 0x80) => "Write Fault",
         (2, 0x81) => "Unrecovered Read Error",
         (2, 0x85) => "Compare Failure",

@@ -69,14 +69,16 @@ pub enum Action {
     Storage(StorageOp),
     /// Run [`crate::fabrics::connect`] and feed the result to `Queue::on_connected`.
     Connect(Box<ConnectRequest>),
-    /// The queue is bound to `ctrl` as queue `qid`: it passed its probation
-    /// (the engine stops counting it as unestablished) and its waker is
-    /// registered with the controller. I/O queues register `counters` too.
+    /// The queue is bound to `ctrl` as queue `qid`: its waker is registered
+    /// with the controller, and I/O queues register `counters` too.
     Bound {
         ctrl: Arc<Controller>,
         qid: u16,
         counters: Option<Arc<QueueCounters>>,
     },
+    /// The queue passed its probation: connected, and authenticated when the
+    /// host must authenticate (the engine stops counting it as unestablished).
+    Established,
     /// The queue is gone: release its queue ID, or the whole controller for
     /// an admin queue.
     Release {
@@ -101,6 +103,7 @@ impl std::fmt::Debug for Action {
             Action::Storage(op) => write!(f, "Storage({op:?})"),
             Action::Connect(r) => write!(f, "Connect(cid {})", r.sqe.cid),
             Action::Bound { ctrl, qid, .. } => write!(f, "Bound(ctrl {}, qid {qid})", ctrl.cntlid),
+            Action::Established => write!(f, "Established"),
             Action::Release { ctrl, qid, .. } => write!(f, "Release(ctrl {}, qid {qid})", ctrl.cntlid),
             Action::SetState { ctrl, state } => write!(f, "SetState(ctrl {}, {state:?})", ctrl.cntlid),
             Action::Expire { ctrl } => write!(f, "Expire(ctrl {})", ctrl.cntlid),

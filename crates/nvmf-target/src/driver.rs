@@ -43,8 +43,8 @@ pub fn apply_control(
                 ctrl.register_counters(c);
             }
             ctrl.set_waker(qid, waker());
-            outcome.established = true;
         }
+        Action::Established => outcome.established = true,
         Action::Release { ctrl, qid, counters } => {
             ctrl.clear_waker(qid);
             ctrl.remove_peer(qid);

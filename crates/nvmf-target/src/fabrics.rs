@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use nvmf_proto::fabrics::{
     cc, connect_data_off, connect_invalid_param_dw0, connect_sqe_off, csts, prop, Cap, ConnectCmd, ConnectData,
-    PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL, CNTLID_DYNAMIC, CONNECT_DATA_LEN,
+    PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL, CNTLID_DYNAMIC, CONNECT_DATA_LEN, CONNECT_DW0_AUTH_REQUIRED,
 };
 use nvmf_proto::opcodes::fctype;
 use nvmf_proto::status::{cmd, generic, sct};
@@ -24,7 +24,7 @@ use crate::admin::AdminState;
 use crate::ana::AnaCache;
 use crate::ctrl::{gate_open, Controller, CtrlKind, CtrlState};
 use crate::slots::SlotTable;
-use crate::subsys::{NsTable, Port, Target};
+use crate::subsys::{DhchapPolicy, NsTable, Port, Target};
 use crate::tcp::{capsule_len_max, host_data, st, Bound, HostData, Phase, Queue, QueueFlow};
 
 /// Version we report: NVMe 1.3 (what the Linux host needs for Identify CNS 3
@@ -40,6 +40,8 @@ pub struct Connected {
     /// 0's based.
     pub sqsize: u16,
     pub sq_flow_control_disabled: bool,
+    /// The host must authenticate this queue (DH-HMAC-CHAP) before anything else.
+    pub dhchap: Option<Arc<DhchapPolicy>>,
 }
 
 /// Failed Connect: status and the completion DW0 (IATTR/IPO for Invalid Parameters).
@@ -97,8 +99,9 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
     if !host_ok {
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_INVALID_HOST).dnr()));
     }
+    let dhchap = sub.dhchap_policy(&d.hostnqn);
     if c.qid == 0 {
-        return admin_connect(target, port, &c, &d, Some(sub), flow_off);
+        return admin_connect(target, port, &c, &d, Some(sub), flow_off).map(|ok| Connected { dhchap, ..ok });
     }
     // I/O queue: find the controller created by this host's admin Connect.
     let Some(ctrl) = target.find_controller(&sub, d.cntlid, &d.hostnqn) else {
@@ -118,7 +121,7 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
         Err(true) => return Err(invalid_param(false, connect_sqe_off::QID)),
         Err(false) => return Err(sequence_error()),
     }
-    Ok(Connected { ctrl, qid: c.qid, sqsize: c.sqsize, sq_flow_control_disabled: flow_off })
+    Ok(Connected { ctrl, qid: c.qid, sqsize: c.sqsize, sq_flow_control_disabled: flow_off, dhchap })
 }
 
 fn admin_connect(
@@ -142,7 +145,7 @@ fn admin_connect(
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_CTRL_BUSY)));
     };
     ctrl.kato_ms.store(kato_ms, Ordering::Relaxed);
-    Ok(Connected { ctrl, qid: 0, sqsize: c.sqsize, sq_flow_control_disabled: flow_off })
+    Ok(Connected { ctrl, qid: 0, sqsize: c.sqsize, sq_flow_control_disabled: flow_off, dhchap: None })
 }
 
 /// Controller registers kept by the admin queue.
@@ -240,8 +243,16 @@ impl Queue {
                 }
                 QueueFlow::Continue
             }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET if self.auth_pending() => {
+                self.auth_required(out, sqe.cid);
+                QueueFlow::Continue
+            }
             fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
                 self.property(&sqe, sqe.fctype() == fctype::PROPERTY_SET, out);
+                QueueFlow::Continue
+            }
+            fctype::AUTH_SEND | fctype::AUTH_RECV => {
+                self.auth_command(sqe, data, sqe.fctype() == fctype::AUTH_SEND, out);
                 QueueFlow::Continue
             }
             fctype::DISCONNECT => match &self.conn {
@@ -318,6 +329,12 @@ impl Queue {
         debug_assert_eq!(self.frame.role, Role::Controller);
         let counters = (ok.qid != 0).then(|| self.counters.clone());
         self.actions.push(Action::Bound { ctrl: ctrl.clone(), qid: ok.qid, counters });
+        // A host that must authenticate stays on probation until it has.
+        let auth = ok.dhchap.map(|p| crate::auth::QueueAuth::new(p, &ctrl.hostnqn, ctrl.nqn()));
+        let dw0_auth = if auth.is_some() { CONNECT_DW0_AUTH_REQUIRED } else { 0 };
+        if auth.is_none() {
+            self.actions.push(Action::Established);
+        }
         let cntlid = ctrl.cntlid;
         let gate = gate_open(ctrl.epoch());
         self.conn = Some(Bound {
@@ -332,8 +349,9 @@ impl Queue {
             admin,
             ana: AnaCache::default(),
             gate_open: gate,
+            auth,
         });
-        self.respond(out, cid, Status::SUCCESS, cntlid as u32, 0);
+        self.respond(out, cid, Status::SUCCESS, cntlid as u32 | dw0_auth, 0);
     }
 
     fn property(&mut self, sqe: &Sqe, set: bool, out: &mut Vec<u8>) {

@@ -39,7 +39,8 @@ impl Queue {
                 best = Some((at, why));
             }
         };
-        if self.conn.is_none() && self.connecting.is_none() {
+        // Connect, and authentication when the host must authenticate.
+        if (self.conn.is_none() && self.connecting.is_none()) || self.auth_pending() {
             consider(self.created_us + self.limits.connect_timeout_us, Due::Connect);
         }
         if let Some(t) = self.pdu_started_us {
@@ -81,7 +82,7 @@ impl Queue {
                 Due::Connect => {
                     crate::peer_warn!(
                         now_us,
-                        "no ICReq and Connect from {} within {} ms; closing",
+                        "no ICReq, Connect and authentication from {} within {} ms; closing",
                         self.peer,
                         self.limits.connect_timeout_us / 1000
                     );

@@ -3,7 +3,8 @@
 //! Layout (mirrors Linux `drivers/nvme/target/`):
 //! - [`tcp`]: the NVMe/TCP queue (sans-IO): ICReq, the PDU loop, capsules,
 //!   responses; [`r2t`]: R2T and H2CData; [`slots`]: commands in flight.
-//! - [`fabrics`]: Connect, Property Get/Set, the controller lifecycle.
+//! - [`fabrics`]: Connect, Property Get/Set, the controller lifecycle;
+//!   [`auth`]: Authentication Send/Receive (DH-HMAC-CHAP).
 //! - [`admin`]: Identify, Get Log Page, Get/Set Features, AER, Keep Alive.
 //! - [`discovery`]: the discovery log page.
 //! - [`io_cmd`]: NVM I/O validation and dispatch; [`io_cmd_mem`] (`ram`,
@@ -22,6 +23,7 @@
 pub mod action;
 pub mod admin;
 pub mod ana;
+pub mod auth;
 pub mod backend;
 pub mod buf;
 pub mod config;

@@ -236,6 +236,12 @@ impl Queue {
                 self.free_slot(i);
                 self.run_admin(&sqe, buf.as_slice(len), out);
             }
+            (Work::AuthSend, _) => {
+                let buf = s.buf.take().expect("an authentication message is buffered");
+                let len = s.xfer_len as usize;
+                self.free_slot(i);
+                self.auth_send(&sqe, buf.as_slice(len), out);
+            }
             (Work::Io(IoPlan::Write { len, .. }), Sink::Memory) => {
                 // Memory namespaces have no volatile cache: FUA holds already.
                 let nsid = sqe.nsid;

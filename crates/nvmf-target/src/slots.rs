@@ -25,6 +25,8 @@ use crate::subsys::{Namespace, NsTable};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
     Admin,
+    /// Fabrics Authentication Send whose message came with R2T.
+    AuthSend,
     Io(IoPlan),
 }
 

@@ -18,7 +18,9 @@ use nvmf_proto::opcodes::aen;
 use nvmf_proto::DISCOVERY_NQN;
 
 use crate::backend::Backend;
-use crate::config::{Limits, NamespaceConfig, SubsystemConfig, TargetConfig};
+use nvmf_proto::auth::{DhGroup, DhchapKey, HashId};
+
+use crate::config::{HostConfig, Limits, NamespaceConfig, SubsystemConfig, TargetConfig};
 use crate::ctrl::{Controller, CtrlKind};
 
 use crate::limits::{ANA_GROUP_ID_MAX, NSID_MAX};
@@ -113,6 +115,8 @@ pub struct Subsystem {
     /// Changed by management (host add/remove); read on Connect only.
     allow_any_host: AtomicBool,
     allowed_hosts: Mutex<Vec<String>>,
+    /// Hosts with settings of their own (`[[subsystem.host]]`), keys loaded.
+    host_entries: Mutex<Vec<HostEntry>>,
     /// I/O queues a controller may create.
     pub io_queues_max: u32,
     /// I/O queue entries (CAP.MQES + 1).
@@ -158,6 +162,28 @@ impl Subsystem {
         let mut l = self.allowed_hosts.lock().unwrap();
         *l = hosts;
         self.allow_any_host.store(allow_any_host, Ordering::Release);
+    }
+    /// The DH-HMAC-CHAP policy for `hostnqn`, when the host has a key.
+    pub fn dhchap_policy(&self, hostnqn: &str) -> Option<Arc<DhchapPolicy>> {
+        self.host_entries.lock().unwrap().iter().find(|h| h.config.nqn == hostnqn).and_then(|h| h.dhchap.clone())
+    }
+    /// The host tables as configured (secrets as given, never loaded values).
+    pub fn host_configs(&self) -> Vec<HostConfig> {
+        self.host_entries.lock().unwrap().iter().map(|h| h.config.clone()).collect()
+    }
+    /// Replace one host table (or add it); new connections use it at once.
+    pub fn set_host_entry(&self, entry: HostEntry) {
+        let mut l = self.host_entries.lock().unwrap();
+        l.retain(|h| h.config.nqn != entry.config.nqn);
+        self.add_allowed_host(&entry.config.nqn);
+        l.push(entry);
+    }
+    /// Drop a host's table (its NQN stays allowed until removed from the list).
+    pub fn remove_host_entry(&self, hostnqn: &str) -> bool {
+        let mut l = self.host_entries.lock().unwrap();
+        let before = l.len();
+        l.retain(|h| h.config.nqn != hostnqn);
+        l.len() != before
     }
     pub fn allowed_hosts(&self) -> Vec<String> {
         self.allowed_hosts.lock().unwrap().clone()
@@ -209,6 +235,73 @@ impl Subsystem {
         for c in self.controllers() {
             c.namespace_changed(nsid);
         }
+    }
+}
+
+/// DH-HMAC-CHAP settings of one host: its key, the controller's key when the
+/// controller authenticates too, and the hashes and DH groups the controller
+/// may pick (most preferred first).
+pub struct DhchapPolicy {
+    pub host_key: DhchapKey,
+    pub ctrl_key: Option<DhchapKey>,
+    pub hashes: Vec<HashId>,
+    pub dh_groups: Vec<DhGroup>,
+}
+
+impl std::fmt::Debug for DhchapPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhchapPolicy")
+            .field("ctrl_key", &self.ctrl_key.is_some())
+            .field("hashes", &self.hashes)
+            .field("dh_groups", &self.dh_groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hash preference when the host's table names none: SHA-256 first (what
+/// Linux nvmet uses by default), then the stronger ones.
+const DHCHAP_HASHES_DEFAULT: [HashId; 3] = [HashId::Sha256, HashId::Sha384, HashId::Sha512];
+/// DH group preference when none is named: ffdhe2048 first (a DH exchange
+/// costs little there), the larger groups, then none.
+const DHCHAP_GROUPS_DEFAULT: [DhGroup; 6] =
+    [DhGroup::Ffdhe2048, DhGroup::Ffdhe3072, DhGroup::Ffdhe4096, DhGroup::Ffdhe6144, DhGroup::Ffdhe8192, DhGroup::Null];
+
+/// A `[[subsystem.host]]` table with its secrets loaded.
+#[derive(Debug, Clone)]
+pub struct HostEntry {
+    /// As configured (secrets as given: inline text or a file name).
+    pub config: HostConfig,
+    pub dhchap: Option<Arc<DhchapPolicy>>,
+}
+
+impl HostEntry {
+    /// Load and check the secrets of `h` (host of subsystem `nqn`). Errors
+    /// name the host and the key, never the key's value.
+    pub fn load(h: &HostConfig, nqn: &str) -> Result<HostEntry, RegistryError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            RegistryError::Invalid(format!("subsystem {nqn}, host {}: {what}: {e}", h.nqn))
+        };
+        let key =
+            |inline: &Option<String>, file: &Option<String>, what: &str| -> Result<Option<DhchapKey>, RegistryError> {
+                let text = crate::secret::load(inline.as_deref(), file.as_deref()).map_err(|e| bad(what, &e))?;
+                text.map(|t| DhchapKey::parse(&t).map_err(|e| bad(what, &e))).transpose()
+            };
+        let host_key = key(&h.dhchap_key, &h.dhchap_key_file, "dhchap_key")?;
+        let ctrl_key = key(&h.dhchap_ctrl_key, &h.dhchap_ctrl_key_file, "dhchap_ctrl_key")?;
+        let hashes = match &h.dhchap_hash {
+            Some(n) => vec![n.parse::<HashId>().map_err(|e| bad("dhchap_hash", &e))?],
+            None => DHCHAP_HASHES_DEFAULT.to_vec(),
+        };
+        let dh_groups = match &h.dhchap_dhgroup {
+            Some(n) => vec![n.parse::<DhGroup>().map_err(|e| bad("dhchap_dhgroup", &e))?],
+            None => DHCHAP_GROUPS_DEFAULT.to_vec(),
+        };
+        let dhchap = match (host_key, ctrl_key) {
+            (Some(host_key), ctrl_key) => Some(Arc::new(DhchapPolicy { host_key, ctrl_key, hashes, dh_groups })),
+            (None, Some(_)) => return Err(bad("dhchap_ctrl_key", &"needs a dhchap_key")),
+            (None, None) => None,
+        };
+        Ok(HostEntry { config: h.clone(), dhchap })
     }
 }
 
@@ -303,13 +396,11 @@ impl Target {
     /// Add a subsystem with its namespaces.
     pub fn add_subsystem(&self, s: &SubsystemConfig, open: BackendOpener<'_>) -> Result<Arc<Subsystem>, RegistryError> {
         nvmf_proto::validate_nqn(&s.nqn).map_err(|e| RegistryError::Invalid(format!("{}: {e}", s.nqn)))?;
-        // Keys are refused until the target enforces them: a host key that
-        // is accepted but not checked would let anyone in.
-        if let Some(h) = s.hosts.iter().find(|h| {
-            h.dhchap_key.is_some() || h.dhchap_key_file.is_some() || h.tls_key.is_some() || h.tls_key_file.is_some()
-        }) {
+        // TLS keys are refused until the target does TLS: a key that is
+        // accepted but not used would let anyone in without it.
+        if let Some(h) = s.hosts.iter().find(|h| h.tls_key.is_some() || h.tls_key_file.is_some()) {
             return Err(RegistryError::Invalid(format!(
-                "{}: host {} has a key, and this build does not authenticate hosts yet",
+                "{}: host {} has a TLS key, and this build does not do TLS yet",
                 s.nqn, h.nqn
             )));
         }
@@ -333,6 +424,9 @@ impl Target {
             // Hosts of `[[subsystem.host]]` tables are allowed too.
             allowed_hosts: Mutex::new(
                 s.allowed_hosts.iter().cloned().chain(s.hosts.iter().map(|h| h.nqn.clone())).collect(),
+            ),
+            host_entries: Mutex::new(
+                s.hosts.iter().map(|h| HostEntry::load(h, &s.nqn)).collect::<Result<Vec<_>, _>>()?,
             ),
             io_queues_max: s.io_queues_max.unwrap_or(u32::MAX).min(self.limits.io_queues_max).max(1),
             queue_depth_max: s.queue_depth_max.unwrap_or(u32::MAX).min(self.limits.queue_depth_max).max(2),

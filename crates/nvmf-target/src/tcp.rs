@@ -140,6 +140,8 @@ pub(crate) struct Bound {
     /// The controller gate value under which this queue may run I/O: the
     /// controller enabled in the epoch the queue connected in.
     pub gate_open: u64,
+    /// In-band authentication, when the host must authenticate.
+    pub auth: Option<crate::auth::QueueAuth>,
 }
 
 /// Stand-in while the snapshot is borrowed (never observed in practice).
@@ -481,6 +483,10 @@ impl Queue {
         }
         if sqe.opcode == admin_op::FABRICS {
             return self.fabrics_command(sqe, data, out);
+        }
+        if self.auth_pending() {
+            self.auth_required(out, sqe.cid);
+            return QueueFlow::Continue;
         }
         if self.conn.is_none() {
             self.respond(out, sqe.cid, st(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR), 0, 0);
