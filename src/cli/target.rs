@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE_MS: u64 = 1_000;
 #[command(after_help = "Ad-hoc flags replace parts of the configuration (the file, or the embedded default):\n  \
     --listen: replaces all I/O listeners; --discovery-listen: replaces the dedicated discovery listeners\n  \
     (\"none\": no dedicated discovery listener; every I/O listener also answers discovery);\n  \
-    --subsystem/--namespace/--allow-host: replace all subsystems with the single one they describe.\n\
+    --subsystem/--namespace/--allow-host/--host: replace all subsystems with the single one they describe.\n\
     Every key and limit: docs/configuration.md")]
 pub struct TargetArgs {
     /// TOML configuration file (default: the embedded default configuration).
@@ -55,6 +55,13 @@ pub struct TargetArgs {
     /// Host NQN allowed to connect to that subsystem (repeatable; default: any host).
     #[arg(long = "allow-host", value_name = "NQN")]
     pub allow_hosts: Vec<String>,
+    /// A host of that subsystem with its DH-HMAC-CHAP secret (it must
+    /// authenticate) and optionally the controller's secret (bidirectional):
+    /// NQN:dhchap=KEY[:ctrl=KEY] (repeatable; keys as nvme gen-dhchap-key
+    /// prints them). Keys on the command line are visible to other local
+    /// users: prefer [[subsystem.host]] with dhchap_key_file in a config.
+    #[arg(long = "host", value_name = "NQN:dhchap=KEY[:ctrl=KEY]")]
+    pub hosts: Vec<String>,
     /// Cores to run on, one pinned thread each, e.g. 0,2-3 (default: one unpinned thread).
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
@@ -152,7 +159,7 @@ pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
             a.discovery_listen.clone()
         };
     }
-    if a.subsystem.is_some() || !a.namespaces.is_empty() || !a.allow_hosts.is_empty() {
+    if a.subsystem.is_some() || !a.namespaces.is_empty() || !a.allow_hosts.is_empty() || !a.hosts.is_empty() {
         let namespaces = if a.namespaces.is_empty() {
             vec![NamespaceConfig::ram(DEFAULT_RAM_SIZE)]
         } else {
@@ -161,6 +168,7 @@ pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
         let mut sub =
             SubsystemConfig::with_namespaces(a.subsystem.as_deref().unwrap_or(DEFAULT_SUBSYSTEM_NQN), namespaces);
         sub.allowed_hosts = a.allow_hosts.clone();
+        sub.hosts = a.hosts.iter().map(|s| parse_host_spec(s)).collect::<anyhow::Result<_>>()?;
         cfg.subsystems = vec![sub];
         // Listener filters named the replaced subsystems.
         for l in &mut cfg.listeners {
@@ -177,6 +185,32 @@ pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
         bail!("--shutdown-timeout-ms {} is above {SHUTDOWN_TIMEOUT_MS_MAX}", a.shutdown_timeout_ms);
     }
     Ok(cfg.normalized()?)
+}
+
+/// `--host NQN:dhchap=KEY[:ctrl=KEY][:tls=KEY]`. NQNs and keys contain
+/// colons, so the value is cut at the `:name=` markers, not at every colon.
+fn parse_host_spec(spec: &str) -> anyhow::Result<nvmf_target::config::HostConfig> {
+    const MARKERS: [&str; 3] = [":dhchap=", ":ctrl=", ":tls="];
+    let mut cuts: Vec<(usize, &str)> =
+        MARKERS.iter().flat_map(|m| spec.match_indices(m).map(|(i, _)| (i, *m)).collect::<Vec<_>>()).collect();
+    cuts.sort();
+    let Some(&(first, _)) = cuts.first() else {
+        bail!("--host takes NQN:dhchap=KEY[:ctrl=KEY] (no \"dhchap=\" in the value)");
+    };
+    let mut h = nvmf_target::config::HostConfig { nqn: spec[..first].to_string(), ..Default::default() };
+    for (k, &(at, marker)) in cuts.iter().enumerate() {
+        let end = cuts.get(k + 1).map(|c| c.0).unwrap_or(spec.len());
+        let value = spec[at + marker.len()..end].to_string();
+        let slot = match marker {
+            ":dhchap=" => &mut h.dhchap_key,
+            ":ctrl=" => &mut h.dhchap_ctrl_key,
+            _ => &mut h.tls_key,
+        };
+        if slot.replace(value).is_some() {
+            bail!("--host for {}: {} given twice", h.nqn, marker.trim_matches(|c| c == ':' || c == '='));
+        }
+    }
+    Ok(h)
 }
 
 /// Address to give `nvme connect -a`: a wildcard bind says nothing useful.
@@ -226,12 +260,24 @@ pub fn summary(cfg: &TargetConfig) -> String {
             })
             .collect();
         let namespaces = if namespaces.is_empty() { "no namespaces".to_string() } else { namespaces.join(", ") };
-        let hosts = if sub.allow_any_host.unwrap_or(false) {
-            "any".to_string()
-        } else if sub.allowed_hosts.is_empty() {
-            "none".to_string()
-        } else {
-            sub.allowed_hosts.join(", ")
+        let listed: Vec<String> = sub
+            .allowed_hosts
+            .iter()
+            .cloned()
+            .chain(sub.hosts.iter().map(|h| {
+                let auth = h.dhchap_key.is_some() || h.dhchap_key_file.is_some();
+                if auth {
+                    format!("{} (DH-HMAC-CHAP)", h.nqn)
+                } else {
+                    h.nqn.clone()
+                }
+            }))
+            .collect();
+        let hosts = match (sub.allow_any_host.unwrap_or(false), listed.is_empty()) {
+            (true, true) => "any".to_string(),
+            (true, false) => format!("any; {}", listed.join(", ")),
+            (false, true) => "none".to_string(),
+            (false, false) => listed.join(", "),
         };
         let _ = writeln!(s, "  {}  {namespaces}  hosts: {hosts}", sub.nqn);
     }
@@ -519,5 +565,20 @@ mod tests {
             let e = format!("{:#}", build_config(&args(&v)).unwrap_err());
             assert!(e.contains(needle), "{v:?}: {e}");
         }
+    }
+
+    #[test]
+    fn host_flags_cut_at_their_markers() {
+        let nqn = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+        let key = "DHHC-1:01:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTIzNA==:";
+        let h = parse_host_spec(&format!("{nqn}:dhchap={key}:ctrl={key}")).unwrap();
+        assert_eq!(h.nqn, nqn);
+        assert_eq!(h.dhchap_key.as_deref(), Some(key));
+        assert_eq!(h.dhchap_ctrl_key.as_deref(), Some(key));
+        assert!(parse_host_spec(nqn).is_err());
+        assert!(parse_host_spec(&format!("{nqn}:dhchap={key}:dhchap={key}")).is_err());
+        let c = build_config(&args(&["--host", &format!("{nqn}:dhchap={key}")])).unwrap();
+        assert_eq!(c.subsystems[0].hosts[0].nqn, nqn);
+        assert_eq!(c.subsystems[0].allow_any_host, Some(false));
     }
 }
