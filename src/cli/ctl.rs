@@ -55,7 +55,7 @@ pub enum CtlCmd {
     /// Namespaces: add, remove, resize.
     #[command(subcommand)]
     Namespace(NamespaceCmd),
-    /// Allowed hosts of a subsystem: add, remove.
+    /// Hosts of a subsystem: add, remove, set-key (DH-HMAC-CHAP secrets).
     #[command(subcommand)]
     Host(HostCmd),
     /// I/O listeners (ports): list, add, remove.
@@ -175,9 +175,50 @@ pub enum NamespaceCmd {
     },
 }
 
+/// A host's DH-HMAC-CHAP settings (each secret inline or as a file of mode 600).
+#[derive(clap::Args, Debug, Default)]
+pub struct HostKeys {
+    /// Host secret (DHHC-1:hh:...:): the host must authenticate. "" removes it.
+    #[arg(long, value_name = "KEY")]
+    dhchap_key: Option<String>,
+    /// File holding the host secret.
+    #[arg(long, value_name = "FILE", conflicts_with = "dhchap_key")]
+    dhchap_key_file: Option<String>,
+    /// Controller secret: the controller authenticates to the host too. "" removes it.
+    #[arg(long, value_name = "KEY")]
+    dhchap_ctrl_key: Option<String>,
+    /// File holding the controller secret.
+    #[arg(long, value_name = "FILE", conflicts_with = "dhchap_ctrl_key")]
+    dhchap_ctrl_key_file: Option<String>,
+    /// Hash the controller picks: sha256, sha384 or sha512 ("" = any, SHA-256 first).
+    #[arg(long, value_name = "HASH")]
+    dhchap_hash: Option<String>,
+    /// DH group: null, ffdhe2048 ... ffdhe8192 ("" = any, ffdhe2048 first).
+    #[arg(long, value_name = "GROUP")]
+    dhchap_dhgroup: Option<String>,
+}
+
+impl HostKeys {
+    fn add_to(&self, p: &mut serde_json::Value) {
+        for (k, v) in [
+            ("dhchap_key", &self.dhchap_key),
+            ("dhchap_key_file", &self.dhchap_key_file),
+            ("dhchap_ctrl_key", &self.dhchap_ctrl_key),
+            ("dhchap_ctrl_key_file", &self.dhchap_ctrl_key_file),
+            ("dhchap_hash", &self.dhchap_hash),
+            ("dhchap_dhgroup", &self.dhchap_dhgroup),
+        ] {
+            if let Some(v) = v {
+                p[k] = json!(v);
+            }
+        }
+    }
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum HostCmd {
-    /// Allow a host (the subsystem then admits only its listed hosts).
+    /// Allow a host (the subsystem then admits only its hosts); with a
+    /// DH-HMAC-CHAP key the host must authenticate.
     Add {
         /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
@@ -185,7 +226,10 @@ pub enum HostCmd {
         /// Host NQN.
         #[arg(long, value_name = "NQN")]
         host: String,
+        #[command(flatten)]
+        keys: HostKeys,
     },
+    /// Remove a host (connected controllers stay).
     Remove {
         /// Subsystem NQN.
         #[arg(long, value_name = "NQN")]
@@ -193,6 +237,17 @@ pub enum HostCmd {
         /// Host NQN.
         #[arg(long, value_name = "NQN")]
         host: String,
+    },
+    /// Change a host's DH-HMAC-CHAP secrets, hash or group (for new connections).
+    SetKey {
+        /// Subsystem NQN.
+        #[arg(long, value_name = "NQN")]
+        subsystem: String,
+        /// Host NQN.
+        #[arg(long, value_name = "NQN")]
+        host: String,
+        #[command(flatten)]
+        keys: HostKeys,
     },
 }
 
@@ -316,8 +371,17 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
             }
         },
         CtlCmd::Host(h) => match h {
-            HostCmd::Add { subsystem, host } => ("host_add", json!({"nqn": subsystem, "host": host})),
+            HostCmd::Add { subsystem, host, keys } => {
+                let mut p = json!({"nqn": subsystem, "host": host});
+                keys.add_to(&mut p);
+                ("host_add", p)
+            }
             HostCmd::Remove { subsystem, host } => ("host_remove", json!({"nqn": subsystem, "host": host})),
+            HostCmd::SetKey { subsystem, host, keys } => {
+                let mut p = json!({"nqn": subsystem, "host": host});
+                keys.add_to(&mut p);
+                ("host_set_key", p)
+            }
         },
         CtlCmd::Listener(l) => match l {
             ListenerCmd::List => ("listener_list", json!({})),
@@ -447,13 +511,16 @@ fn text(cmd: &CtlCmd, r: &Value) -> String {
         CtlCmd::Subsystem(SubsystemCmd::List | SubsystemCmd::Get { .. }) => {
             let list = if r.is_array() { r.as_array().cloned().unwrap_or_default() } else { vec![r.clone()] };
             for sub in &list {
-                let hosts = if sub["allow_any_host"] == json!(true) {
-                    "any".to_string()
-                } else {
-                    sub["allowed_hosts"]
-                        .as_array()
-                        .map(|h| h.iter().map(s).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
+                let mut listed: Vec<String> =
+                    sub["allowed_hosts"].as_array().map(|h| h.iter().map(s).collect()).unwrap_or_default();
+                for h in sub["hosts"].as_array().into_iter().flatten() {
+                    let auth = if h["dhchap_key"].is_null() { "" } else { " (DH-HMAC-CHAP)" };
+                    listed.push(format!("{}{auth}", s(&h["nqn"])));
+                }
+                let hosts = match (sub["allow_any_host"] == json!(true), listed.is_empty()) {
+                    (true, true) => "any".to_string(),
+                    (true, false) => format!("any; {}", listed.join(",")),
+                    (false, _) => listed.join(","),
                 };
                 let _ = writeln!(
                     o,

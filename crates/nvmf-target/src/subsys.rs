@@ -150,8 +150,12 @@ impl Subsystem {
     pub fn namespaces(&self) -> Arc<NsTable> {
         self.ns.lock().unwrap().clone()
     }
+    /// Whether `hostnqn` may connect: any host, the allowed list, or a host
+    /// with a `[[subsystem.host]]` table.
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host() || self.allowed_hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+        self.allow_any_host()
+            || self.allowed_hosts.lock().unwrap().iter().any(|h| h == hostnqn)
+            || self.host_entries.lock().unwrap().iter().any(|h| h.config.nqn == hostnqn)
     }
     pub fn allow_any_host(&self) -> bool {
         self.allow_any_host.load(Ordering::Acquire)
@@ -171,19 +175,10 @@ impl Subsystem {
     pub fn host_configs(&self) -> Vec<HostConfig> {
         self.host_entries.lock().unwrap().iter().map(|h| h.config.clone()).collect()
     }
-    /// Replace one host table (or add it); new connections use it at once.
-    pub fn set_host_entry(&self, entry: HostEntry) {
-        let mut l = self.host_entries.lock().unwrap();
-        l.retain(|h| h.config.nqn != entry.config.nqn);
-        self.add_allowed_host(&entry.config.nqn);
-        l.push(entry);
-    }
-    /// Drop a host's table (its NQN stays allowed until removed from the list).
-    pub fn remove_host_entry(&self, hostnqn: &str) -> bool {
-        let mut l = self.host_entries.lock().unwrap();
-        let before = l.len();
-        l.retain(|h| h.config.nqn != hostnqn);
-        l.len() != before
+    /// Replace the host tables (management); new connections use them at
+    /// once, connected controllers keep what they authenticated with.
+    pub fn set_host_entries(&self, entries: Vec<HostEntry>) {
+        *self.host_entries.lock().unwrap() = entries;
     }
     pub fn allowed_hosts(&self) -> Vec<String> {
         self.allowed_hosts.lock().unwrap().clone()
@@ -421,10 +416,7 @@ impl Target {
             allow_any_host: AtomicBool::new(
                 s.allow_any_host.unwrap_or(s.allowed_hosts.is_empty() && s.hosts.is_empty()),
             ),
-            // Hosts of `[[subsystem.host]]` tables are allowed too.
-            allowed_hosts: Mutex::new(
-                s.allowed_hosts.iter().cloned().chain(s.hosts.iter().map(|h| h.nqn.clone())).collect(),
-            ),
+            allowed_hosts: Mutex::new(s.allowed_hosts.clone()),
             host_entries: Mutex::new(
                 s.hosts.iter().map(|h| HostEntry::load(h, &s.nqn)).collect::<Result<Vec<_>, _>>()?,
             ),

@@ -489,3 +489,47 @@ fn tcp_listener_needs_the_bearer_token_and_bounds_bodies() {
     l.stop();
     Arc::try_unwrap(server).ok().expect("released").shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn host_tables_with_keys_live_and_saved_without_showing_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&base_config(dir.path()), dir.path());
+    let key = nvmf_proto::auth::DhchapKey::from_secret(Some(nvmf_proto::auth::HashId::Sha256), &[0x42; 32])
+        .unwrap()
+        .format()
+        .to_string();
+    let secret_part = key.split(':').nth(2).unwrap().to_string();
+    // A host with an inline key: it gets a table and must authenticate.
+    let out = ok(&r.sock, "host_add", json!({"nqn": A, "host": HOST, "dhchap_key": key, "dhchap_dhgroup": "null"}));
+    assert_eq!(out["hosts"][0]["dhchap_key"], json!("inline"));
+    assert!(!out.to_string().contains(&secret_part), "answers never carry the secret: {out}");
+    let mut a = Host::ic(r.io_addr(), false, false, 0);
+    let c = a.connect(0, 31, 0, A, HOST, 0xffff);
+    assert!(c.status.is_success());
+    assert_ne!(c.dw0 & nvmf_proto::fabrics::CONNECT_DW0_AUTH_REQUIRED, 0, "authentication required");
+    // A key file others can read is refused; a private one is taken.
+    let kf = dir.path().join("ctrl.key");
+    std::fs::write(&kf, &key).unwrap();
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let params = json!({"nqn": A, "host": HOST, "dhchap_ctrl_key_file": kf.display().to_string()});
+    err(&r.sock, "host_set_key", params.clone(), code::INVALID_PARAMS, "readable by others");
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ok(&r.sock, "host_set_key", params);
+    assert_eq!(out["hosts"][0]["dhchap_ctrl_key"], json!({"file": kf.display().to_string()}));
+    // A malformed key is refused without being echoed.
+    let (_, msg) =
+        call(&r.sock, "host_set_key", json!({"nqn": A, "host": HOST, "dhchap_key": "DHHC-1:01:bm90YWtleQ==:"}))
+            .unwrap_err();
+    assert!(!msg.contains("bm90YWtleQ"), "{msg}");
+    // save_config: the file keeps the inline key and the file name; the answer shows neither secret.
+    let saved = dir.path().join("saved.toml");
+    let out = ok(&r.sock, "save_config", json!({"path": saved.display().to_string()}));
+    assert!(!out["toml"].as_str().unwrap().contains(&secret_part));
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(text.contains(&key) && text.contains("dhchap_ctrl_key_file"), "{text}");
+    let back = TargetConfig::from_toml_str(&text).unwrap();
+    assert_eq!(back.subsystems[0].hosts[0].dhchap_key.as_deref(), Some(key.as_str()));
+    ok(&r.sock, "host_remove", json!({"nqn": A, "host": HOST}));
+    r.stop();
+}

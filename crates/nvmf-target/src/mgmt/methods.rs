@@ -10,12 +10,9 @@ use serde_json::{json, Map, Value};
 
 use super::rpc::{code, Dispatch, RpcError};
 use super::Mgmt;
-use crate::config::{
-    format_size, parse_size, ConfigError, ListenerConfig, NamespaceConfig, ReferralConfig, SubsystemConfig,
-    TargetConfig,
-};
+use crate::config::{format_size, parse_size, ConfigError, HostConfig, NamespaceConfig, SubsystemConfig, TargetConfig};
 use crate::server::ServeError;
-use crate::subsys::{Port, Referral, RegistryError, Subsystem};
+use crate::subsys::{HostEntry, RegistryError, Subsystem};
 
 /// Every method, in documentation order.
 pub const METHODS: &[&str] = &[
@@ -30,6 +27,7 @@ pub const METHODS: &[&str] = &[
     "namespace_resize",
     "host_add",
     "host_remove",
+    "host_set_key",
     "listener_list",
     "listener_add",
     "listener_remove",
@@ -44,56 +42,56 @@ pub const METHODS: &[&str] = &[
     "save_config",
 ];
 
-type R = Result<Value, RpcError>;
+pub(super) type R = Result<Value, RpcError>;
 
 // ------------------------------------------------------------------ params
 
-struct Params<'a> {
+pub(super) struct Params<'a> {
     m: &'a Map<String, Value>,
 }
 
 impl<'a> Params<'a> {
     /// Refuse parameters the method does not take.
-    fn only(&self, known: &[&str]) -> Result<(), RpcError> {
+    pub(super) fn only(&self, known: &[&str]) -> Result<(), RpcError> {
         match self.m.keys().find(|k| !known.contains(&k.as_str())) {
             Some(k) => Err(RpcError::param(k, format!("unknown parameter (this method takes: {})", known.join(", ")))),
             None => Ok(()),
         }
     }
-    fn str_opt(&self, name: &str) -> Result<Option<&'a str>, RpcError> {
+    pub(super) fn str_opt(&self, name: &str) -> Result<Option<&'a str>, RpcError> {
         match self.m.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(RpcError::param(name, "must be a string")),
         }
     }
-    fn str(&self, name: &str) -> Result<&'a str, RpcError> {
+    pub(super) fn str(&self, name: &str) -> Result<&'a str, RpcError> {
         self.str_opt(name)?.ok_or_else(|| RpcError::param(name, "missing"))
     }
-    fn u64_opt(&self, name: &str) -> Result<Option<u64>, RpcError> {
+    pub(super) fn u64_opt(&self, name: &str) -> Result<Option<u64>, RpcError> {
         match self.m.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| RpcError::param(name, "must be a non-negative integer")),
         }
     }
-    fn u32(&self, name: &str) -> Result<u32, RpcError> {
+    pub(super) fn u32(&self, name: &str) -> Result<u32, RpcError> {
         let v = self.u64_opt(name)?.ok_or_else(|| RpcError::param(name, "missing"))?;
         u32::try_from(v).map_err(|_| RpcError::param(name, format!("{v} is too large")))
     }
-    fn u16_opt(&self, name: &str) -> Result<Option<u16>, RpcError> {
+    pub(super) fn u16_opt(&self, name: &str) -> Result<Option<u16>, RpcError> {
         match self.u64_opt(name)? {
             None => Ok(None),
             Some(v) => u16::try_from(v).map(Some).map_err(|_| RpcError::param(name, format!("{v} is above 65535"))),
         }
     }
-    fn bool(&self, name: &str) -> Result<bool, RpcError> {
+    pub(super) fn bool(&self, name: &str) -> Result<bool, RpcError> {
         match self.m.get(name) {
             Some(Value::Bool(b)) => Ok(*b),
             None => Err(RpcError::param(name, "missing")),
             Some(_) => Err(RpcError::param(name, "must be true or false")),
         }
     }
-    fn addr(&self, name: &str) -> Result<SocketAddr, RpcError> {
+    pub(super) fn addr(&self, name: &str) -> Result<SocketAddr, RpcError> {
         let s = self.str(name)?;
         s.parse()
             .map_err(|_| RpcError::param(name, format!("{s:?} is not ADDR:PORT (e.g. 127.0.0.1:4420, [::1]:4420)")))
@@ -102,7 +100,7 @@ impl<'a> Params<'a> {
 
 /// Turn a config validation error about the candidate into an RPC error
 /// naming the parameter: `subsystem[3].namespace[0].size` -> `size`.
-fn config_error(e: ConfigError, strip_namespace: bool) -> RpcError {
+pub(super) fn config_error(e: ConfigError, strip_namespace: bool) -> RpcError {
     match e {
         ConfigError::Invalid { key, message } => {
             let mut k = key.as_str();
@@ -120,7 +118,7 @@ fn config_error(e: ConfigError, strip_namespace: bool) -> RpcError {
     }
 }
 
-fn registry_error(e: RegistryError) -> RpcError {
+pub(super) fn registry_error(e: RegistryError) -> RpcError {
     match e {
         RegistryError::NoSuchSubsystem(_) | RegistryError::NoSuchNamespace { .. } => RpcError::not_found(e.to_string()),
         RegistryError::SubsystemExists(_) | RegistryError::NamespaceExists { .. } => RpcError::exists(e.to_string()),
@@ -129,7 +127,7 @@ fn registry_error(e: RegistryError) -> RpcError {
     }
 }
 
-fn serve_error(e: ServeError) -> RpcError {
+pub(super) fn serve_error(e: ServeError) -> RpcError {
     match e {
         ServeError::NoSuchListener(_) => RpcError::not_found(e.to_string()),
         ServeError::ListenerExists(_) => RpcError::exists(e.to_string()),
@@ -137,19 +135,19 @@ fn serve_error(e: ServeError) -> RpcError {
     }
 }
 
-fn no_subsystem(nqn: &str) -> RpcError {
+pub(super) fn no_subsystem(nqn: &str) -> RpcError {
     RpcError::not_found(format!("no subsystem {nqn}"))
 }
 
-fn sub_index(cfg: &TargetConfig, nqn: &str) -> Result<usize, RpcError> {
+pub(super) fn sub_index(cfg: &TargetConfig, nqn: &str) -> Result<usize, RpcError> {
     cfg.subsystems.iter().position(|s| s.nqn == nqn).ok_or_else(|| no_subsystem(nqn))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn ana_state_name(s: u8) -> &'static str {
+pub(super) fn ana_state_name(s: u8) -> &'static str {
     use nvmf_proto::log::ana_state;
     match s {
         ana_state::OPTIMIZED => "optimized",
@@ -160,7 +158,7 @@ fn ana_state_name(s: u8) -> &'static str {
     }
 }
 
-fn parse_ana_state(s: &str) -> Option<u8> {
+pub(super) fn parse_ana_state(s: &str) -> Option<u8> {
     use nvmf_proto::log::ana_state;
     match s {
         "optimized" => Some(ana_state::OPTIMIZED),
@@ -172,7 +170,7 @@ fn parse_ana_state(s: &str) -> Option<u8> {
 
 // ------------------------------------------------------------------ views
 
-fn namespace_json(cfg: Option<&NamespaceConfig>, ns: &crate::subsys::Namespace) -> Value {
+pub(super) fn namespace_json(cfg: Option<&NamespaceConfig>, ns: &crate::subsys::Namespace) -> Value {
     json!({
         "nsid": ns.nsid,
         "kind": ns.backend.kind(),
@@ -187,7 +185,25 @@ fn namespace_json(cfg: Option<&NamespaceConfig>, ns: &crate::subsys::Namespace) 
     })
 }
 
-fn subsystem_json(cfg: &SubsystemConfig, sub: &Subsystem) -> Value {
+/// A host table as management shows it: which secrets it has and where
+/// they come from, never their values.
+pub(super) fn host_json(h: &HostConfig) -> Value {
+    let source = |inline: &Option<String>, file: &Option<String>| match (inline, file) {
+        (Some(_), _) => json!("inline"),
+        (None, Some(f)) => json!({ "file": f }),
+        (None, None) => Value::Null,
+    };
+    json!({
+        "nqn": h.nqn,
+        "dhchap_key": source(&h.dhchap_key, &h.dhchap_key_file),
+        "dhchap_ctrl_key": source(&h.dhchap_ctrl_key, &h.dhchap_ctrl_key_file),
+        "dhchap_hash": h.dhchap_hash,
+        "dhchap_dhgroup": h.dhchap_dhgroup,
+        "tls_key": source(&h.tls_key, &h.tls_key_file),
+    })
+}
+
+pub(super) fn subsystem_json(cfg: &SubsystemConfig, sub: &Subsystem) -> Value {
     let table = sub.namespaces();
     let namespaces: Vec<Value> = table
         .list
@@ -200,11 +216,45 @@ fn subsystem_json(cfg: &SubsystemConfig, sub: &Subsystem) -> Value {
         "model": sub.model,
         "allow_any_host": sub.allow_any_host(),
         "allowed_hosts": sub.allowed_hosts(),
+        "hosts": cfg.hosts.iter().map(host_json).collect::<Vec<_>>(),
         "io_queues_max": sub.io_queues_max,
         "queue_depth_max": sub.queue_depth_max,
         "namespaces": namespaces,
         "controllers": sub.controllers().len(),
     })
+}
+
+/// Parameters of `host_add` and `host_set_key` that set a host's secrets.
+pub(super) const HOST_KEY_PARAMS: [&str; 6] =
+    ["dhchap_key", "dhchap_key_file", "dhchap_ctrl_key", "dhchap_ctrl_key_file", "dhchap_hash", "dhchap_dhgroup"];
+
+/// Set the secrets named in `p` on `h` (an inline key replaces a file and the
+/// other way round; `""` removes one).
+pub(super) fn set_host_keys(h: &mut HostConfig, p: &Params) -> Result<(), RpcError> {
+    for (inline, file, slot_i, slot_f) in [
+        ("dhchap_key", "dhchap_key_file", &mut h.dhchap_key, &mut h.dhchap_key_file),
+        ("dhchap_ctrl_key", "dhchap_ctrl_key_file", &mut h.dhchap_ctrl_key, &mut h.dhchap_ctrl_key_file),
+    ] {
+        let (i, f) = (p.str_opt(inline)?, p.str_opt(file)?);
+        if i.is_some() && f.is_some() {
+            return Err(RpcError::param(inline, format!("give {inline} or {file}, not both")));
+        }
+        if let Some(v) = i {
+            *slot_i = (!v.is_empty()).then(|| v.to_string());
+            *slot_f = None;
+        }
+        if let Some(v) = f {
+            *slot_f = (!v.is_empty()).then(|| v.to_string());
+            *slot_i = None;
+        }
+    }
+    if let Some(v) = p.str_opt("dhchap_hash")? {
+        h.dhchap_hash = (!v.is_empty()).then(|| v.to_string());
+    }
+    if let Some(v) = p.str_opt("dhchap_dhgroup")? {
+        h.dhchap_dhgroup = (!v.is_empty()).then(|| v.to_string());
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ dispatch
@@ -224,6 +274,7 @@ impl Dispatch for Mgmt {
             "namespace_resize" => self.namespace_resize(&p),
             "host_add" => self.host_change(&p, true),
             "host_remove" => self.host_change(&p, false),
+            "host_set_key" => self.host_set_key(&p),
             "listener_list" => self.listener_list(&p),
             "listener_add" => self.listener_add(&p),
             "listener_remove" => self.listener_remove(&p),
@@ -334,33 +385,82 @@ impl Mgmt {
     }
 
     fn host_change(&self, p: &Params, add: bool) -> R {
-        p.only(&["nqn", "host"])?;
+        let keys = if add { &HOST_KEY_PARAMS[..] } else { &[] };
+        p.only(&[&["nqn", "host"][..], keys].concat())?;
         let nqn = p.str("nqn")?;
         let host = p.str("host")?;
         nvmf_proto::validate_nqn(host).map_err(|e| RpcError::param("host", format!("{host:?}: {e}")))?;
+        let with_keys = keys.iter().any(|k| p.m.contains_key(*k));
+        self.change_hosts(nqn, |sc| {
+            let listed = sc.allowed_hosts.iter().any(|h| h == host);
+            let tabled = sc.hosts.iter().any(|h| h.nqn == host);
+            if add {
+                if listed || tabled {
+                    return Err(RpcError::exists(format!("host {host} is already allowed in {nqn}")));
+                }
+                // Naming a host restricts the subsystem to its hosts.
+                sc.allow_any_host = Some(false);
+                if with_keys {
+                    let mut h = HostConfig { nqn: host.to_string(), ..Default::default() };
+                    set_host_keys(&mut h, p)?;
+                    sc.hosts.push(h);
+                } else {
+                    sc.allowed_hosts.push(host.to_string());
+                }
+            } else {
+                if !listed && !tabled {
+                    return Err(RpcError::not_found(format!("host {host} is not in the allowed hosts of {nqn}")));
+                }
+                sc.allowed_hosts.retain(|h| h != host);
+                sc.hosts.retain(|h| h.nqn != host);
+            }
+            Ok(())
+        })
+    }
+
+    /// Change the secrets (and hash, DH group) of a host; a host of the plain
+    /// list becomes a host table. New connections use them.
+    fn host_set_key(&self, p: &Params) -> R {
+        p.only(&[&["nqn", "host"][..], &HOST_KEY_PARAMS[..]].concat())?;
+        let nqn = p.str("nqn")?;
+        let host = p.str("host")?;
+        self.change_hosts(nqn, |sc| {
+            let at = match sc.hosts.iter().position(|h| h.nqn == host) {
+                Some(i) => i,
+                None if sc.allowed_hosts.iter().any(|h| h == host) => {
+                    sc.allowed_hosts.retain(|h| h != host);
+                    sc.hosts.push(HostConfig { nqn: host.to_string(), ..Default::default() });
+                    sc.hosts.len() - 1
+                }
+                None => return Err(RpcError::not_found(format!("host {host} is not a host of {nqn}"))),
+            };
+            set_host_keys(&mut sc.hosts[at], p)
+        })
+    }
+
+    /// Apply `change` to a candidate copy of subsystem `nqn`'s configuration,
+    /// check it, load its keys, then make it live (nothing changes on error).
+    fn change_hosts(&self, nqn: &str, change: impl FnOnce(&mut SubsystemConfig) -> Result<(), RpcError>) -> R {
         let mut cfg = self.state.lock().unwrap();
         let i = sub_index(&cfg, nqn)?;
         let sub = self.server.target().subsystem(nqn).ok_or_else(|| no_subsystem(nqn))?;
         let mut cand = cfg.clone();
-        let sc = &mut cand.subsystems[i];
-        let present = sc.allowed_hosts.iter().any(|h| h == host);
-        if add {
-            if present {
-                return Err(RpcError::exists(format!("host {host} is already allowed in {nqn}")));
-            }
-            // Naming a host restricts the subsystem to its list.
-            sc.allow_any_host = Some(false);
-            sc.allowed_hosts.push(host.to_string());
-        } else {
-            if !present {
-                return Err(RpcError::not_found(format!("host {host} is not in the allowed hosts of {nqn}")));
-            }
-            sc.allowed_hosts.retain(|h| h != host);
-        }
+        change(&mut cand.subsystems[i])?;
         let cand = cand.normalized().map_err(|e| config_error(e, false))?;
         let sc = &cand.subsystems[i];
+        let entries =
+            sc.hosts.iter().map(|h| HostEntry::load(h, nqn)).collect::<Result<Vec<_>, _>>().map_err(registry_error)?;
+        if sc.hosts.iter().any(|h| h.tls_key.is_some() || h.tls_key_file.is_some()) {
+            return Err(RpcError::param("tls_key", "this build does not do TLS yet"));
+        }
+        sub.set_host_entries(entries);
         sub.set_hosts(sc.allow_any_host.unwrap_or(false), sc.allowed_hosts.clone());
-        let out = json!({"nqn": nqn, "allow_any_host": sc.allow_any_host, "allowed_hosts": sc.allowed_hosts});
+        let out = json!({
+            "nqn": nqn,
+            "allow_any_host": sc.allow_any_host,
+            "allowed_hosts": sc.allowed_hosts,
+            "hosts": sc.hosts.iter().map(host_json).collect::<Vec<_>>(),
+        });
         *cfg = cand;
         Ok(out)
     }
@@ -458,326 +558,6 @@ impl Mgmt {
         Ok(json!({"nqn": nqn, "nsid": nsid, "size_bytes": bytes}))
     }
 
-    fn listener_list(&self, p: &Params) -> R {
-        p.only(&[])?;
-        let _cfg = self.state.lock().unwrap();
-        let v: Vec<Value> = self
-            .server
-            .target()
-            .ports()
-            .iter()
-            .map(|port| {
-                json!({
-                    "addr": port.addr.to_string(),
-                    "port_id": port.port_id,
-                    "discovery_only": port.discovery_only,
-                    "subsystems": port.subsystems,
-                })
-            })
-            .collect();
-        Ok(Value::Array(v))
-    }
-
-    fn listener_add(&self, p: &Params) -> R {
-        p.only(&["addr", "subsystem", "port_id"])?;
-        let addr = p.addr("addr")?;
-        let subsystem = p.str_opt("subsystem")?;
-        let port_id = p.u16_opt("port_id")?;
-        let mut cfg = self.state.lock().unwrap();
-        if let Some(nqn) = subsystem {
-            sub_index(&cfg, nqn)?;
-        }
-        let t = self.server.target();
-        if let Some(port) = t.ports().into_iter().find(|x| x.addr == addr) {
-            // Existing listener: export one more subsystem through it.
-            let Some(nqn) = subsystem else {
-                return Err(RpcError::exists(format!("listener {addr} exists already")));
-            };
-            if port.discovery_only {
-                return Err(RpcError::conflict(format!("{addr} is a discovery-only listener")));
-            }
-            if port.exports(nqn) {
-                return Err(RpcError::exists(format!("listener {addr} already exports {nqn}")));
-            }
-            let mut cand = cfg.clone();
-            let l = cand
-                .listeners
-                .iter_mut()
-                .find(|l| l.port_id == Some(port.port_id))
-                .ok_or_else(|| RpcError::failed(format!("listener {addr} is not in the running configuration")))?;
-            l.subsystems.push(nqn.to_string());
-            let cand = cand.normalized().map_err(|e| config_error(e, false))?;
-            let mut subs = port.subsystems.clone();
-            subs.push(nqn.to_string());
-            t.update_port_subsystems(port.port_id, subs);
-            *cfg = cand;
-            return Ok(json!({"addr": addr.to_string(), "port_id": port.port_id}));
-        }
-        let used: std::collections::BTreeSet<u16> = t.ports().iter().map(|x| x.port_id).collect();
-        let port_id = match port_id {
-            Some(id) if used.contains(&id) => {
-                return Err(RpcError::param("port_id", format!("{id} is used by another listener")))
-            }
-            Some(id) => id,
-            None => {
-                (1..=u16::MAX).find(|id| !used.contains(id)).ok_or_else(|| RpcError::conflict("no free port id"))?
-            }
-        };
-        let subsystems: Vec<String> = subsystem.into_iter().map(str::to_string).collect();
-        let mut cand = cfg.clone();
-        cand.listeners.push(ListenerConfig {
-            addr: addr.to_string(),
-            port_id: Some(port_id),
-            subsystems: subsystems.clone(),
-        });
-        let mut cand = cand.normalized().map_err(|e| RpcError::param("addr", e))?;
-        let port =
-            self.server.add_listener(Port { port_id, addr, subsystems, discovery_only: false }).map_err(serve_error)?;
-        cand.listeners.last_mut().expect("just pushed").addr = port.addr.to_string();
-        *cfg = cand;
-        Ok(json!({"addr": port.addr.to_string(), "port_id": port_id}))
-    }
-
-    fn listener_remove(&self, p: &Params) -> R {
-        p.only(&["addr", "subsystem"])?;
-        let addr = p.addr("addr")?;
-        let subsystem = p.str_opt("subsystem")?;
-        let mut cfg = self.state.lock().unwrap();
-        let t = self.server.target();
-        let port = t
-            .ports()
-            .into_iter()
-            .find(|x| x.addr == addr)
-            .ok_or_else(|| RpcError::not_found(format!("no listener on {addr}")))?;
-        if port.discovery_only {
-            return Err(RpcError::conflict(format!("{addr} is a discovery-only listener (configured in the file)")));
-        }
-        let mut cand = cfg.clone();
-        let li = cand
-            .listeners
-            .iter()
-            .position(|l| l.port_id == Some(port.port_id))
-            .ok_or_else(|| RpcError::failed(format!("listener {addr} is not in the running configuration")))?;
-        if let Some(nqn) = subsystem {
-            let l = &mut cand.listeners[li];
-            if !l.subsystems.iter().any(|s| s == nqn) {
-                return Err(RpcError::not_found(format!("listener {addr} does not name {nqn}")));
-            }
-            l.subsystems.retain(|s| s != nqn);
-            if !l.subsystems.is_empty() {
-                // Others remain: only the export list changes (an empty list would mean "all").
-                let subs = l.subsystems.clone();
-                let cand = cand.normalized().map_err(|e| config_error(e, false))?;
-                t.update_port_subsystems(port.port_id, subs);
-                *cfg = cand;
-                return Ok(json!({"addr": addr.to_string(), "removed": false}));
-            }
-        }
-        cand.listeners.remove(li);
-        if cand.listeners.is_empty() {
-            return Err(RpcError::conflict("cannot remove the last I/O listener"));
-        }
-        let cand = cand.normalized().map_err(|e| config_error(e, false))?;
-        self.server.remove_listener(addr).map_err(serve_error)?;
-        // A later listener with the same port ID starts from "optimized" again.
-        for sub in t.subsystems() {
-            sub.clear_ana_port(port.port_id);
-        }
-        *cfg = cand;
-        Ok(json!({"addr": addr.to_string(), "removed": true}))
-    }
-
-    fn referral_list(&self, p: &Params) -> R {
-        p.only(&[])?;
-        let v: Vec<Value> = self
-            .server
-            .target()
-            .referrals()
-            .iter()
-            .map(|r| json!({"addr": r.addr.to_string(), "port_id": r.port_id}))
-            .collect();
-        Ok(Value::Array(v))
-    }
-
-    fn referral_add(&self, p: &Params) -> R {
-        p.only(&["addr", "port_id"])?;
-        let addr = p.addr("addr")?;
-        let mut cfg = self.state.lock().unwrap();
-        if cfg.discovery.referrals.iter().any(|r| r.addr.parse::<SocketAddr>().ok() == Some(addr)) {
-            return Err(RpcError::exists(format!("referral to {addr} exists already")));
-        }
-        let port_id = match p.u16_opt("port_id")? {
-            Some(id) => id,
-            None => cfg.discovery.referrals.iter().filter_map(|r| r.port_id).max().unwrap_or(0).saturating_add(1),
-        };
-        let mut cand = cfg.clone();
-        cand.discovery.referrals.push(ReferralConfig { addr: addr.to_string(), port_id: Some(port_id) });
-        let cand = cand.normalized().map_err(|e| RpcError::param("addr", e))?;
-        if !self.server.target().add_referral(Referral { addr, port_id }) {
-            return Err(RpcError::exists(format!("referral to {addr} exists already")));
-        }
-        *cfg = cand;
-        Ok(json!({"addr": addr.to_string(), "port_id": port_id}))
-    }
-
-    fn referral_remove(&self, p: &Params) -> R {
-        p.only(&["addr"])?;
-        let addr = p.addr("addr")?;
-        let mut cfg = self.state.lock().unwrap();
-        let i = cfg
-            .discovery
-            .referrals
-            .iter()
-            .position(|r| r.addr.parse::<SocketAddr>().ok() == Some(addr))
-            .ok_or_else(|| RpcError::not_found(format!("no referral to {addr}")))?;
-        self.server.target().remove_referral(addr);
-        cfg.discovery.referrals.remove(i);
-        Ok(json!({"addr": addr.to_string()}))
-    }
-
-    fn port_of(&self, p: &Params) -> Result<Port, RpcError> {
-        let addr = p.addr("listener")?;
-        self.server
-            .target()
-            .ports()
-            .into_iter()
-            .find(|x| x.addr == addr && !x.discovery_only)
-            .ok_or_else(|| RpcError::not_found(format!("no I/O listener on {addr}")))
-    }
-
-    fn ana_set(&self, p: &Params) -> R {
-        p.only(&["nqn", "listener", "group", "state"])?;
-        let nqn = p.str("nqn")?;
-        let group = p.u32("group")?;
-        let state_text = p.str("state")?;
-        let state = parse_ana_state(state_text).ok_or_else(|| {
-            RpcError::param("state", format!("{state_text:?} is not optimized, non-optimized or inaccessible"))
-        })?;
-        if group == 0 || group > crate::limits::ANA_GROUP_ID_MAX {
-            return Err(RpcError::param(
-                "group",
-                format!("{group} is outside 1..={}", crate::limits::ANA_GROUP_ID_MAX),
-            ));
-        }
-        let _cfg = self.state.lock().unwrap();
-        let port = self.port_of(p)?;
-        if !port.exports(nqn) {
-            return Err(RpcError::conflict(format!("listener {} does not export {nqn}", port.addr)));
-        }
-        self.server.target().set_ana_state(nqn, port.port_id, group, state).map_err(registry_error)?;
-        Ok(json!({"nqn": nqn, "listener": port.addr.to_string(), "group": group, "state": ana_state_name(state)}))
-    }
-
-    fn ana_get(&self, p: &Params) -> R {
-        p.only(&["nqn"])?;
-        let nqn = p.str("nqn")?;
-        let t = self.server.target();
-        let sub = t.subsystem(nqn).ok_or_else(|| no_subsystem(nqn))?;
-        let mut groups: Vec<u32> = sub.namespaces().list.iter().map(|n| n.ana_group).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        let mut out = Vec::new();
-        for port in t.ports().iter().filter(|x| x.exports(nqn)) {
-            for g in &groups {
-                out.push(json!({
-                    "listener": port.addr.to_string(),
-                    "group": g,
-                    "state": ana_state_name(sub.ana_state(port.port_id, *g)),
-                }));
-            }
-        }
-        Ok(Value::Array(out))
-    }
-
-    fn controller_list(&self, p: &Params) -> R {
-        p.only(&["nqn"])?;
-        let filter = p.str_opt("nqn")?;
-        let t = self.server.target();
-        let ports = t.ports();
-        let mut out = Vec::new();
-        for sub in t.subsystems() {
-            if filter.is_some_and(|f| f != sub.nqn) {
-                continue;
-            }
-            for c in sub.controllers() {
-                let (rc, wc, rb, wb) = c.io_totals();
-                out.push(json!({
-                    "cntlid": c.cntlid,
-                    "subsystem": sub.nqn,
-                    "hostnqn": c.hostnqn,
-                    "hostid": hex(&c.hostid),
-                    "port_id": c.port_id,
-                    "listener": ports.iter().find(|x| x.port_id == c.port_id).map(|x| x.addr.to_string()),
-                    "io_queues": c.connected_io_queues(),
-                    "kato_ms": c.kato_ms.load(std::sync::atomic::Ordering::Relaxed),
-                    "peers": c.peers().iter().map(|(qid, a)| json!({"qid": qid, "addr": a.to_string()})).collect::<Vec<_>>(),
-                    "read_cmds": rc, "write_cmds": wc, "read_bytes": rb, "write_bytes": wb,
-                }));
-            }
-        }
-        if let Some(f) = filter {
-            if t.subsystem(f).is_none() {
-                return Err(no_subsystem(f));
-            }
-        }
-        Ok(Value::Array(out))
-    }
-
-    fn controller_disconnect(&self, p: &Params) -> R {
-        p.only(&["nqn", "cntlid"])?;
-        let nqn = p.str("nqn")?;
-        let cntlid = p.u16_opt("cntlid")?.ok_or_else(|| RpcError::param("cntlid", "missing"))?;
-        let sub = self.server.target().subsystem(nqn).ok_or_else(|| no_subsystem(nqn))?;
-        let c = sub
-            .controllers()
-            .into_iter()
-            .find(|c| c.cntlid == cntlid)
-            .ok_or_else(|| RpcError::not_found(format!("no controller {cntlid} in {nqn}")))?;
-        c.kill("disconnected by management");
-        Ok(json!({"nqn": nqn, "cntlid": cntlid}))
-    }
-
-    /// Counters for `stats` (the metrics endpoint has the same and more).
-    pub fn stats_json(&self) -> Value {
-        let st = self.server.stats();
-        let subs: Vec<Value> = self
-            .server
-            .target()
-            .subsystems()
-            .iter()
-            .map(|s| {
-                let t = s.io_totals();
-                json!({
-                    "nqn": s.nqn,
-                    "controllers": s.controllers().len(),
-                    "namespaces": s.namespaces().list.len(),
-                    "read_cmds": t.read_cmds,
-                    "write_cmds": t.write_cmds,
-                    "read_bytes": t.read_bytes,
-                    "write_bytes": t.write_bytes,
-                })
-            })
-            .collect();
-        let cores: Vec<Value> = st
-            .cores
-            .iter()
-            .map(|c| {
-                json!({
-                    "core_index": c.core_index, "cpu": c.cpu, "busy_loops": c.busy_loops, "idle_loops": c.idle_loops,
-                    "connections": c.connections, "connections_total": c.connections_total,
-                    "bytes_rx": c.bytes_rx, "bytes_tx": c.bytes_tx, "storage_ops": c.storage_ops,
-                })
-            })
-            .collect();
-        json!({
-            "uptime_s": self.started.elapsed().as_secs(),
-            "connections": st.connections,
-            "controllers": st.controllers,
-            "subsystems": subs,
-            "cores": cores,
-        })
-    }
-
     fn save_config(&self, p: &Params) -> R {
         p.only(&["path"])?;
         let path = p.str_opt("path")?;
@@ -788,6 +568,16 @@ impl Mgmt {
                 .map_err(|e| RpcError::failed(format!("cannot write {path}: {e}")))?;
             tracing::info!("running configuration saved to {path}");
         }
+        // The file keeps inline secrets as given; the answer never shows them.
+        let mut shown = cfg.clone();
+        for h in shown.subsystems.iter_mut().flat_map(|s| s.hosts.iter_mut()) {
+            for secret in [&mut h.dhchap_key, &mut h.dhchap_ctrl_key, &mut h.tls_key] {
+                if secret.is_some() {
+                    *secret = Some("<redacted>".into());
+                }
+            }
+        }
+        let text = shown.to_toml_string().map_err(|e| RpcError::failed(e.to_string()))?;
         Ok(json!({"path": path, "toml": text}))
     }
 }

@@ -18,6 +18,7 @@ pub mod event_loop;
 pub mod http;
 pub mod listen;
 pub mod methods;
+pub mod methods_ports;
 pub mod metrics;
 pub mod nvmetcli;
 pub mod rpc;
