@@ -4,6 +4,7 @@ use std::io;
 
 use nvmf_proto::Status;
 
+use crate::auth::AuthFailure;
 use crate::queue::{QueueError, SubmitErrorKind};
 
 /// What went wrong talking to a controller.
@@ -34,6 +35,10 @@ pub enum Error {
     /// A submit was refused by the queue.
     #[error("submit refused: {0}")]
     Submit(SubmitErrorKind),
+    /// In-band authentication (DH-HMAC-CHAP) of a queue failed; the queue's
+    /// connection was closed. Never worth a reconnect with the same secrets.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthFailure),
     /// The controller was lost for good (ctrl_loss_tmo expired) or disconnected.
     #[error("controller is gone: {0}")]
     Gone(String),
