@@ -116,7 +116,8 @@ fn check_dhchap_key_fixed_and_errors() {
 #[test]
 fn gen_dhchap_key_errors() {
     assert!(fails(&["gen-dhchap-key", "-m", "4"], "").contains("Invalid HMAC identifier 4"));
-    assert!(fails(&["gen-dhchap-key", "-m", "1", "-l", "48", "-n", HOST_NQN], "").contains("Invalid key length 48 for SHA(256)"));
+    assert!(fails(&["gen-dhchap-key", "-m", "1", "-l", "48", "-n", HOST_NQN], "")
+        .contains("Invalid key length 48 for SHA(256)"));
     assert!(fails(&["gen-dhchap-key", "-l", "40"], "").contains("Invalid key length 40"));
     let short = "ab".repeat(16);
     assert!(fails(&["gen-dhchap-key", "-s", &short], &short).contains("Invalid key length (16 bytes)"));
@@ -166,7 +167,8 @@ fn check_tls_key_identities() {
     assert!(fails(&["check-tls-key", "-d", &bad_crc, "-n", h, "-c", s], body(&bad_crc)).contains("Key decoding failed"));
     assert!(fails(&["check-tls-key", "-d", doc, "-n", h], body(doc)).contains("Need to specify a subsystem NQN"));
     assert!(fails(&["check-tls-key", "-n", h, "-c", s], "").contains("No key data"));
-    assert!(fails(&["check-tls-key", "-d", doc, "-n", h, "-c", s, "-I", "3"], body(doc)).contains("Invalid TLS identity version 3"));
+    assert!(fails(&["check-tls-key", "-d", doc, "-n", h, "-c", s, "-I", "3"], body(doc))
+        .contains("Invalid TLS identity version 3"));
 }
 
 #[test]

@@ -156,7 +156,7 @@ pub fn parse_dhchap_secret(flag: &str, text: &SecretText) -> Result<DhchapKey> {
 /// Hexadecimal secret bytes. `Err` says what is wrong without the text.
 fn parse_hex(text: &str) -> Result<Secret> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         bail!("Invalid secret: odd number of hexadecimal digits");
     }
     let mut bytes = Vec::with_capacity(text.len() / 2);
