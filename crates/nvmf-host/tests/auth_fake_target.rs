@@ -1,8 +1,9 @@
 //! DH-HMAC-CHAP on the host against the scripted fake controller, whose side
 //! of every transaction is nvmf_proto's `CtrlAuth`: the blocking controller
-//! (admin and I/O queues), discovery, and `perf` (admin session and engine
-//! queues); unidirectional and bidirectional, wrong keys on either side,
-//! ATR on I/O queues only, and the choices of `nvmf_host::auth`.
+//! (admin and I/O queues), discovery, the multipath device, and `perf` (admin
+//! session and engine queues); unidirectional and bidirectional, wrong keys
+//! on either side, ATR on I/O queues only, a silent controller, and the
+//! choices of `nvmf_host::auth`.
 
 mod common;
 
@@ -167,6 +168,19 @@ fn a_controller_secret_makes_the_host_authenticate_unasked() {
 }
 
 #[test]
+fn a_silent_controller_times_the_exchange_out() {
+    let t = FakeTarget::start_with_auth(fake_auth(HOST_KEY, None, &[HashId::Sha256], &[DhGroup::Null]));
+    t.faults.ignore_auth_receive.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut o = opts(Some(HOST_KEY), None);
+    o.admin_timeout_ms = 300;
+    let start = std::time::Instant::now();
+    let e = Controller::connect(t.addr, o).unwrap_err();
+    assert!(matches!(e, Error::Auth(AuthFailure::Timeout { qid: 0, timeout_ms: 300 })), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(20), "bounded");
+    assert!(t.wait_closed(1));
+}
+
+#[test]
 fn discovery_authenticates() {
     let mut a = fake_auth(HOST_KEY, None, &[HashId::Sha256], &[DhGroup::Ffdhe2048]);
     a.ctrl.subsys_nqn = nvmf_proto::DISCOVERY_NQN.into();
@@ -239,4 +253,18 @@ fn perf_authenticates_admin_and_engine_queues() {
     assert_eq!(s.reads + s.writes, 0, "no I/O on a queue that did not authenticate");
     assert!(s.errors > 0);
     assert!(s.error_samples.iter().any(|e| e.contains("authentication failed: qid")), "{:?}", s.error_samples);
+}
+
+#[test]
+fn multipath_paths_authenticate() {
+    use nvmf_host::multipath::{MultipathDevice, MultipathOptions};
+    let t = FakeTarget::start_with_auth(fake_auth(HOST_KEY, Some(CTRL_KEY), &[HashId::Sha256], &[DhGroup::Ffdhe2048]));
+    let mut o = MultipathOptions::new(SUBNQN, 1);
+    o.connect = ConnectOptions { kato_s: o.connect.kato_s, ..opts(Some(HOST_KEY), Some(CTRL_KEY)) };
+    let mut dev = MultipathDevice::open(&[t.addr], o).unwrap();
+    let mut b = vec![0u8; 512];
+    dev.read(0, 1, &mut b).unwrap();
+    dev.close();
+    let ev = events(&t);
+    assert!(ev.len() >= 2 && ev.iter().all(|e| e.status == CtrlStatus::Authenticated && e.bidirectional), "{ev:?}");
 }

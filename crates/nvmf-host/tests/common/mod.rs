@@ -38,6 +38,8 @@ pub struct Faults {
     pub drop_on_write: AtomicU32,
     /// Use the C2HData SUCCESS flag instead of a CapsuleResp.
     pub c2h_success: AtomicBool,
+    /// Never answer Authentication Receive (the host must time out).
+    pub ignore_auth_receive: AtomicBool,
 }
 
 /// DH-HMAC-CHAP on the fake controller: which Connects set ATR, and the
@@ -544,6 +546,9 @@ impl Conn {
 
     fn auth_receive(&mut self, sqe: &Sqe) -> std::io::Result<()> {
         Self::check_auth_sqe(sqe);
+        if self.faults.ignore_auth_receive.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let Some((ctrl, _)) = &mut self.ctrl_auth else {
             return self.resp(sqe.cid, Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr(), 0, 0);
         };
