@@ -285,9 +285,15 @@ impl QueueAuth {
             return AuthProgress::Pending;
         }
         self.cid = None;
-        let command = match self.state {
-            State::Sending(_) => AuthCommand::Send,
-            _ => AuthCommand::Receive,
+        let (command, after) = match std::mem::replace(&mut self.state, State::Finished) {
+            // The Failure2 went out (or not): the failure before it is the story.
+            State::Sending(AfterSend::Fail(first)) => return self.finish_failed(first),
+            State::Sending(after) => (AuthCommand::Send, Some(after)),
+            State::Receiving => (AuthCommand::Receive, None),
+            State::Idle | State::Finished => {
+                debug_assert!(false, "authentication completion while no command is in flight");
+                return AuthProgress::Pending;
+            }
         };
         if c.fate == Fate::Unknown {
             let failure = if now_ms >= self.deadline_ms {
@@ -297,31 +303,14 @@ impl QueueAuth {
             };
             return self.finish_failed(failure);
         }
-        match std::mem::replace(&mut self.state, State::Finished) {
-            State::Sending(after) => {
-                if let AfterSend::Fail(f) = after {
-                    // The Failure2 went out (or not): the first failure is the story.
-                    return self.finish_failed(f);
-                }
-                if !c.cqe.status.is_success() {
-                    return self.finish_failed(AuthFailure::Status { qid: self.qid, command, status: c.cqe.status });
-                }
-                match after {
-                    AfterSend::Receive => self.receive(queue, now_ms),
-                    AfterSend::Succeed(summary) => AuthProgress::Done(summary),
-                    AfterSend::Fail(_) => unreachable!("handled above"),
-                }
-            }
-            State::Receiving => {
-                if !c.cqe.status.is_success() {
-                    return self.finish_failed(AuthFailure::Status { qid: self.qid, command, status: c.cqe.status });
-                }
-                self.on_message(queue, &c.buf, now_ms)
-            }
-            State::Idle | State::Finished => {
-                debug_assert!(false, "authentication completion while no command is in flight");
-                AuthProgress::Pending
-            }
+        if !c.cqe.status.is_success() {
+            return self.finish_failed(AuthFailure::Status { qid: self.qid, command, status: c.cqe.status });
+        }
+        match after {
+            Some(AfterSend::Receive) => self.receive(queue, now_ms),
+            Some(AfterSend::Succeed(summary)) => AuthProgress::Done(summary),
+            Some(AfterSend::Fail(_)) => unreachable!("returned above"),
+            None => self.on_message(queue, &c.buf, now_ms),
         }
     }
 
@@ -568,6 +557,34 @@ mod tests {
         let c = q_pop(&mut q);
         let p = auth.on_completion(&mut q, c, 1001);
         assert!(matches!(p, AuthProgress::Failed(AuthFailure::Transport { qid: 2 })), "{p:?}");
+    }
+
+    #[test]
+    fn a_lost_failure2_keeps_the_first_failure() {
+        let host_key = key(None, 1, 32);
+        let mut c = CtrlConfig::new(HOSTNQN, SUBNQN, host_key.clone());
+        c.ctrl_key = Some(key(None, 9, 32));
+        c.dh_groups = vec![DhGroup::Null];
+        let mut ctrl = CtrlAuth::new(c);
+        let mut q = ready_queue();
+        let mut auth = QueueAuth::new(0, host_config(HOSTNQN, SUBNQN, &host_key, Some(&host_key), 0), 0);
+        let mut p = auth.start(&mut q, 0);
+        let mut seen = Vec::new();
+        // Negotiate, Challenge, Reply, Success1 (with an R2 the host rejects).
+        for _ in 0..4 {
+            assert!(matches!(p, AuthProgress::Pending), "{p:?}");
+            answer(&mut q, &mut ctrl, &mut seen);
+            let c = q_pop(&mut q);
+            p = auth.on_completion(&mut q, c, 1);
+        }
+        assert!(matches!(p, AuthProgress::Pending), "Failure2 in flight: {p:?}");
+        q.fail("connection lost");
+        let c = q_pop(&mut q);
+        let p = auth.on_completion(&mut q, c, 2);
+        assert!(
+            matches!(p, AuthProgress::Failed(AuthFailure::RejectedByHost { reason: FailureReason::Failed, .. })),
+            "{p:?}"
+        );
     }
 
     fn q_pop(q: &mut HostQueue) -> Completion {
