@@ -1,6 +1,7 @@
 //! `nvmf`: NVMe over TCP in user space. One binary for the target
 //! (`nvmf target`), the host tools (`discover`, `identify`, `read`, `write`,
-//! `perf`) and live management (`ctl`).
+//! `perf`), live management (`ctl`) and nvme-cli's key tools
+//! (`gen-dhchap-key`, `check-dhchap-key`, `gen-tls-key`, `check-tls-key`).
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,14 @@ enum Cmd {
     Perf(cli::perf::PerfArgs),
     /// Manage a running target (subsystems, namespaces, hosts, listeners, ANA, stats) over its RPC socket.
     Ctl(cli::ctl::CtlArgs),
+    /// Generate a DH-HMAC-CHAP secret (DHHC-1:hh:...:) for --dhchap-secret / --dhchap-ctrl-secret, as nvme gen-dhchap-key.
+    GenDhchapKey(cli::keys::GenDhchapKeyArgs),
+    /// Check a DH-HMAC-CHAP secret (format, length, CRC), as nvme check-dhchap-key.
+    CheckDhchapKey(cli::keys::CheckDhchapKeyArgs),
+    /// Generate a TLS PSK in the NVMe interchange format (NVMeTLSkey-1:hh:...:), as nvme gen-tls-key.
+    GenTlsKey(cli::keys::GenTlsKeyArgs),
+    /// Check a TLS PSK in the interchange format and print its TLS PSK identity, as nvme check-tls-key.
+    CheckTlsKey(cli::keys::CheckTlsKeyArgs),
 }
 
 /// Process set-up every command shares.
@@ -58,6 +67,10 @@ fn main() {
         Cmd::Write(a) => cli::host::write(a),
         Cmd::Perf(a) => cli::perf::run(a),
         Cmd::Ctl(a) => cli::ctl::run(a),
+        Cmd::GenDhchapKey(a) => cli::keys::gen_dhchap_key(a),
+        Cmd::CheckDhchapKey(a) => cli::keys::check_dhchap_key(a),
+        Cmd::GenTlsKey(a) => cli::keys::gen_tls_key(a),
+        Cmd::CheckTlsKey(a) => cli::keys::check_tls_key(a),
     };
     if let Err(e) = result {
         eprintln!("nvmf: error: {e:#}");

@@ -9,6 +9,8 @@ use nvmf_proto::identify::{IdentifyController, IdentifyNamespace};
 use nvmf_proto::log::{adrfam, eflags, subtype, treq, trtype};
 use serde_json::Value;
 
+use super::keys::{parse_dhchap_secret, SecretText};
+
 /// Most bytes `read`/`write` hold in memory at once (the range is processed in windows).
 const WINDOW_BYTES_MAX: usize = 16 << 20;
 /// Most namespaces `identify` shows without --namespace.
@@ -59,6 +61,58 @@ pub struct ConnArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "normal")]
     pub output_format: OutputFormat,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// In-band authentication flags (nvme-cli names), shared by every command
+/// that connects. The secrets are parsed here and never printed back.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// DH-HMAC-CHAP host secret (DHHC-1:hh:<base64>:, see gen-dhchap-key); every queue the
+    /// controller asks to authenticate proves it.
+    #[arg(short = 'S', long, value_name = "KEY")]
+    pub dhchap_secret: Option<SecretText>,
+    /// DH-HMAC-CHAP controller secret (DHHC-1:hh:<base64>:); the controller must prove it too
+    /// (bidirectional authentication, on every queue). Needs --dhchap-secret.
+    #[arg(short = 'C', long, value_name = "KEY")]
+    pub dhchap_ctrl_secret: Option<SecretText>,
+    // nvme-cli's TLS flags: accepted so such command lines get a clear answer.
+    #[arg(long, hide = true)]
+    pub tls: bool,
+    #[arg(long, hide = true, value_name = "KEY")]
+    pub tls_key: Option<SecretText>,
+    #[arg(long, hide = true)]
+    pub tls_key_identity: Option<String>,
+    #[arg(long, hide = true)]
+    pub keyring: Option<String>,
+    #[arg(long, hide = true)]
+    pub concat: bool,
+}
+
+impl AuthArgs {
+    /// The DH-HMAC-CHAP secrets (host, controller). TLS flags are refused.
+    pub fn dhchap_secrets(&self) -> Result<(Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>)> {
+        let tls_flag = [
+            (self.tls, "--tls"),
+            (self.tls_key.is_some(), "--tls-key"),
+            (self.tls_key_identity.is_some(), "--tls-key-identity"),
+            (self.keyring.is_some(), "--keyring"),
+            (self.concat, "--concat"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = tls_flag {
+            bail!("{flag}: TLS is not supported yet");
+        }
+        let host = self.dhchap_secret.as_ref().map(|t| parse_dhchap_secret("--dhchap-secret", t)).transpose()?;
+        let ctrl =
+            self.dhchap_ctrl_secret.as_ref().map(|t| parse_dhchap_secret("--dhchap-ctrl-secret", t)).transpose()?;
+        if ctrl.is_some() && host.is_none() {
+            bail!("--dhchap-ctrl-secret needs --dhchap-secret too");
+        }
+        Ok((host, ctrl))
+    }
 }
 
 impl ConnArgs {
@@ -83,6 +137,7 @@ impl ConnArgs {
         o.kato_s = self.keep_alive_tmo.unwrap_or(default_kato_s);
         o.reconnect_delay_s = self.reconnect_delay;
         o.ctrl_loss_tmo_s = self.ctrl_loss_tmo;
+        (o.dhchap_secret, o.dhchap_ctrl_secret) = self.auth.dhchap_secrets()?;
         o.validate().map_err(anyhow::Error::msg)?;
         Ok(o)
     }

@@ -2,5 +2,6 @@
 
 pub mod ctl;
 pub mod host;
+pub mod keys;
 pub mod perf;
 pub mod target;

@@ -86,6 +86,8 @@ pub struct PerfArgs {
     /// Multipath I/O policy with --paths: failover, failover-failback, round-robin, queue-depth.
     #[arg(long, default_value = "failover")]
     pub iopolicy: String,
+    #[command(flatten)]
+    pub auth: super::host::AuthArgs,
 }
 
 /// Build the run configuration from the command line (no I/O).
@@ -119,7 +121,11 @@ pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
         data_digest: a.data_digest,
         sq_flow_control: a.sq_flow_control,
         seed: a.seed,
+        dhchap_secret: None,
+        dhchap_ctrl_secret: None,
     };
+    let mut cfg = cfg;
+    (cfg.dhchap_secret, cfg.dhchap_ctrl_secret) = a.auth.dhchap_secrets()?;
     cfg.validate().map_err(anyhow::Error::msg)?;
     if !matches!(a.output_format.as_str(), "normal" | "json") {
         bail!("--output-format must be normal or json");
@@ -153,17 +159,9 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         return run_multipath(&a, &cfg, paths);
     }
     let addr = resolve(&a.traddr, a.trsvcid)?;
-    let admin = nvmf_host::perf::admin::AdminSession::connect(
-        addr,
-        &a.nqn,
-        a.hostnqn.as_deref(),
-        cfg.namespace_id,
-        cfg.io_queues,
-        cfg.header_digest,
-        cfg.data_digest,
-    )
-    .map_err(anyhow::Error::msg)
-    .with_context(|| format!("admin queue bring-up with {addr}"))?;
+    let admin = nvmf_host::perf::admin::AdminSession::open(addr, &a.nqn, a.hostnqn.as_deref(), &cfg)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("admin queue bring-up with {addr}"))?;
     let facts = admin.facts().clone();
     let interval = admin.keep_alive_interval();
     let mut admin = admin;

@@ -5,7 +5,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::auth::{auth_required, AuthProgress, AuthSummary, QueueAuth};
 use crate::error::{Error, Result};
+use crate::options::ConnectOptions;
 use crate::queue::{Completion, HostQueue, QueueConfig, Request, SubmitError};
 
 /// How long one blocking read waits before the driver checks command timeouts.
@@ -196,6 +198,70 @@ impl QueueConn {
     pub fn execute(&mut self, req: Request) -> Result<Completion> {
         let cid = self.submit(req).map_err(|e| Error::Submit(e.kind))?;
         self.wait_for(cid)
+    }
+
+    /// Run a DH-HMAC-CHAP exchange on this (connected, idle) queue. On
+    /// failure the queue is failed and its socket closed: a queue that did
+    /// not authenticate is not used.
+    pub fn authenticate(&mut self, mut auth: QueueAuth) -> Result<AuthSummary> {
+        let now = self.now_ms();
+        let mut progress = auth.start(&mut self.q, now);
+        loop {
+            let _ = self.flush(); // a send failure fails the queue, which completes the command
+            match progress {
+                AuthProgress::Pending => {}
+                AuthProgress::Done(summary) => {
+                    tracing::debug!("{summary}");
+                    return Ok(summary);
+                }
+                AuthProgress::Failed(failure) => {
+                    self.close("authentication failed");
+                    return Err(Error::Auth(failure));
+                }
+            }
+            let Some(cid) = auth.outstanding_cid() else {
+                debug_assert!(false, "pending exchange without a command in flight");
+                self.close("authentication failed");
+                return Err(Error::Auth(crate::auth::AuthFailure::Transport { qid: auth.qid() }));
+            };
+            // The command's timeout (what is left of the exchange's) bounds
+            // this wait: an expired command fails the queue and completes.
+            let c = match self.wait_for(cid) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.close("authentication failed");
+                    return Err(e);
+                }
+            };
+            let now = self.now_ms();
+            progress = auth.on_completion(&mut self.q, c, now);
+        }
+    }
+
+    /// After this queue's Connect succeeded with `connect_dw0`: authenticate
+    /// with `opts`' secrets when the controller asks for it (ATR) or the host
+    /// wants the controller authenticated (see [`crate::auth`]). The
+    /// exchange is bounded by the queue's command timeout.
+    pub fn authenticate_after_connect(
+        &mut self,
+        opts: &ConnectOptions,
+        connect_dw0: u32,
+        transaction_id: u16,
+    ) -> Result<Option<AuthSummary>> {
+        let qid = self.q.qid();
+        let host_key = opts.dhchap_secret.as_ref();
+        let needed = auth_required(qid, connect_dw0, host_key, opts.dhchap_ctrl_secret.as_ref());
+        match needed {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                let config = opts.dhchap_config(transaction_id).expect("auth_required checked the host secret");
+                self.authenticate(QueueAuth::new(qid, config, 0)).map(Some)
+            }
+            Err(failure) => {
+                self.close("authentication failed");
+                Err(Error::Auth(failure))
+            }
+        }
     }
 
     /// Fail the queue and close the socket.

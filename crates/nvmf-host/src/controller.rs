@@ -8,6 +8,8 @@
 //! CSTS.RDY within CAP.TO, Identify Controller, Set Features Number of
 //! Queues, one IC + Connect per I/O queue (QID 1..=n, SQSIZE = queue size -
 //! 1), Asynchronous Event Configuration and one Asynchronous Event Request.
+//! Each queue authenticates (DH-HMAC-CHAP) right after its Connect when the
+//! controller or the options ask for it ([`crate::auth`]).
 //!
 //! Threads: a keep-alive thread (control plane) shares the admin queue with
 //! the caller through a mutex; it sends Keep Alive every KATO/2 and, between
@@ -640,6 +642,11 @@ impl Controller {
                     self.lost_at = None;
                     return Ok(());
                 }
+                Err(e @ Error::Auth(_)) => {
+                    // The same secrets fail the same way: give up at once.
+                    self.gone = true;
+                    return Err(e);
+                }
                 Err(e) => tracing::warn!(addr = %self.addr, "reconnect failed: {e}"),
             }
             let left = Duration::from_secs(self.opts.ctrl_loss_tmo_s as u64).saturating_sub(lost_at.elapsed());
@@ -760,6 +767,9 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
     let sqe = ConnectCmd { recfmt: 0, qid: 0, sqsize: ADMIN_QUEUE_DEPTH - 1, cattr: 0, kato_ms }.to_sqe(0);
     let c = a.execute("Connect", Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)))?;
     let cntlid = c.cqe.dw0 as u16;
+    // DH-HMAC-CHAP: one transaction per queue, T_IDs counted per controller (as Linux).
+    let mut transaction_id = 0u16;
+    a.conn.authenticate_after_connect(opts, c.cqe.dw0, transaction_id)?;
 
     let prop_get = |a: &mut Admin, off: u32, size8: bool| -> Result<u64> {
         Ok(a.execute("Property Get", Request::new(PropertyCmd::get_sqe(0, off, size8)))?.cqe.result64())
@@ -825,7 +835,9 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
             let mut c = QueueConn::connect(addr, cfg, timeout)?;
             let sqe = ConnectCmd { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato_ms: 0 }.to_sqe(0);
             let data = connect_data(opts, cntlid);
-            check("Connect I/O queue", c.execute(Request::write(sqe, data))?)?;
+            let done = check("Connect I/O queue", c.execute(Request::write(sqe, data))?)?;
+            transaction_id = transaction_id.wrapping_add(1);
+            c.authenticate_after_connect(opts, done.cqe.dw0, transaction_id)?;
             io.push(c);
         }
     }

@@ -4,17 +4,21 @@ use std::io;
 
 use nvmf_proto::Status;
 
+use crate::auth::AuthFailure;
 use crate::queue::{QueueError, SubmitErrorKind};
 
 /// What went wrong talking to a controller.
+///
+/// The message of each variant already contains its cause's, so no variant
+/// names a `source` (error reporters that print the chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Socket error (connect, read, write).
     #[error("transport I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The NVMe/TCP queue failed (protocol violation, TermReq, timeout recovery).
     #[error("{0}")]
-    Queue(#[from] QueueError),
+    Queue(QueueError),
     /// The controller completed a command with an error status.
     #[error("{what}: NVMe status {status}")]
     Status { what: &'static str, status: Status },
@@ -34,9 +38,31 @@ pub enum Error {
     /// A submit was refused by the queue.
     #[error("submit refused: {0}")]
     Submit(SubmitErrorKind),
+    /// In-band authentication (DH-HMAC-CHAP) of a queue failed; the queue's
+    /// connection was closed. Never worth a reconnect with the same secrets.
+    #[error("authentication failed: {0}")]
+    Auth(AuthFailure),
     /// The controller was lost for good (ctrl_loss_tmo expired) or disconnected.
     #[error("controller is gone: {0}")]
     Gone(String),
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+impl From<QueueError> for Error {
+    fn from(e: QueueError) -> Error {
+        Error::Queue(e)
+    }
+}
+
+impl From<AuthFailure> for Error {
+    fn from(e: AuthFailure) -> Error {
+        Error::Auth(e)
+    }
 }
 
 impl Error {

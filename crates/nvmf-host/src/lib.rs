@@ -14,6 +14,10 @@
 //!   alive, asynchronous events, blocking I/O helpers and the reconnect
 //!   policy ([`ConnectOptions`], named like Linux's options).
 //! * [`discovery`]: [`discover`], a discovery log in one call.
+//! * [`auth`]: [`QueueAuth`], in-band authentication (DH-HMAC-CHAP) of one
+//!   queue over Authentication Send / Receive, shared by every driver above
+//!   and by `perf` ([`ConnectOptions::dhchap_secret`],
+//!   [`ConnectOptions::dhchap_ctrl_secret`]).
 //!
 //! ```no_run
 //! use nvmf_host::{discover, ConnectOptions, Controller};
@@ -29,6 +33,7 @@
 //! ```
 #![warn(missing_debug_implementations)]
 
+pub mod auth;
 pub mod conn;
 pub mod controller;
 pub mod discovery;
@@ -38,10 +43,12 @@ pub mod multipath;
 pub mod options;
 pub mod queue;
 
+pub use auth::{AuthFailure, AuthSummary, QueueAuth};
 pub use conn::QueueConn;
 pub use controller::{AsyncEvent, Controller};
 pub use discovery::{discover, DiscoveryEntry, DiscoveryLog};
 pub use error::{Error, Result};
+pub use nvmf_proto::auth::DhchapKey;
 pub use options::ConnectOptions;
 pub use queue::{Completion, DataDir, Fate, HostQueue, QueueConfig, QueueError, Request, SubmitError};
 

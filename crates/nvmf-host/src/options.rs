@@ -15,8 +15,15 @@
 //! | `io_timeout_ms` / `admin_timeout_ms` | 30 000 / 60 000 | | |
 //! | `connect_timeout_ms` | 3000 (TCP connect and ICResp) | | |
 //! | `transfer_len_max_bytes` | 1 MiB, further capped by MDTS | 4 KiB..=64 MiB | |
+//! | `dhchap_secret` | none | `DHHC-1:hh:...:` | `-S/--dhchap-secret` |
+//! | `dhchap_ctrl_secret` | none (needs `dhchap_secret`) | `DHHC-1:hh:...:` | `-C/--dhchap-ctrl-secret` |
+//!
+//! The secrets are [`DhchapKey`]s: their `Debug` output is redacted, and no
+//! error of this crate shows them.
 
 use std::time::Duration;
+
+use nvmf_proto::auth::{DhchapKey, HostConfig};
 
 /// Keep Alive Timeout of I/O controllers in seconds: Linux NVME_DEFAULT_KATO,
 /// what `nvme connect` asks for without `-k`. The crate's one KATO default:
@@ -51,7 +58,7 @@ pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
 
 /// Options of [`Controller::connect`](crate::Controller::connect) and
 /// [`discover`](crate::discover). `Default` gives Linux's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Subsystem NQN to connect to.
     pub subnqn: String,
@@ -95,6 +102,15 @@ pub struct ConnectOptions {
     pub connect_timeout_ms: u64,
     /// Largest data transfer per command, further capped by MDTS. Default 1 MiB.
     pub transfer_len_max_bytes: u32,
+    /// DH-HMAC-CHAP host secret (Linux / nvme-cli `dhchap_secret`): every
+    /// queue whose Connect response asks for authentication (ATR) proves it
+    /// (see [`crate::auth`]). Default none: a controller that asks fails the
+    /// connect.
+    pub dhchap_secret: Option<DhchapKey>,
+    /// DH-HMAC-CHAP controller secret (`dhchap_ctrl_secret`): the controller
+    /// must prove it too (bidirectional authentication), on every queue,
+    /// whether or not it asked for authentication. Needs `dhchap_secret`.
+    pub dhchap_ctrl_secret: Option<DhchapKey>,
 }
 
 impl Default for ConnectOptions {
@@ -117,6 +133,8 @@ impl Default for ConnectOptions {
             admin_timeout_ms: crate::queue::ADMIN_COMMAND_TIMEOUT_MS,
             connect_timeout_ms: 3000,
             transfer_len_max_bytes: TRANSFER_LEN_MAX_DEFAULT_BYTES,
+            dhchap_secret: None,
+            dhchap_ctrl_secret: None,
         }
     }
 }
@@ -151,7 +169,22 @@ impl ConnectOptions {
         {
             return Err("transfer_len_max_bytes out of 4 KiB..=64 MiB".into());
         }
+        if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
+            return Err("dhchap_ctrl_secret (bidirectional authentication) needs dhchap_secret too".into());
+        }
         Ok(())
+    }
+    /// The DH-HMAC-CHAP configuration of one queue's transaction, when a host
+    /// secret is set.
+    pub(crate) fn dhchap_config(&self, transaction_id: u16) -> Option<HostConfig> {
+        let host_key = self.dhchap_secret.as_ref()?;
+        Some(crate::auth::host_config(
+            &self.hostnqn,
+            &self.subnqn,
+            host_key,
+            self.dhchap_ctrl_secret.as_ref(),
+            transaction_id,
+        ))
     }
 }
 

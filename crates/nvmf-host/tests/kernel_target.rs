@@ -3,6 +3,10 @@
 //! 127.0.0.1:14420 and nqn.2014-08.io.nvmeof-lab:target). Without them the
 //! tests return at once. With NVMF_KT_LAB=<lab dir> (and the lab's
 //! NVMEOF_LAB_* variables) the AER test adds a namespace in the guest.
+//! NVMF_KT_HOSTNQN, NVMF_KT_DHCHAP_SECRET and NVMF_KT_DHCHAP_CTRL_SECRET
+//! (optional) connect as that host with those DH-HMAC-CHAP secrets, for a
+//! kernel target whose configfs host entry has `dhchap_key` (and
+//! `dhchap_ctrl_key`).
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,12 @@ fn target() -> Option<(String, ConnectOptions)> {
     let nqn = std::env::var("NVMF_KT_NQN").ok()?;
     let mut o = ConnectOptions::new(&nqn);
     o.ctrl_loss_tmo_s = 0;
+    if let Ok(h) = std::env::var("NVMF_KT_HOSTNQN") {
+        o.hostnqn = h;
+    }
+    let secret = |var: &str| std::env::var(var).ok().map(|k| nvmf_host::DhchapKey::parse(&k).expect(var));
+    o.dhchap_secret = secret("NVMF_KT_DHCHAP_SECRET");
+    o.dhchap_ctrl_secret = secret("NVMF_KT_DHCHAP_CTRL_SECRET");
     Some((addr, o))
 }
 

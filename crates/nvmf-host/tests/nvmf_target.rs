@@ -130,3 +130,78 @@ fn null_namespace_reads_zeros_with_and_without_digests() {
     }
     srv.shutdown(Duration::from_secs(2));
 }
+
+/// Host secrets (the proto test vectors' shapes): hh 01 with 32 bytes 0..=31,
+/// hh 02 with 48 bytes 64..=111, and one nobody configured.
+const DHCHAP_HOST_KEY: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+const DHCHAP_CTRL_KEY: &str = "DHHC-1:02:QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5voBXMjQ==:";
+const DHCHAP_OTHER_KEY: &str = "DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:";
+
+/// A target whose host table (`[[subsystem.host]]`) gives our host NQN a
+/// DH-HMAC-CHAP secret (and a controller secret when `ctrl_key`).
+fn serve_dhchap(hash: &str, dhgroup: &str, ctrl_key: bool) -> nvmf_target::server::Server {
+    let host = opts(NQN).hostnqn;
+    let ctrl = if ctrl_key { format!("dhchap_ctrl_key = \"{DHCHAP_CTRL_KEY}\"") } else { String::new() };
+    let toml = format!(
+        r#"
+[engine]
+mode = "interrupt"
+[[listener]]
+addr = "127.0.0.1:0"
+[discovery]
+listen = []
+[[subsystem]]
+nqn = "{NQN}"
+[[subsystem.host]]
+nqn = "{host}"
+dhchap_key = "{DHCHAP_HOST_KEY}"
+{ctrl}
+dhchap_hash = "{hash}"
+dhchap_dhgroup = "{dhgroup}"
+[[subsystem.namespace]]
+kind = "ram"
+size = "16MiB"
+block_size = 512
+"#
+    );
+    let cfg = TargetConfig::from_toml_str(&toml).unwrap();
+    nvmf_target::server::serve(&cfg).unwrap()
+}
+
+fn dhchap_opts(host_key: Option<&str>, ctrl_key: Option<&str>) -> ConnectOptions {
+    let mut o = opts(NQN);
+    o.nr_io_queues = 2;
+    o.dhchap_secret = host_key.map(|k| nvmf_host::DhchapKey::parse(k).unwrap());
+    o.dhchap_ctrl_secret = ctrl_key.map(|k| nvmf_host::DhchapKey::parse(k).unwrap());
+    o
+}
+
+#[test]
+#[ignore = "needs the target side of DH-HMAC-CHAP"]
+fn dhchap_against_nvmf_target() {
+    use nvmf_host::{AuthFailure, Error};
+    for (hash, dhgroup, bidirectional) in [("sha256", "ffdhe2048", false), ("sha512", "null", true)] {
+        let srv = serve_dhchap(hash, dhgroup, bidirectional);
+        let io = srv.io_addrs()[0];
+        let ctrl_key = bidirectional.then_some(DHCHAP_CTRL_KEY);
+        let mut c = Controller::connect(io, dhchap_opts(Some(DHCHAP_HOST_KEY), ctrl_key)).unwrap();
+        assert_eq!(c.nr_io_queues(), 2, "{hash}/{dhgroup}");
+        assert_eq!(c.identify().subnqn, NQN);
+        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        c.write_range(1, 64, 512, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        c.read_range(1, 64, 512, &mut back).unwrap();
+        assert!(back == data, "{hash}/{dhgroup}: read back differs");
+        c.disconnect().unwrap();
+
+        let e = Controller::connect(io, dhchap_opts(Some(DHCHAP_OTHER_KEY), None)).unwrap_err();
+        assert!(matches!(e, Error::Auth(AuthFailure::RejectedByController { qid: 0, .. })), "{e}");
+        let e = Controller::connect(io, dhchap_opts(None, None)).unwrap_err();
+        assert!(matches!(e, Error::Auth(AuthFailure::KeyRequired { qid: 0 })), "{e}");
+        if bidirectional {
+            let e = Controller::connect(io, dhchap_opts(Some(DHCHAP_HOST_KEY), Some(DHCHAP_OTHER_KEY))).unwrap_err();
+            assert!(matches!(e, Error::Auth(AuthFailure::RejectedByHost { qid: 0, .. })), "{e}");
+        }
+        srv.shutdown(Duration::from_secs(2));
+    }
+}

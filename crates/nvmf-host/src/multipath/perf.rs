@@ -303,6 +303,8 @@ pub fn run_paths(cfg: &PerfConfig, setup: &PathsSetup, stop: &AtomicBool) -> Res
     }
     o.connect.hdr_digest = cfg.header_digest;
     o.connect.data_digest = cfg.data_digest;
+    o.connect.dhchap_secret = cfg.dhchap_secret.clone();
+    o.connect.dhchap_ctrl_secret = cfg.dhchap_ctrl_secret.clone();
     let q = (cfg.iodepth + 1).clamp(crate::options::QUEUE_SIZE_MIN as u32, crate::options::QUEUE_SIZE_MAX as u32);
     o.connect.queue_size = q as u16;
     o.mp.policy = setup.policy;

@@ -17,7 +17,9 @@ use nvmf_proto::identify::{IdentifyCmd, IdentifyController, IdentifyNamespace, I
 use nvmf_proto::opcodes::{admin, cns, fid};
 use nvmf_proto::Sqe;
 
+use super::config::PerfConfig;
 use super::run::ControllerFacts;
+use crate::auth::{auth_required, host_config, AuthProgress, AuthSummary, QueueAuth};
 use crate::options::{default_hostid, default_hostnqn, KATO_DEFAULT_S};
 use crate::queue::{Completion, HostQueue, QueueConfig, Request};
 
@@ -50,6 +52,7 @@ pub struct AdminSession {
 impl AdminSession {
     /// Connect the admin queue to `subnqn` at `addr`, enable the controller,
     /// identify it and namespace `nsid`, and ask for `io_queues` I/O queues.
+    /// No authentication secrets: see [`open`](Self::open).
     pub fn connect(
         addr: SocketAddr,
         subnqn: &str,
@@ -59,6 +62,27 @@ impl AdminSession {
         hdr_digest: bool,
         data_digest: bool,
     ) -> Result<AdminSession, String> {
+        let cfg = PerfConfig {
+            namespace_id: nsid,
+            io_queues,
+            header_digest: hdr_digest,
+            data_digest,
+            ..PerfConfig::default()
+        };
+        AdminSession::open(addr, subnqn, hostnqn, &cfg)
+    }
+
+    /// [`connect`](Self::connect) with the namespace, queue count, digests and
+    /// DH-HMAC-CHAP secrets of `cfg`: the admin queue authenticates right
+    /// after its Connect when asked to ([`crate::auth`]).
+    pub fn open(
+        addr: SocketAddr,
+        subnqn: &str,
+        hostnqn: Option<&str>,
+        cfg: &PerfConfig,
+    ) -> Result<AdminSession, String> {
+        let (nsid, io_queues) = (cfg.namespace_id, cfg.io_queues);
+        let (hdr_digest, data_digest) = (cfg.header_digest, cfg.data_digest);
         // Same identity as the other host tools (/etc/nvme/hostid and hostnqn).
         let hostid = default_hostid();
         let hostnqn = match hostnqn {
@@ -110,6 +134,14 @@ impl AdminSession {
         };
         let c = s.command(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
         s.facts.cntlid = c.cqe.dw0 as u16;
+        let (host_key, ctrl_key) = (cfg.dhchap_secret.as_ref(), cfg.dhchap_ctrl_secret.as_ref());
+        let needed =
+            auth_required(0, c.cqe.dw0, host_key, ctrl_key).map_err(|f| format!("authentication failed: {f}"))?;
+        if let (true, Some(host_key)) = (needed, host_key) {
+            // T_ID 0 here; I/O queue N uses N (one transaction per queue).
+            let config = host_config(&hostnqn, subnqn, host_key, ctrl_key, 0);
+            s.authenticate(QueueAuth::new(0, config, ADMIN_IO_TIMEOUT_MS))?;
+        }
         // Properties: CAP, enable, wait for ready.
         let c = s.command(Request::new(PropertyCmd::get_sqe(0, prop::CAP, true)))?;
         let cap = Cap::from_u64(c.cqe.result64());
@@ -197,6 +229,40 @@ impl AdminSession {
         self.rx.copy_within(used..self.rx_len, 0);
         self.rx_len -= used;
         Ok(())
+    }
+
+    /// Run a DH-HMAC-CHAP exchange; on failure the connection is closed.
+    fn authenticate(&mut self, mut auth: QueueAuth) -> Result<AuthSummary, String> {
+        let now = self.now_ms();
+        let mut progress = auth.start(&mut self.queue, now);
+        loop {
+            self.flush()?;
+            match progress {
+                AuthProgress::Pending => {}
+                AuthProgress::Done(summary) => {
+                    tracing::debug!("{summary}");
+                    return Ok(summary);
+                }
+                AuthProgress::Failed(failure) => {
+                    let _ = self.sock.shutdown(std::net::Shutdown::Both);
+                    return Err(format!("authentication failed: {failure}"));
+                }
+            }
+            // Each read waits ADMIN_IO_TIMEOUT_MS at most; the exchange as a
+            // whole ends at its deadline.
+            let c = loop {
+                if let Some(c) = self.queue.pop_completion() {
+                    break c;
+                }
+                if self.now_ms() >= auth.deadline_ms() {
+                    let _ = self.sock.shutdown(std::net::Shutdown::Both);
+                    return Err(format!("authentication failed: qid 0: no answer within {ADMIN_IO_TIMEOUT_MS} ms"));
+                }
+                self.read_some()?;
+            };
+            let now = self.now_ms();
+            progress = auth.on_completion(&mut self.queue, c, now);
+        }
     }
 
     /// Submit one command and wait for it; non-success status is an error.

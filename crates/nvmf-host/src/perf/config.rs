@@ -115,6 +115,11 @@ pub struct PerfConfig {
     pub sq_flow_control: bool,
     /// Seed of the random offsets and of the verify pattern (0 = from the clock).
     pub seed: u64,
+    /// DH-HMAC-CHAP host secret, for the admin queue and every I/O queue
+    /// ([`crate::auth`]; `ConnectOptions::dhchap_secret`).
+    pub dhchap_secret: Option<nvmf_proto::auth::DhchapKey>,
+    /// DH-HMAC-CHAP controller secret (bidirectional); needs `dhchap_secret`.
+    pub dhchap_ctrl_secret: Option<nvmf_proto::auth::DhchapKey>,
 }
 
 impl Default for PerfConfig {
@@ -136,6 +141,8 @@ impl Default for PerfConfig {
             data_digest: false,
             sq_flow_control: false,
             seed: 0,
+            dhchap_secret: None,
+            dhchap_ctrl_secret: None,
         }
     }
 }
@@ -193,6 +200,9 @@ impl PerfConfig {
         }
         if self.namespace_id == 0 || self.namespace_id == u32::MAX {
             return Err("--namespace-id must be a single namespace (1..0xfffffffe)".into());
+        }
+        if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
+            return Err("--dhchap-ctrl-secret needs --dhchap-secret too".into());
         }
         Ok(())
     }

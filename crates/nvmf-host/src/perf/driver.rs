@@ -1,5 +1,6 @@
 //! The engine side of one perf queue: an `nvmf_engine::Handler` that drives a
-//! [`HostQueue`] (IC, I/O queue Connect, then the workload) with bytes from
+//! [`HostQueue`] (IC, I/O queue Connect, DH-HMAC-CHAP when asked for, then the
+//! workload) with bytes from
 //! the core's io_uring. All state here belongs to the queue's core; the only
 //! cross-thread traffic is a per-tick progress counter store and one message
 //! with the final [`QueueStats`].
@@ -17,6 +18,7 @@ use super::config::Geometry;
 use super::stats::{monotonic_ns, QueueStats, Stamp};
 use super::verify::{check_io, fill_io};
 use super::workload::{IoSpec, Op, Phase, Workload};
+use crate::auth::{auth_required, host_config, AuthProgress, QueueAuth, AUTH_TAG};
 use crate::queue::{Completion, HostQueue, OutputPiece, QueueConfig, Request};
 
 /// A queue that has not finished its IC + Connect by then is failed.
@@ -69,6 +71,9 @@ pub struct QueueSetup {
     pub disable_sq_flow_control: bool,
     /// Length of the timed phase.
     pub runtime_ns: u64,
+    /// DH-HMAC-CHAP secrets (see [`crate::auth`]); the transaction ID is the QID.
+    pub dhchap_secret: Option<nvmf_proto::auth::DhchapKey>,
+    pub dhchap_ctrl_secret: Option<nvmf_proto::auth::DhchapKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,8 @@ enum State {
     Ic,
     /// Connect submitted.
     Connecting,
+    /// DH-HMAC-CHAP exchange in progress (before any I/O).
+    Authenticating,
     Running,
     Finished,
 }
@@ -101,6 +108,10 @@ pub struct PerfQueue {
     /// Data buffers not lent to the queue (iodepth of them, each `bs` bytes).
     buffers: Vec<Vec<u8>>,
     created_ms: Option<u64>,
+    /// The queue clock (engine milliseconds) of the callback in progress.
+    now_ms: u64,
+    /// The authentication exchange while [`State::Authenticating`].
+    auth: Option<QueueAuth>,
     main_deadline_ns: u64,
     expired: Vec<u16>,
     control: Arc<RunControl>,
@@ -139,6 +150,8 @@ impl PerfQueue {
             // Non-zero bytes so a write never sends the zero page pattern by accident.
             buffers: (0..depth).map(|_| vec![0xa5u8; unit_bytes]).collect(),
             created_ms: None,
+            now_ms: 0,
+            auth: None,
             main_deadline_ns: u64::MAX,
             expired: Vec::new(),
             control,
@@ -217,10 +230,13 @@ impl PerfQueue {
     }
 
     fn on_completion(&mut self, c: Completion, now_ns: u64) {
+        if c.tag == AUTH_TAG {
+            self.on_auth_completion(c);
+            return;
+        }
         if c.tag == CONNECT_TAG {
             if c.is_success() {
-                self.state = State::Running;
-                self.publish();
+                self.after_connect(c.cqe.dw0);
             } else {
                 let hint = if self.setup.disable_sq_flow_control {
                     " (perf asked to disable SQ flow control; --sq-flow-control keeps it)"
@@ -264,6 +280,51 @@ impl PerfQueue {
         }
     }
 
+    /// Connected: authenticate first when asked to, then run.
+    fn after_connect(&mut self, connect_dw0: u32) {
+        let qid = self.setup.queue.qid;
+        let (host_key, ctrl_key) = (self.setup.dhchap_secret.as_ref(), self.setup.dhchap_ctrl_secret.as_ref());
+        match auth_required(qid, connect_dw0, host_key, ctrl_key) {
+            Ok(false) => {
+                self.state = State::Running;
+                self.publish();
+            }
+            Ok(true) => {
+                let host_key = host_key.expect("auth_required checked the host secret");
+                let config = host_config(&self.setup.hostnqn, &self.setup.subnqn, host_key, ctrl_key, qid);
+                // Bounded by the queue's command timeout (0 = take it from the queue).
+                let mut auth = QueueAuth::new(qid, config, 0);
+                match auth.start(&mut self.queue, self.now_ms) {
+                    AuthProgress::Pending => {
+                        self.auth = Some(auth);
+                        self.state = State::Authenticating;
+                    }
+                    AuthProgress::Done(_) => unreachable!("an exchange takes several commands"),
+                    AuthProgress::Failed(f) => self.fail(format!("authentication failed: {f}")),
+                }
+            }
+            Err(f) => self.fail(format!("authentication failed: {f}")),
+        }
+    }
+
+    fn on_auth_completion(&mut self, c: Completion) {
+        // None after fail(): the exchange is over, its commands come back aborted.
+        let Some(auth) = self.auth.as_mut() else { return };
+        match auth.on_completion(&mut self.queue, c, self.now_ms) {
+            AuthProgress::Pending => {}
+            AuthProgress::Done(summary) => {
+                tracing::debug!("{summary}");
+                self.auth = None;
+                self.state = State::Running;
+                self.publish();
+            }
+            AuthProgress::Failed(f) => {
+                self.auth = None;
+                self.fail(format!("authentication failed: {f}"));
+            }
+        }
+    }
+
     fn drain_completions(&mut self, now_ns: u64) {
         while let Some(c) = self.queue.pop_completion() {
             self.on_completion(c, now_ns);
@@ -272,6 +333,7 @@ impl PerfQueue {
 
     /// The queue cannot go on: count what is lost, finish.
     fn fail(&mut self, msg: String) {
+        self.auth = None;
         self.stats.io_error(|| msg);
         self.queue.fail("perf queue failed");
         self.drain_completions(monotonic_ns());
@@ -297,7 +359,7 @@ impl PerfQueue {
         p.errors.store(self.stats.io_errors + self.stats.verify_errors, Ordering::Relaxed);
         let phase = match (self.state, self.workload.phase()) {
             (State::Finished, _) | (_, Phase::Done) => 4,
-            (State::Ic | State::Connecting, _) => 0,
+            (State::Ic | State::Connecting | State::Authenticating, _) => 0,
             (_, Phase::Prefill) => 1,
             (_, Phase::Main) => 2,
             (_, Phase::Readback) => 3,
@@ -327,6 +389,7 @@ impl PerfQueue {
     /// Common tail of every callback: issue work, move output, decide the flow.
     fn step(&mut self, io: &mut ConnIo<'_>, now_ns: u64) -> Flow {
         let now_ms = io.now_ms();
+        self.now_ms = now_ms;
         if self.state == State::Ic && self.queue.is_ready() {
             self.submit_connect(now_ms);
         }
@@ -399,6 +462,7 @@ impl Handler for PerfQueue {
 
     fn on_tick(&mut self, io: &mut ConnIo<'_>) -> Flow {
         let now_ms = io.now_ms();
+        self.now_ms = now_ms;
         let created = *self.created_ms.get_or_insert(now_ms);
         if self.state == State::Finished {
             return Flow::CloseAfterFlush;
@@ -411,7 +475,12 @@ impl Handler for PerfQueue {
         self.expired.clear();
         if self.queue.on_tick(now_ms, &mut self.expired) > 0 {
             let n = self.expired.len();
-            self.fail(format!("{n} command(s) timed out"));
+            if self.state == State::Authenticating {
+                let qid = self.setup.queue.qid;
+                self.fail(format!("authentication failed: qid {qid}: no answer in time"));
+            } else {
+                self.fail(format!("{n} command(s) timed out"));
+            }
             self.move_output(io);
             return Flow::CloseAfterFlush;
         }

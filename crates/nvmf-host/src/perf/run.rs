@@ -121,6 +121,8 @@ pub fn run(
             verify_seed,
             disable_sq_flow_control: !cfg.sq_flow_control,
             runtime_ns: cfg.runtime_s * 1_000_000_000,
+            dhchap_secret: cfg.dhchap_secret.clone(),
+            dhchap_ctrl_secret: cfg.dhchap_ctrl_secret.clone(),
         };
         let p = Arc::new(QueueProgress::default());
         progress.push(p.clone());

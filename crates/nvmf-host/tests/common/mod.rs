@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nvmf_proto::auth::{CtrlAuth, CtrlConfig, CtrlStatus};
 use nvmf_proto::fabrics::{cc, csts, prop, Cap, ConnectCmd, ConnectData, PropertyCmd};
 use nvmf_proto::identify::{self, cntrltype, IdentifyCmd, IdentifyController, IdentifyNamespace, LbaFormat};
 use nvmf_proto::log::{self as plog, DiscoveryEntry, GetLogPageCmd};
@@ -37,6 +38,28 @@ pub struct Faults {
     pub drop_on_write: AtomicU32,
     /// Use the C2HData SUCCESS flag instead of a CapsuleResp.
     pub c2h_success: AtomicBool,
+    /// Never answer Authentication Receive (the host must time out).
+    pub ignore_auth_receive: AtomicBool,
+}
+
+/// DH-HMAC-CHAP on the fake controller: which Connects set ATR, and the
+/// controller side of every transaction (nvmf_proto's `CtrlAuth`).
+#[derive(Clone, Debug)]
+pub struct FakeAuth {
+    pub ctrl: CtrlConfig,
+    /// ATR in the admin queue's Connect response.
+    pub admin_atr: bool,
+    /// ATR in the I/O queues' Connect responses.
+    pub io_atr: bool,
+}
+
+/// The end of one authentication transaction, as the controller saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthEvent {
+    pub qid: u16,
+    pub t_id: u16,
+    pub status: CtrlStatus,
+    pub bidirectional: bool,
 }
 
 pub struct FakeTarget {
@@ -47,6 +70,22 @@ pub struct FakeTarget {
     pub discovery_entries: Arc<Mutex<Vec<DiscoveryEntry>>>,
     /// MAXH2CDATA announced (>= 4096), data chunk size for C2HData too.
     pub maxh2cdata: u32,
+    /// Finished authentication transactions, in order.
+    pub auth_events: Arc<Mutex<Vec<AuthEvent>>>,
+    /// Connections the host closed (or that ended).
+    pub closed: Arc<AtomicU32>,
+}
+
+/// What every connection of one fake target shares.
+#[derive(Clone)]
+struct Shared {
+    disk: Arc<Mutex<Vec<u8>>>,
+    faults: Arc<Faults>,
+    connects: Arc<AtomicU32>,
+    entries: Arc<Mutex<Vec<DiscoveryEntry>>>,
+    auth: Option<FakeAuth>,
+    auth_events: Arc<Mutex<Vec<AuthEvent>>>,
+    closed: Arc<AtomicU32>,
 }
 
 impl FakeTarget {
@@ -54,10 +93,19 @@ impl FakeTarget {
         FakeTarget::start_with(8192)
     }
     pub fn start_with(maxh2cdata: u32) -> FakeTarget {
+        FakeTarget::start_full(maxh2cdata, None)
+    }
+    /// A target that asks for (and checks) DH-HMAC-CHAP as `auth` says.
+    pub fn start_with_auth(auth: FakeAuth) -> FakeTarget {
+        FakeTarget::start_full(8192, Some(auth))
+    }
+    fn start_full(maxh2cdata: u32, auth: Option<FakeAuth>) -> FakeTarget {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = FakeTarget {
             addr,
+            auth_events: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(AtomicU32::new(0)),
             disk: Arc::new(Mutex::new(vec![0u8; NS_BLOCKS as usize * BLOCK_SIZE])),
             faults: Arc::new(Faults::default()),
             connects: Arc::new(AtomicU32::new(0)),
@@ -77,20 +125,40 @@ impl FakeTarget {
             }])),
             maxh2cdata,
         };
-        let (disk, faults, connects, entries) =
-            (t.disk.clone(), t.faults.clone(), t.connects.clone(), t.discovery_entries.clone());
+        let shared = Shared {
+            disk: t.disk.clone(),
+            faults: t.faults.clone(),
+            connects: t.connects.clone(),
+            entries: t.discovery_entries.clone(),
+            auth,
+            auth_events: t.auth_events.clone(),
+            closed: t.closed.clone(),
+        };
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { return };
-                let (disk, faults, connects, entries) =
-                    (disk.clone(), faults.clone(), connects.clone(), entries.clone());
+                let shared = shared.clone();
                 std::thread::spawn(move || {
-                    let mut c = Conn::new(s, disk, faults, connects, entries, maxh2cdata);
+                    let closed = shared.closed.clone();
+                    let mut c = Conn::new(s, shared, maxh2cdata);
                     let _ = c.run();
+                    closed.fetch_add(1, Ordering::Relaxed);
                 });
             }
         });
         t
+    }
+
+    /// Wait (bounded) until `n` connections have ended.
+    pub fn wait_closed(&self, n: u32) -> bool {
+        let t = std::time::Instant::now();
+        while self.closed.load(Ordering::Relaxed) < n {
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 }
 
@@ -108,25 +176,31 @@ struct Conn {
     cc: u32,
     /// Writes waiting for H2CData: cid -> (slba, buffer, received).
     pending_writes: std::collections::HashMap<u16, (u64, Vec<u8>, usize)>,
+    auth: Option<FakeAuth>,
+    auth_events: Arc<Mutex<Vec<AuthEvent>>>,
+    /// The transaction in progress (or the last one) and its T_ID.
+    ctrl_auth: Option<(CtrlAuth, u16)>,
+    /// The end of the current transaction is in `auth_events`.
+    auth_recorded: bool,
+    /// This queue's Connect set ATR and no transaction succeeded yet.
+    auth_pending: bool,
 }
 
 impl Conn {
-    fn new(
-        s: TcpStream,
-        disk: Arc<Mutex<Vec<u8>>>,
-        faults: Arc<Faults>,
-        connects: Arc<AtomicU32>,
-        entries: Arc<Mutex<Vec<DiscoveryEntry>>>,
-        maxh2cdata: u32,
-    ) -> Conn {
+    fn new(s: TcpStream, shared: Shared, maxh2cdata: u32) -> Conn {
         s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         Conn {
             s,
-            disk,
-            faults,
-            connects,
-            entries,
+            disk: shared.disk,
+            faults: shared.faults,
+            connects: shared.connects,
+            entries: shared.entries,
+            auth: shared.auth,
+            auth_events: shared.auth_events,
+            ctrl_auth: None,
+            auth_recorded: false,
+            auth_pending: false,
             frame: FrameConfig::before_ic(Role::Controller),
             tx: TxConfig::default(),
             maxh2cdata,
@@ -276,8 +350,13 @@ impl Conn {
                     if c.qid == 0 {
                         self.connects.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.resp(cid, ok, 1, 0)?;
+                    let atr = self.auth.as_ref().is_some_and(|a| if c.qid == 0 { a.admin_atr } else { a.io_atr });
+                    self.auth_pending = atr;
+                    // Connect response DW0: CNTLID 1, bit 17 ATR.
+                    self.resp(cid, ok, 1 | if atr { 1 << 17 } else { 0 }, 0)?;
                 }
+                fctype::AUTH_SEND => self.auth_send(&sqe, &data)?,
+                fctype::AUTH_RECV => self.auth_receive(&sqe)?,
                 fctype::PROPERTY_GET => {
                     let p = PropertyCmd::parse(&sqe);
                     let v = match p.offset {
@@ -308,6 +387,10 @@ impl Conn {
                 _ => self.resp(cid, Status::new(sct::GENERIC, generic::INVALID_OPCODE), 0, 0)?,
             }
             return Ok(true);
+        }
+        if self.auth_pending {
+            // Authentication Required (command specific 0x91), as nvmet.
+            return self.resp(cid, Status::new(sct::COMMAND_SPECIFIC, 0x91).dnr(), 0, 0).map(|_| true);
         }
         if self.qid == 0 {
             match sqe.opcode {
@@ -433,6 +516,66 @@ impl Conn {
             _ => self.resp(cid, Status::new(sct::GENERIC, generic::INVALID_OPCODE).dnr(), 0, 0)?,
         }
         Ok(true)
+    }
+}
+
+impl Conn {
+    fn check_auth_sqe(sqe: &Sqe) {
+        assert_eq!(sqe.cdw10, 0xe9 << 24 | 1 << 16 | 1 << 8, "SECP 0xE9, SPSP1 1, SPSP0 1");
+    }
+
+    fn auth_send(&mut self, sqe: &Sqe, data: &[u8]) -> std::io::Result<()> {
+        Self::check_auth_sqe(sqe);
+        assert!(sqe.sgl1.is_in_capsule(), "authentication messages fit in the capsule");
+        assert_eq!(sqe.cdw11 as usize, data.len(), "TL is the message length");
+        let Some(auth) = &self.auth else {
+            return self.resp(sqe.cid, Status::new(sct::GENERIC, generic::INVALID_OPCODE).dnr(), 0, 0);
+        };
+        // A Negotiate (type 0, id 0) starts a transaction.
+        if data.len() >= 6 && data[0] == 0 && data[1] == 0 {
+            let t_id = u16::from_le_bytes([data[4], data[5]]);
+            self.ctrl_auth = Some((CtrlAuth::new(auth.ctrl.clone()), t_id));
+            self.auth_recorded = false;
+        }
+        if let Some((ctrl, _)) = &mut self.ctrl_auth {
+            ctrl.on_send(data);
+        }
+        self.note_auth_status();
+        self.resp(sqe.cid, Status::SUCCESS, 0, 0)
+    }
+
+    fn auth_receive(&mut self, sqe: &Sqe) -> std::io::Result<()> {
+        Self::check_auth_sqe(sqe);
+        if self.faults.ignore_auth_receive.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some((ctrl, _)) = &mut self.ctrl_auth else {
+            return self.resp(sqe.cid, Status::new(sct::GENERIC, generic::COMMAND_SEQUENCE_ERROR).dnr(), 0, 0);
+        };
+        // Linux targets return all AL bytes, zero padded.
+        let mut msg = ctrl.receive();
+        msg.resize(sqe.cdw11 as usize, 0);
+        self.note_auth_status();
+        self.send_data(sqe.cid, &msg, false)
+    }
+
+    /// Record the end of a transaction once (and lift the ATR gate on success).
+    fn note_auth_status(&mut self) {
+        let Some((ctrl, t_id)) = &mut self.ctrl_auth else { return };
+        let status = ctrl.status();
+        if status == CtrlStatus::InProgress || self.auth_recorded {
+            return;
+        }
+        self.auth_recorded = true;
+        self.auth_events.lock().unwrap().push(AuthEvent {
+            qid: self.qid,
+            t_id: *t_id,
+            status,
+            bidirectional: ctrl.authenticated().is_some_and(|a| a.bidirectional),
+        });
+        if status == CtrlStatus::Authenticated {
+            self.auth_pending = false;
+        }
     }
 }
 

@@ -1,0 +1,139 @@
+//! `-S/--dhchap-secret` and `-C/--dhchap-ctrl-secret` of the host commands
+//! against `nvmf target` (both the real binary): secrets never reach stdout,
+//! stderr or the JSON reports; with the target side of DH-HMAC-CHAP, identify,
+//! read, write and perf authenticate, and wrong or missing keys fail.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NVMF: &str = env!("CARGO_BIN_EXE_nvmf");
+const NQN: &str = "nqn.2026-11.io.nvmf:cli-auth";
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000cc";
+const HOST_KEY: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+const CTRL_KEY: &str = "DHHC-1:02:QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5voBXMjQ==:";
+const OTHER_KEY: &str = "DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:";
+
+struct Target {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `nvmf target` with `extra` flags on a kernel-chosen port.
+fn start_target(extra: &[&str]) -> Target {
+    let mut child = Command::new(NVMF)
+        .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
+        .args(["--subsystem", NQN, "--namespace", "ram:16MiB"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nvmf target");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        // "nvmf target: serving 1 subsystem on 127.0.0.1:PORT (...)"
+        if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
+            let port: u16 = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in out.lines() {});
+            return Target { child, port };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("nvmf target did not report its address (last line {line:?})");
+}
+
+/// The base64 body of a key: the secret part.
+fn body(key: &str) -> &str {
+    key.splitn(3, ':').nth(2).unwrap().trim_end_matches(':')
+}
+
+/// Run a host command against `t` as HOSTNQN; check no key text in its output.
+fn host(t: &Target, cmd: &str, args: &[&str]) -> Output {
+    let port = t.port.to_string();
+    let mut c = Command::new(NVMF);
+    c.args([cmd, "-a", "127.0.0.1", "-s", &port, "-n", NQN, "-q", HOSTNQN]).args(args);
+    let o = c.output().expect("run nvmf");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    for key in [HOST_KEY, CTRL_KEY, OTHER_KEY] {
+        assert!(!text.contains(body(key)), "{cmd} {args:?} printed a secret: {text}");
+    }
+    o
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn secrets_stay_out_of_output_without_target_auth() {
+    let t = start_target(&[]);
+    // A host secret and no ATR: nothing to authenticate (as Linux).
+    let o = host(&t, "identify", &["-o", "json", "-S", HOST_KEY]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(NQN));
+    let o = host(&t, "perf", &["--output-format", "json", "--runtime", "1", "--iodepth", "4", "-S", HOST_KEY]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A controller secret: the controller must prove it, and this one cannot.
+    let o = host(&t, "identify", &["-S", HOST_KEY, "-C", CTRL_KEY]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("authentication failed: qid 0"), "{}", stderr(&o));
+}
+
+#[test]
+#[ignore = "needs the target side of DH-HMAC-CHAP"]
+fn dhchap_against_nvmf_target_cli() {
+    let spec = format!("{HOSTNQN}:dhchap={HOST_KEY}:ctrl={CTRL_KEY}");
+    let t = start_target(&["--host", &spec]);
+    let o = host(&t, "identify", &["-i", "2", "-S", HOST_KEY, "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = host(&t, "identify", &["-S", HOST_KEY, "-C", CTRL_KEY]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let dir = std::env::temp_dir().join(format!("nvmf-cli-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, dst) = (dir.join("in"), dir.join("out"));
+    let data: Vec<u8> = (0..64 * 512u32).map(|i| (i * 13 % 256) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let io = ["--start-block", "16", "--block-count", "64", "-S", HOST_KEY, "-C", CTRL_KEY];
+    let o = host(&t, "write", &[&io[..], &["-d", src.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = host(&t, "read", &[&io[..], &["-d", dst.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&dst).unwrap() == data, "read back differs");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let o = host(
+        &t,
+        "perf",
+        &["--output-format", "json", "--runtime", "1", "--nr-io-queues", "2", "-S", HOST_KEY, "-C", CTRL_KEY],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    for (args, want) in [
+        (&["-S", OTHER_KEY][..], "the controller refused"),
+        (&[][..], "no host secret"),
+        (&["-S", HOST_KEY, "-C", OTHER_KEY][..], "the host refused the controller"),
+    ] {
+        let o = host(&t, "identify", args);
+        assert!(!o.status.success(), "{args:?} connected");
+        let e = stderr(&o);
+        assert!(e.contains("authentication failed: qid 0") && e.contains(want), "{args:?}: {e}");
+    }
+    let o = host(&t, "perf", &["--runtime", "1", "-S", OTHER_KEY]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
+}
