@@ -94,7 +94,6 @@ fn secrets_stay_out_of_output_without_target_auth() {
 }
 
 #[test]
-#[ignore = "needs the target side of DH-HMAC-CHAP"]
 fn dhchap_against_nvmf_target_cli() {
     let spec = format!("{HOSTNQN}:dhchap={HOST_KEY}:ctrl={CTRL_KEY}");
     let t = start_target(&["--host", &spec]);

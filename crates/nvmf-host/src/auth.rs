@@ -53,11 +53,12 @@ use nvmf_proto::{Sqe, Status};
 
 use crate::queue::{Completion, Fate, HostQueue, Request};
 
-/// Connect response DW0 bit 17: the controller requires authentication.
-pub const CONNECT_DW0_ATR: u32 = 1 << 17;
-/// Connect response DW0 bit 18: authentication and secure channel
+/// Connect response DW0 bit 17 (ATR): the controller requires authentication.
+/// One definition, in proto; re-exported under the spec's short name.
+pub use nvmf_proto::fabrics::CONNECT_DW0_AUTH_REQUIRED as CONNECT_DW0_ATR;
+/// Connect response DW0 bit 18 (ASCR): authentication and secure channel
 /// concatenation (TLS) required.
-pub const CONNECT_DW0_ASCR: u32 = 1 << 18;
+pub use nvmf_proto::fabrics::CONNECT_DW0_SECURE_CONCAT_REQUIRED as CONNECT_DW0_ASCR;
 /// AL of every AUTH_Receive (Linux CHAP_BUF_SIZE).
 pub const AUTH_RECEIVE_LEN_BYTES: u32 = AUTH_MESSAGE_LEN_MAX as u32;
 /// Tag of the authentication commands, so a driver tells their completions
@@ -537,7 +538,7 @@ mod tests {
         assert_eq!(auth.deadline_ms(), 600);
         q.clear_output();
         let cid = auth.outstanding_cid().unwrap();
-        let st = Status::new(1, 0x91).dnr();
+        let st = Status::new(nvmf_proto::status::sct::COMMAND_SPECIFIC, nvmf_proto::status::cmd::AUTH_REQUIRED).dnr();
         let mut b = Vec::new();
         pdu::encode_capsule_resp(
             &mut b,

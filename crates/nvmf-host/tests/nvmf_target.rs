@@ -177,7 +177,6 @@ fn dhchap_opts(host_key: Option<&str>, ctrl_key: Option<&str>) -> ConnectOptions
 }
 
 #[test]
-#[ignore = "needs the target side of DH-HMAC-CHAP"]
 fn dhchap_against_nvmf_target() {
     use nvmf_host::{AuthFailure, Error};
     for (hash, dhgroup, bidirectional) in [("sha256", "ffdhe2048", false), ("sha512", "null", true)] {

@@ -389,8 +389,9 @@ impl Conn {
             return Ok(true);
         }
         if self.auth_pending {
-            // Authentication Required (command specific 0x91), as nvmet.
-            return self.resp(cid, Status::new(sct::COMMAND_SPECIFIC, 0x91).dnr(), 0, 0).map(|_| true);
+            // Authentication Required, as nvmet answers.
+            let status = Status::new(sct::COMMAND_SPECIFIC, nvmf_proto::status::cmd::AUTH_REQUIRED);
+            return self.resp(cid, status.dnr(), 0, 0).map(|_| true);
         }
         if self.qid == 0 {
             match sqe.opcode {
