@@ -69,6 +69,7 @@ CASES=(
     "host-perf-verify|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format|240|c_host_perf_plain"
     "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format,--hdr-digest,--data-digest|240|c_host_perf_digest"
     "mp-host-ktarget|host|perf:--paths,--iopolicy,--verify,--output-format|200|c_mp_host_ktarget"
+    "host-auth|host|identify:--dhchap-secret,--dhchap-ctrl-secret gen-dhchap-key check-dhchap-key perf:--dhchap-secret|200|c_host_auth"
     "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format|260|c_host_reconnect"
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
@@ -364,6 +365,8 @@ G=10.0.2.100   # host services as seen from the guest
 . "$HERE/cases/mgmt-host.sh"
 # multipath cases (mp-*): host side, target t5
 . "$HERE/cases/mp-host.sh"
+# DH-HMAC-CHAP against the kernel target (host-auth): host side
+. "$HERE/cases/auth-host.sh"
 
 c_kernel_loopback() {
     # Guest checks of the target-* cases (discover, identify, pattern) against the in-guest kernel target
