@@ -1,0 +1,2 @@
+//! Fuzz entry points (placeholder).
+pub fn records(_data: &[u8]) {}
