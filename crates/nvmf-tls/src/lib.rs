@@ -77,7 +77,7 @@ pub enum TlsHash {
 
 impl TlsHash {
     /// PSK (and digest) length in bytes.
-    pub fn len(self) -> usize {
+    pub fn psk_len(self) -> usize {
         match self {
             TlsHash::Sha256 => 32,
             TlsHash::Sha384 => 48,

@@ -40,7 +40,10 @@ impl Default for Limits {
 
 impl Limits {
     fn clamped(self) -> Limits {
-        Limits { inbound_max: self.inbound_max.max(MAX_RECORD_LEN), outbound_max: self.outbound_max.max(MAX_RECORD_LEN) }
+        Limits {
+            inbound_max: self.inbound_max.max(MAX_RECORD_LEN),
+            outbound_max: self.outbound_max.max(MAX_RECORD_LEN),
+        }
     }
 }
 
@@ -197,7 +200,7 @@ fn server_client_hello(
     let Some((key, hash)) = found else {
         return refuse(ssl, alert, "PSK identity not known", SslAlert::UNKNOWN_PSK_IDENTITY);
     };
-    if key.len() != hash.len() {
+    if key.len() != hash.psk_len() {
         return refuse(
             ssl,
             alert,
@@ -208,6 +211,18 @@ fn server_client_hello(
     let Ok(identity) = String::from_utf8(identity) else {
         return refuse(ssl, alert, "PSK identity is not UTF-8", SslAlert::UNKNOWN_PSK_IDENTITY);
     };
+    let code = hash.suite_code();
+    if !ssl.client_hello_ciphers().is_some_and(|c| c.chunks_exact(2).any(|c| c == code)) {
+        return refuse(
+            ssl,
+            alert,
+            match hash {
+                TlsHash::Sha256 => "the client does not offer TLS_AES_128_GCM_SHA256, the suite of this SHA-256 PSK",
+                TlsHash::Sha384 => "the client does not offer TLS_AES_256_GCM_SHA384, the suite of this SHA-384 PSK",
+            },
+            SslAlert::HANDSHAKE_FAILURE,
+        );
+    }
     ssl.set_ciphersuites(hash.suite_name())?;
     if let Some(st) = ssl.ex_data_mut(index) {
         st.identity = Some(identity);
@@ -279,7 +294,7 @@ unsafe extern "C" fn client_use_session(
             // handshake hash the server chose.
             // SAFETY: OpenSSL passes a valid EVP_MD.
             let size = unsafe { openssl::hash::MessageDigest::from_ptr(md) }.size();
-            if size != hash.len() {
+            if size != hash.psk_len() {
                 return 1; // no PSK: the handshake fails
             }
         }
@@ -379,10 +394,10 @@ impl TlsSession {
         if identity.is_empty() || identity.len() > usize::from(u16::MAX) {
             return Err(TlsError::Config("PSK identity must be 1 to 65535 bytes".into()));
         }
-        if psk.len() != hash.len() {
+        if psk.len() != hash.psk_len() {
             return Err(TlsError::Config(format!(
                 "the PSK must be {} bytes for {:?}, it has {}",
-                hash.len(),
+                hash.psk_len(),
                 hash,
                 psk.len()
             )));
@@ -484,7 +499,21 @@ impl TlsSession {
                 return;
             }
         }
-        // Sends a KeyUpdate answer now if one is pending; a no-op otherwise.
+        self.answer_key_update();
+    }
+
+    /// The peer's update_requested leaves our answer scheduled until the next
+    /// SSL_write; send it now, so a side that only reads answers too (and a
+    /// side that only writes answers before its next record).
+    fn answer_key_update(&mut self) {
+        if !ffi::key_update_pending(self.stream.ssl()) {
+            return;
+        }
+        if !ffi::key_update(self.stream.ssl(), false) {
+            let e = ErrorStack::get();
+            self.failed = Some(TlsError::Protocol(format!("KeyUpdate answer refused: {}", reasons(&e))));
+            return;
+        }
         if let Err(e) = self.stream.do_handshake() {
             if !is_want(&e) && e.code() != ErrorCode::ZERO_RETURN {
                 self.failed = Some(self.protocol_error(&e));
@@ -538,7 +567,15 @@ impl TlsSession {
         if !self.established || self.peer_closed || buf.is_empty() {
             return Ok(0);
         }
-        match self.stream.ssl_read_uninit(buf) {
+        let r = self.stream.ssl_read_uninit(buf);
+        if r.as_ref().is_ok() || r.as_ref().is_err_and(is_want) {
+            // SSL_read may have processed a KeyUpdate before or after the data.
+            self.answer_key_update();
+            if let Some(e) = &self.failed {
+                return Err(e.clone());
+            }
+        }
+        match r {
             Ok(n) => Ok(n),
             Err(e) if is_want(&e) => Ok(0),
             Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
@@ -723,6 +760,16 @@ impl TlsSession {
             }
             None if alert_in.contains("alert decrypt error") => {
                 "the peer refused our PSK binder or Finished (alert decrypt_error): the PSKs differ".to_string()
+            }
+            None if alert_in.contains("alert illegal parameter") && !self.is_server => {
+                "the server refused our ClientHello (alert illegal_parameter; an OpenSSL server sends it when the \
+                 PSK binder does not verify: the PSKs differ)"
+                    .to_string()
+            }
+            None if alert_in.contains("alert handshake failure") && !self.is_server => {
+                "the server refused the handshake (alert handshake_failure: it may want certificates, or a \
+                 different suite for this identity's PSK)"
+                    .to_string()
             }
             None if alert_in.contains("unknown psk identity") => {
                 "the peer does not know our PSK identity (alert unknown_psk_identity)".to_string()

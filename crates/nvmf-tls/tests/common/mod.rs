@@ -10,7 +10,7 @@ pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0b8f2d4e-8d4a-4d5e-9b
 pub const SUBNQN: &str = "nqn.2024-01.io.nvmf:tls-test";
 
 pub fn key(hash: TlsHash, seed: u8) -> Vec<u8> {
-    (0..hash.len()).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..hash.psk_len()).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 pub fn identity(hash: TlsHash) -> String {
