@@ -146,3 +146,23 @@ pub enum TlsError {
 pub fn looks_like_tls(first_bytes: &[u8]) -> bool {
     matches!(first_bytes, [0x16, 0x03, 0x01..=0x04, ..])
 }
+
+/// The PSK as a DER `SSL_SESSION` (what `openssl s_server/s_client
+/// -psk_session` read, after `openssl sess_id -inform DER`): the tests use it
+/// to give the openssl tool a SHA-384 PSK, which its `-psk` cannot (that one
+/// is fixed to TLS_AES_128_GCM_SHA256). Contains the key: handle as secret.
+#[doc(hidden)]
+pub fn psk_session_der(psk: &[u8], hash: TlsHash) -> Result<zeroize::Zeroizing<Vec<u8>>, TlsError> {
+    use foreign_types_shared::ForeignType;
+    use openssl::ssl::{Ssl, SslContext, SslMethod, SslSession};
+    let e = |what: &str, err: openssl::error::ErrorStack| TlsError::Config(format!("{what}: {err}"));
+    let ctx = SslContext::builder(SslMethod::tls()).map_err(|x| e("SSL_CTX_new", x))?.build();
+    let ssl = Ssl::new(&ctx).map_err(|x| e("SSL_new", x))?;
+    // SAFETY: `ssl` is live for the call; the new session is owned by the
+    // SslSession wrapper, which frees it.
+    let sess = unsafe { ffi::psk_session(ssl.as_ptr(), psk, hash) }
+        .ok_or_else(|| TlsError::Config("OpenSSL refused the PSK session".into()))?;
+    // SAFETY: `sess` is a valid SSL_SESSION whose ownership moves here.
+    let sess = unsafe { SslSession::from_ptr(sess) };
+    sess.to_der().map(zeroize::Zeroizing::new).map_err(|x| e("i2d_SSL_SESSION", x))
+}
