@@ -24,9 +24,8 @@ const IDENTITY: &str = "NVMe0R01 nqn.2014-08.org.nvmexpress:uuid:fuzz-host nqn.2
 const KEY: [u8; 32] = [0x42; 32];
 
 fn server() -> TlsSession {
-    let lookup = Arc::new(|id: &[u8]| {
-        (id == IDENTITY.as_bytes()).then(|| (Zeroizing::new(KEY.to_vec()), TlsHash::Sha256))
-    });
+    let lookup =
+        Arc::new(|id: &[u8]| (id == IDENTITY.as_bytes()).then(|| (Zeroizing::new(KEY.to_vec()), TlsHash::Sha256)));
     TlsSession::server(lookup).expect("server session")
 }
 
@@ -78,7 +77,8 @@ struct Ops<'a> {
 fn parse_ops(rest: &[u8]) -> Ops<'_> {
     let Some((&n, body)) = rest.split_first() else { return Ops { ops: Vec::new(), tail: &[] } };
     let n = usize::from(n).min(body.len() / 4);
-    let ops = body[..n * 4].chunks_exact(4).map(|o| (o[0], usize::from(u16::from_be_bytes([o[1], o[2]])), o[3])).collect();
+    let ops =
+        body[..n * 4].chunks_exact(4).map(|o| (o[0], usize::from(u16::from_be_bytes([o[1], o[2]])), o[3])).collect();
     Ops { ops, tail: &body[n * 4..] }
 }
 
