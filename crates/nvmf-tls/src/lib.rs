@@ -7,7 +7,7 @@
 //! engine moves the bytes.
 //!
 //! The TLS engine is the system OpenSSL (>= 1.1.1; 3.0 here) through the
-//! `openssl` crate, plus a small FFI ([`ffi`](crate::ffi) in the source) for
+//! `openssl` crate, plus a small FFI (`src/ffi.rs`) for
 //! the TLS 1.3 PSK callbacks the crate does not wrap; README.md says why.
 //!
 //! # What is negotiated

@@ -352,3 +352,24 @@ fn certificate_client_refused() {
     eprintln!("{e}");
     assert!(e.to_string().contains("no PSK"), "{e}");
 }
+
+#[test]
+fn psk_from_nvmf_proto_derivation() {
+    use nvmf_proto::auth::tls_psk::{derive, ConfiguredPsk, HkdfLabelLayout, IdentityVersion};
+    use nvmf_proto::auth::HashId;
+    for (hash_id, hash) in [(HashId::Sha256, TlsHash::Sha256), (HashId::Sha384, TlsHash::Sha384)] {
+        let configured = ConfiguredPsk::generate(hash_id, &mut |b: &mut [u8]| b.fill(0x3c)).unwrap();
+        for version in [IdentityVersion::V0, IdentityVersion::V1] {
+            let d = derive(&configured, HOSTNQN, SUBNQN, version, HkdfLabelLayout::Rfc8446).unwrap();
+            assert_eq!(TlsHash::from_psk_len(d.tls_psk.as_bytes().len()), Some(hash));
+            let server =
+                TlsSession::server(lookup(vec![(d.identity.clone(), d.tls_psk.as_bytes().to_vec(), hash)])).unwrap();
+            let client = TlsSession::client(&d.identity, d.tls_psk.as_bytes(), hash, ClientOptions::default()).unwrap();
+            let (mut c, mut s) = (Peer::new(client), Peer::new(server));
+            settle(&mut c, &mut s);
+            assert!(c.s.handshake_done() && s.s.handshake_done(), "{:?} {:?}", c.err, s.err);
+            assert_eq!(s.s.peer_identity(), Some(d.identity.as_str()));
+            assert_eq!(s.s.hash(), Some(hash));
+        }
+    }
+}
