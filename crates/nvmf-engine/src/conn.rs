@@ -14,6 +14,7 @@ use crate::ctx::{ud, CoreCtx, K_CANCEL, K_RECV, K_SEND};
 use crate::limits::ConnAdmission;
 use crate::rx::RxBuf;
 use crate::timer::ConnTimer;
+use crate::tls::TlsConn;
 use crate::tx::ExtSeg;
 use crate::{ArmedSink, CloseReason, ConnInfo, ConnIo, Flow, Handler};
 
@@ -76,6 +77,8 @@ pub(crate) struct Conn {
     pub(crate) tx_big_at_ms: u64,
     /// Listed in the core's send-buffer trim queue.
     pub(crate) tx_trim_listed: bool,
+    /// TLS between the socket and the handler (`None`: plain TCP).
+    pub(crate) tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
@@ -86,6 +89,7 @@ impl Conn {
         handler: Box<dyn Handler>,
         rx: RxBuf,
         admission: ConnAdmission,
+        tls: Option<Box<TlsConn>>,
     ) -> Conn {
         Conn {
             id,
@@ -122,6 +126,7 @@ impl Conn {
             admission,
             tx_big_at_ms: 0,
             tx_trim_listed: false,
+            tls,
         }
     }
 
@@ -144,7 +149,19 @@ impl Conn {
         f: impl FnOnce(&mut dyn Handler, &mut ConnIo<'_>) -> Flow,
     ) -> Flow {
         let Conn {
-            handler, rx, tx_acc, ext_acc, info, storage_fly, rerun_recv, id, poisoned, timer, admission, ..
+            handler,
+            rx,
+            tx_acc,
+            ext_acc,
+            info,
+            storage_fly,
+            rerun_recv,
+            id,
+            poisoned,
+            timer,
+            admission,
+            tls,
+            ..
         } = self;
         let peer = info.peer;
         let id = *id;
@@ -159,6 +176,7 @@ impl Conn {
             storage_inflight: storage_fly,
             rerun_recv,
             admission,
+            tls,
         };
         let r = guarded(poisoned, peer, || {
             let flow = f(handler.as_mut(), &mut io);

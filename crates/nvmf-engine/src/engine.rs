@@ -17,6 +17,7 @@ use nvmf_proto::log_limit::LogLimiter;
 use crate::core::{self, Command, NewConn};
 use crate::limits::{evictions_pending, Admission, Admit};
 use crate::stats::CoreShared;
+use crate::tls::{ListenerTls, TlsConn};
 use crate::{CoreStats, EngineConfig, EngineError, HandlerFactory, MakeHandler};
 
 /// Sockets handed to one core and not yet registered there, beyond which
@@ -254,6 +255,23 @@ impl Engine {
     /// are handed to the least-loaded core (live connections + handoffs in
     /// flight; ties round-robin), where `factory.create` makes the handler.
     pub fn listen(&self, addr: SocketAddr, factory: Arc<dyn HandlerFactory>) -> Result<ListenerId, EngineError> {
+        self.listen_tls(addr, factory, ListenerTls::Off)
+    }
+
+    /// [`listen`](Self::listen) with TLS allowed or required on the
+    /// listener (see [`ListenerTls`]). The session limits of the engine
+    /// ([`crate::tls_session_limits`]) replace those of the configuration.
+    pub fn listen_tls(
+        &self,
+        addr: SocketAddr,
+        factory: Arc<dyn HandlerFactory>,
+        tls: ListenerTls,
+    ) -> Result<ListenerId, EngineError> {
+        let tls = match tls {
+            ListenerTls::Off => ListenerTls::Off,
+            ListenerTls::Allowed(c) => ListenerTls::Allowed(Arc::new(with_engine_limits(&c))),
+            ListenerTls::Required(c) => ListenerTls::Required(Arc::new(with_engine_limits(&c))),
+        };
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
@@ -273,7 +291,7 @@ impl Engine {
         let stop2 = stop.clone();
         let th = std::thread::Builder::new()
             .name(format!("nvmf-accept{id}"))
-            .spawn(move || acceptor(l2, id, stop2, inner, factory))
+            .spawn(move || acceptor(l2, id, stop2, inner, factory, tls))
             .map_err(EngineError::Io)?;
         self.inner.listeners.lock().unwrap().push(ListenerEntry { id, stop, listener, thread: Some(th) });
         Ok(ListenerId { id, local })
@@ -315,12 +333,40 @@ impl Engine {
         self.connect_timeout(core_index, addr, Duration::from_secs(10), make)
     }
 
+    /// [`connect_timeout`](Self::connect_timeout) over TLS: `session` (a
+    /// client [`nvmf_tls::TlsSession`], made with
+    /// [`crate::tls_session_limits`]) starts its handshake at once; the
+    /// handler's output waits until the handshake finished, and its input
+    /// comes decrypted. A failed handshake closes the connection with
+    /// [`CloseReason::Tls`](crate::CloseReason::Tls).
+    pub fn connect_tls(
+        &self,
+        core_index: usize,
+        addr: SocketAddr,
+        timeout: Duration,
+        session: nvmf_tls::TlsSession,
+        make: MakeHandler,
+    ) -> Result<(), EngineError> {
+        self.connect_inner(core_index, addr, timeout, Some(Box::new(TlsConn::client(session))), make)
+    }
+
     /// [`connect`](Self::connect) with an explicit TCP connect timeout.
     pub fn connect_timeout(
         &self,
         core_index: usize,
         addr: SocketAddr,
         timeout: Duration,
+        make: MakeHandler,
+    ) -> Result<(), EngineError> {
+        self.connect_inner(core_index, addr, timeout, None, make)
+    }
+
+    fn connect_inner(
+        &self,
+        core_index: usize,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<Box<TlsConn>>,
         make: MakeHandler,
     ) -> Result<(), EngineError> {
         if self.inner.stopped.load(Ordering::Acquire) {
@@ -337,7 +383,7 @@ impl Engine {
             let peer = s.peer_addr()?;
             // SAFETY: into_raw_fd transfers ownership.
             let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
-            Ok(NewConn { fd, peer, local, listener_id: None })
+            Ok(NewConn { fd, peer, local, listener_id: None, tls })
         })();
         let sent = connected.and_then(|conn| core.send(Command::Connect { conn, make }));
         if sent.is_err() {
@@ -413,12 +459,20 @@ fn stop_listener(mut e: ListenerEntry) {
     }
 }
 
+/// A copy of a server configuration with the engine's session limits.
+fn with_engine_limits(cfg: &nvmf_tls::ServerConfig) -> nvmf_tls::ServerConfig {
+    let mut c = cfg.clone();
+    c.limits = crate::tls::session_limits();
+    c
+}
+
 fn acceptor(
     listener: Arc<TcpListener>,
     id: u64,
     stop: Arc<AtomicBool>,
     inner: std::sync::Weak<Inner>,
     factory: Arc<dyn HandlerFactory>,
+    tls: ListenerTls,
 ) {
     // Refusals are peer-provoked: rate-limited.
     let mut log = LogLimiter::default();
@@ -483,7 +537,17 @@ fn acceptor(
         // SAFETY: ownership transfer.
         let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
         let sent = inner.cores[idx].send(Command::Accepted {
-            conn: NewConn { fd, peer, local, listener_id: Some(id) },
+            conn: NewConn {
+                fd,
+                peer,
+                local,
+                listener_id: Some(id),
+                tls: match &tls {
+                    ListenerTls::Off => None,
+                    ListenerTls::Allowed(c) => Some(Box::new(TlsConn::detect(c.clone(), false))),
+                    ListenerTls::Required(c) => Some(Box::new(TlsConn::detect(c.clone(), true))),
+                },
+            },
             factory: factory.clone(),
         });
         if sent.is_err() {

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use crate::ctx::CoreCtx;
 use crate::limits::ConnAdmission;
 use crate::rx::RxBuf;
+use crate::tls::{TlsConn, TlsInfo};
 use crate::tx::ExtSeg;
 use crate::ConnWaker;
 
@@ -50,6 +51,13 @@ pub enum CloseReason {
     ListenerRemoved,
     /// Engine shutdown.
     Shutdown,
+    /// A listener with TLS required got a first byte that does not start a
+    /// TLS handshake (e.g. a plain ICReq).
+    TlsRequired,
+    /// TLS failed: the handshake (unknown identity, wrong PSK, no common
+    /// suite) or a record (bad MAC, the peer's fatal alert). The alert, if
+    /// any, was sent before the close.
+    Tls,
     /// Not yet established ([`ConnIo::set_established`]) and the oldest such
     /// connection (preferring those that never sent a byte) when a new socket
     /// arrived at [`EngineConfig::connections_max`](crate::EngineConfig::connections_max)
@@ -187,6 +195,7 @@ pub struct ConnIo<'a> {
     pub(crate) storage_inflight: &'a mut u32,
     pub(crate) rerun_recv: &'a mut bool,
     pub(crate) admission: &'a mut ConnAdmission,
+    pub(crate) tls: &'a mut Option<Box<TlsConn>>,
 }
 
 impl ConnIo<'_> {
@@ -230,6 +239,19 @@ impl ConnIo<'_> {
     /// connections start established).
     pub fn is_established(&self) -> bool {
         self.admission.established
+    }
+    /// The connection's TLS, once its handshake finished (`None`: plain TCP,
+    /// or a listener with TLS allowed that has not seen the first bytes yet;
+    /// a handler gets no bytes before the handshake finished).
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref().and_then(|t| t.info.as_ref())
+    }
+    /// Start a TLS KeyUpdate (`request_peer`: ask the peer to update its
+    /// keys too); its record goes out with the next send. `false` on a plain
+    /// connection, before the handshake finished, or if the session refused.
+    pub fn tls_key_update(&mut self, request_peer: bool) -> bool {
+        let Some(t) = self.tls.as_mut().filter(|t| t.info.is_some()) else { return false };
+        t.session().is_some_and(|s| s.key_update(request_peer).is_ok())
     }
     /// Output buffer: bytes appended are sent in order, coalesced.
     #[inline]

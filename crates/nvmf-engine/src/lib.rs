@@ -200,6 +200,19 @@
 //! | shutdown | [`Engine::shutdown`] waits at most `timeout` for graceful close, then force-closes sockets and waits at most 2 s more for in-flight storage ops; handlers of ops that never complete are leaked rather than freed |
 //! | log lines a peer can provoke | refusals, evictions, overflow closes, handler panics: at most 5 a second per core (or acceptor), then one line with the number suppressed |
 //!
+//! ## TLS
+//!
+//! A listener may allow or require TLS ([`Engine::listen_tls`],
+//! [`ListenerTls`]) and an outbound connection may start one
+//! ([`Engine::connect_tls`]). The record layer runs on the owning core in
+//! user space (OpenSSL through `nvmf-tls`): ciphertext is received into a
+//! landing buffer of [`TLS_LAND_BYTES`], decrypted into the connection's
+//! receive buffer, and everything the handler sends is encrypted when its
+//! batch is taken for sending (borrowed segments are returned right after
+//! encryption). Handlers see only plaintext and learn the PSK identity from
+//! [`ConnIo::tls`]. The session holds at most [`TLS_INBOUND_BYTES_MAX`] of
+//! undecrypted ciphertext; beyond it no receive is armed. See `tls.rs`.
+//!
 //! ## Threading
 //!
 //! Handlers are created on the core that owns the connection (via
@@ -220,6 +233,7 @@ mod limits;
 mod rx;
 mod stats;
 mod timer;
+mod tls;
 mod tx;
 
 use std::io;
@@ -240,7 +254,14 @@ pub use crate::handler::{
 pub use crate::limits::EVICTIONS_PENDING_MAX;
 pub use crate::rx::{RX_BURST_IDLE_MS, RX_CALM_RECVS_MAX};
 pub use crate::stats::CoreStats;
+pub use crate::tls::{
+    session_limits as tls_session_limits, ListenerTls, TlsInfo, TLS_INBOUND_BYTES_MAX, TLS_LAND_BYTES,
+    TLS_OUTBOUND_BYTES_MAX,
+};
 pub use crate::tx::{TX_RETAIN_BYTES, TX_TRIM_IDLE_MS};
+/// The TLS crate the engine speaks (sessions for [`Engine::connect_tls`],
+/// server configurations for [`ListenerTls`]).
+pub use nvmf_tls;
 
 /// Engine errors.
 #[derive(Debug, thiserror::Error)]

@@ -181,6 +181,13 @@ impl RxBuf {
     pub(crate) fn calm_down(&mut self) {
         self.calm_recvs = RX_CALM_RECVS_MAX;
     }
+    /// `n` bytes of plaintext were decrypted into the tail (TLS): no burst
+    /// accounting, the socket is read into the TLS landing buffer instead.
+    #[inline]
+    pub(crate) fn commit_decrypted(&mut self, n: usize) {
+        assert!(n <= self.cap - self.end, "decrypted beyond the rx tail");
+        self.end += n;
+    }
     /// `n` bytes were received into the tail, which offered `offered` bytes.
     #[inline]
     pub(crate) fn commit(&mut self, n: usize, offered: usize) {

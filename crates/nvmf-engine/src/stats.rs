@@ -118,6 +118,18 @@ core_stats! {
     periodic_ticks,
     /// Connections whose send buffers gave capacity back.
     tx_trims,
+    /// TLS handshakes finished (both sides).
+    tls_handshakes,
+    /// TLS sessions that failed (handshake or record; the peer's alert
+    /// included).
+    tls_failures,
+    /// Connections to a listener that requires TLS whose first bytes were
+    /// not a TLS handshake.
+    tls_refused_plain,
+    /// Plaintext bytes decrypted for handlers.
+    tls_bytes_decrypted,
+    /// Plaintext bytes encrypted from handlers' output.
+    tls_bytes_encrypted,
 }
 
 pub(crate) struct CoreShared {

@@ -124,12 +124,20 @@ impl Core {
                 ctx.limits.on_heard(&mut c.admission);
             }
             if c.state == State::Open {
+                if c.tls.as_ref().is_some_and(|t| t.lands()) {
+                    // Ciphertext: decrypted into rx, then on_recv.
+                    Self::tls_landed(ctx, c, idx, res as usize);
+                    return;
+                }
                 let f = if sunk {
                     ctx.stats.sink_recv_ops += 1;
                     c.call(ctx, idx, |h, io| h.on_sink_recv(io, res as usize))
                 } else {
                     c.rx.commit(res as usize, offered);
                     c.rx.reserve_bytes = 0;
+                    if c.tls.is_some() && !Self::tls_detect(ctx, c, idx) {
+                        return;
+                    }
                     c.call(ctx, idx, |h, io| h.on_recv(io))
                 };
                 c.apply(ctx, idx, f);
@@ -172,9 +180,15 @@ impl Core {
             };
             // Receive-buffer decisions as in flush (no receive is in flight on
             // a hot connection); anything but a plain receive goes to flush.
+            // TLS: ciphertext lands in the landing buffer while it has room.
+            let lands = c.tls.as_ref().is_some_and(|t| t.lands());
             let ready = c.state == State::Open
                 && c.tx_pending() <= max_tx
-                && self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id, now_ms) == RxReady::Ready;
+                && if lands {
+                    c.tls.as_mut().is_some_and(|t| t.land_tail().is_some())
+                } else {
+                    self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id, now_ms) == RxReady::Ready
+                };
             if !ready {
                 c.hot = false;
                 Self::mark(&mut self.dirty, c, slot);
@@ -184,7 +198,7 @@ impl Core {
             // With nothing unparsed in rx, the handler may want the next bytes
             // in a buffer of its own (the rest of a large payload): received
             // there, they are not copied again.
-            let (sink, len_max) = if c.rx.data().is_empty() {
+            let (sink, len_max) = if !lands && c.rx.data().is_empty() {
                 match c.sink() {
                     Ok(got) => got,
                     Err(()) => {
@@ -200,14 +214,16 @@ impl Core {
             };
             let (ptr, len) = match sink {
                 Some(s) => s,
+                None if lands => c.tls.as_mut().and_then(|t| t.land_tail()).expect("checked in ready"),
                 None => {
                     let (p, free) = c.rx.tail();
                     (p, free.min(len_max.max(1)))
                 }
             };
-            // SAFETY: `ptr..ptr + len` is the rx tail (ours; no io_uring recv is
-            // in flight on a hot connection) or the handler's sink, which stays
-            // valid and untouched until on_sink_recv (no handler call between).
+            // SAFETY: `ptr..ptr + len` is the rx tail or the TLS landing
+            // buffer's spare capacity (ours; no io_uring recv is in flight on
+            // a hot connection) or the handler's sink, which stays valid and
+            // untouched until on_sink_recv (no handler call between).
             let r = unsafe { libc::recv(c.fd.as_raw_fd(), ptr as *mut libc::c_void, len, libc::MSG_DONTWAIT) };
             let res = if r < 0 { -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) } else { r as i32 };
             if res == -libc::EAGAIN {
@@ -261,9 +277,27 @@ impl Core {
                 }
                 continue;
             }
+            if c.state == State::Open && c.tls.as_ref().is_some_and(|t| t.lands() && t.plain_pending) {
+                // Decrypted data waited for room (the handler consumed, or a
+                // large buffer was granted).
+                Self::tls_deliver(&mut self.ctx, c, slot);
+            }
             // tx
+            if !c.send_fly && c.tls.is_some() && c.tx_off >= c.tx_total {
+                // TLS: the next batch is ciphertext.
+                if Self::tls_fill_tx(&mut self.ctx, c, slot) {
+                    Self::mark(&mut self.dirty_next, c, slot);
+                }
+                if tx::batch_is_big(&c.tx_fly, &c.ext_fly) {
+                    c.tx_big_at_ms = now_ms;
+                    if !c.tx_trim_listed {
+                        c.tx_trim_listed = true;
+                        self.tx_trim.push(slot, c.id, now_ms + TX_TRIM_IDLE_MS);
+                    }
+                }
+            }
             if !c.send_fly {
-                if c.tx_off >= c.tx_total && (!c.tx_acc.is_empty() || !c.ext_acc.is_empty()) {
+                if c.tx_off >= c.tx_total && (!c.tx_acc.is_empty() || !c.ext_acc.is_empty()) && c.tls.is_none() {
                     std::mem::swap(&mut c.tx_fly, &mut c.tx_acc);
                     std::mem::swap(&mut c.ext_fly, &mut c.ext_acc);
                     c.tx_acc.clear();
@@ -307,6 +341,28 @@ impl Core {
                 }
                 State::Open => {
                     // A hot connection is received by poll_hot, not by an SQE.
+                    if !c.hot && !c.recv_fly && c.tx_pending() <= max_tx && c.tls.as_ref().is_some_and(|t| t.lands()) {
+                        // TLS: receive ciphertext into the landing buffer while
+                        // the session can take it (else: backpressure).
+                        let Some((p, len)) = c.tls.as_mut().and_then(|t| t.land_tail()) else { continue };
+                        if c.hot_eligible && self.direct_ok && self.hot.len() < self.hot_max {
+                            c.hot = true;
+                            c.hot_empty = 0;
+                            self.hot.push(slot);
+                            continue;
+                        }
+                        // SAFETY: the landing buffer's spare capacity is not
+                        // touched (nor the Vec reallocated) until the recv
+                        // completes: it only grows through land_commit.
+                        let e = opcode::Recv::new(types::Fd(c.fd.as_raw_fd()), p, len as u32)
+                            .build()
+                            .user_data(ud(K_RECV, slot));
+                        self.ctx.push(&e);
+                        c.recv_fly = true;
+                        c.recv_sink_fly = false;
+                        c.recv_offered = len;
+                        continue;
+                    }
                     if !c.hot && !c.recv_fly && c.tx_pending() <= max_tx {
                         match self.ctx.rx_pool.prepare(&mut c.rx, slot, c.id, now_ms) {
                             RxReady::Ready => {}

@@ -2,6 +2,7 @@
 
 mod datapath;
 mod periodic;
+mod tls_path;
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub(crate) struct NewConn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub listener_id: Option<u64>,
+    /// TLS from the first byte (listener with TLS, or an outbound session).
+    pub tls: Option<Box<crate::tls::TlsConn>>,
 }
 
 pub(crate) enum Command {
@@ -521,7 +524,7 @@ impl Core {
             }
         };
         let admission = self.ctx.limits.on_register(slot, id, self.ctx.clock.now_us, established);
-        let c = self.conns[slot as usize].insert(Conn::new(id, nc.fd, info, handler, rx, admission));
+        let c = self.conns[slot as usize].insert(Conn::new(id, nc.fd, info, handler, rx, admission, nc.tls));
         self.ctx.stats.connections += 1;
         self.ctx.stats.connections_total += 1;
         self.shared.live.store(self.ctx.stats.connections, Ordering::Relaxed);
