@@ -265,6 +265,9 @@ pub enum ListenerCmd {
         /// Port ID reported in discovery (default: the lowest free one).
         #[arg(long)]
         port_id: Option<u16>,
+        /// TLS 1.3 on a new listener: none (default), allowed or required.
+        #[arg(long, value_name = "MODE", value_parser = ["none", "allowed", "required"])]
+        tls: Option<String>,
     },
     /// Stop listening (with --subsystem: stop exporting that subsystem there;
     /// the listener goes when it exported only that one).
@@ -385,8 +388,11 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
         },
         CtlCmd::Listener(l) => match l {
             ListenerCmd::List => ("listener_list", json!({})),
-            ListenerCmd::Add { addr, subsystem, port_id } => {
+            ListenerCmd::Add { addr, subsystem, port_id, tls } => {
                 let mut p = json!({"addr": addr});
+                if let Some(t) = tls {
+                    p["tls"] = json!(t);
+                }
                 if let Some(s) = subsystem {
                     p["subsystem"] = json!(s);
                 }

@@ -60,8 +60,15 @@ pub struct TargetArgs {
     /// NQN:dhchap=KEY[:ctrl=KEY] (repeatable; keys as nvme gen-dhchap-key
     /// prints them). Keys on the command line are visible to other local
     /// users: prefer [[subsystem.host]] with dhchap_key_file in a config.
-    #[arg(long = "host", value_name = "NQN:dhchap=KEY[:ctrl=KEY]")]
+    /// With :tls=KEY (interchange format, as nvme gen-tls-key prints it) the
+    /// host connects over TLS 1.3 with that PSK (RFC 8446 derivation; use
+    /// tls_key_compat in a config for hosts with libnvme before 1.16).
+    #[arg(long = "host", value_name = "NQN:dhchap=KEY[:ctrl=KEY][:tls=KEY]")]
     pub hosts: Vec<String>,
+    /// TLS 1.3 on the I/O listeners: none, allowed (TLS or plain) or
+    /// required; overrides tls in the configuration's [[listener]] tables.
+    #[arg(long, value_name = "MODE", value_parser = ["none", "allowed", "required"])]
+    pub tls: Option<String>,
     /// Cores to run on, one pinned thread each, e.g. 0,2-3 (default: one unpinned thread).
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
@@ -146,7 +153,12 @@ pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
         cfg.listeners = a
             .listen
             .iter()
-            .map(|addr| nvmf_target::config::ListenerConfig { addr: addr.clone(), port_id: None, subsystems: vec![] })
+            .map(|addr| nvmf_target::config::ListenerConfig {
+                addr: addr.clone(),
+                port_id: None,
+                subsystems: vec![],
+                tls: Default::default(),
+            })
             .collect();
     }
     if !a.discovery_listen.is_empty() {
@@ -175,6 +187,12 @@ pub fn build_config(a: &TargetArgs) -> anyhow::Result<TargetConfig> {
             l.subsystems.clear();
         }
     }
+    if let Some(mode) = &a.tls {
+        let mode: nvmf_target::config::TlsMode = mode.parse().map_err(anyhow::Error::msg)?;
+        for l in &mut cfg.listeners {
+            l.tls = mode;
+        }
+    }
     if let Some(cores) = &a.cores {
         cfg.engine.cores = cores.clone();
     }
@@ -195,7 +213,7 @@ fn parse_host_spec(spec: &str) -> anyhow::Result<nvmf_target::config::HostConfig
         MARKERS.iter().flat_map(|m| spec.match_indices(m).map(|(i, _)| (i, *m)).collect::<Vec<_>>()).collect();
     cuts.sort();
     let Some(&(first, _)) = cuts.first() else {
-        bail!("--host takes NQN:dhchap=KEY[:ctrl=KEY] (no \"dhchap=\" in the value)");
+        bail!("--host takes NQN:dhchap=KEY[:ctrl=KEY][:tls=KEY] (no \"dhchap=\" or \"tls=\" in the value)");
     };
     let mut h = nvmf_target::config::HostConfig { nqn: spec[..first].to_string(), ..Default::default() };
     for (k, &(at, marker)) in cuts.iter().enumerate() {

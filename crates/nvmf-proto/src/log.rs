@@ -84,6 +84,12 @@ pub mod treq {
     pub const NOT_REQUIRED: u8 = 2;
     pub const DISABLE_SQFLOW: u8 = 1 << 2;
 }
+/// TCP transport-specific address subtype (TSAS) SECTYPE values.
+pub mod sectype {
+    pub const NONE: u8 = 0;
+    pub const TLS12: u8 = 1;
+    pub const TLS13: u8 = 2;
+}
 /// EFLAGS bits.
 pub mod eflags {
     pub const DUPLICATE_RETURNED_INFO: u16 = 1 << 0;

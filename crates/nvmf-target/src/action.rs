@@ -62,6 +62,8 @@ pub struct ConnectRequest {
     /// The 1024-byte Connect data.
     pub data: Vec<u8>,
     pub port: Arc<Port>,
+    /// The TLS PSK identity the connection was established with (`None`: in clear).
+    pub tls_identity: Option<Arc<str>>,
 }
 
 /// An effect for the driver.

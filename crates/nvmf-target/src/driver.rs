@@ -34,7 +34,7 @@ pub fn apply_control(
     match action {
         Action::Storage(_) => unreachable!("storage actions are executed by the driver"),
         Action::Connect(req) => {
-            let result = fabrics::connect(target, &req.port, &req.sqe, &req.data);
+            let result = fabrics::connect(target, &req.port, req.tls_identity.as_deref(), &req.sqe, &req.data);
             q.on_connected(result, now_us, out);
         }
         Action::Bound { ctrl, qid, counters } => {

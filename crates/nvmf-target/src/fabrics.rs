@@ -66,7 +66,13 @@ fn sequence_error() -> ConnectError {
 
 /// Run a Connect against the registry (the driver's half). `data` is the
 /// 1024-byte Connect data.
-pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<Connected, ConnectError> {
+pub fn connect(
+    target: &Target,
+    port: &Port,
+    tls_identity: Option<&str>,
+    sqe: &Sqe,
+    data: &[u8],
+) -> Result<Connected, ConnectError> {
     let c = ConnectCmd::parse(sqe);
     if c.recfmt != 0 {
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_INCOMPATIBLE_FORMAT).dnr()));
@@ -86,6 +92,11 @@ pub fn connect(target: &Target, port: &Port, sqe: &Sqe, data: &[u8]) -> Result<C
     let flow_off = c.cattr & CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
     let limits = &target.limits;
 
+    let has_tls_key = target.tls_key(&d.hostnqn, &d.subnqn).is_some();
+    if let Err(why) = crate::tls::check_connect(tls_identity, &d.hostnqn, &d.subnqn, has_tls_key) {
+        tracing::debug!(host = %d.hostnqn, subsystem = %d.subnqn, "Connect refused: {why:?}");
+        return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_INVALID_HOST).dnr()));
+    }
     if d.subnqn == DISCOVERY_NQN {
         if c.qid != 0 {
             return Err(invalid_param(false, connect_sqe_off::QID));
@@ -234,7 +245,13 @@ impl Queue {
                     Ok(HostData::Capsule(d)) if d.len() == CONNECT_DATA_LEN => {
                         self.connecting = Some(sqe.cid);
                         let port = self.port.clone();
-                        self.actions.push(Action::Connect(Box::new(ConnectRequest { sqe, data: d.to_vec(), port })));
+                        let tls_identity = self.tls_identity.clone();
+                        self.actions.push(Action::Connect(Box::new(ConnectRequest {
+                            sqe,
+                            data: d.to_vec(),
+                            port,
+                            tls_identity,
+                        })));
                     }
                     // Connect data always travels in the capsule (the queue
                     // is not set up for R2T yet) and is exactly 1024 bytes.

@@ -48,6 +48,7 @@ pub mod subsys;
 pub mod tcp;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 
 pub use server::{serve, serve_with, Server};
 pub use subsys::Target;

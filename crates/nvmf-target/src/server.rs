@@ -35,6 +35,8 @@ pub enum ServeError {
     ListenerExists(SocketAddr),
     #[error("the target is shutting down")]
     ShuttingDown,
+    #[error("TLS: {0}")]
+    Tls(#[from] nvmf_engine::nvmf_tls::TlsError),
 }
 
 /// Counters for logging.
@@ -52,6 +54,8 @@ pub struct Server {
     target: Arc<Target>,
     /// Changed at runtime by management (add/remove listener).
     listeners: Mutex<Vec<(ListenerId, Port)>>,
+    /// The TLS server side shared by the listeners that allow TLS.
+    tls: Arc<nvmf_engine::nvmf_tls::ServerConfig>,
 }
 
 impl Server {
@@ -76,10 +80,16 @@ impl Server {
             return Err(ServeError::ListenerExists(port.addr));
         }
         let factory = Arc::new(QueueFactory { target: self.target.clone(), port: port.clone() });
-        let id =
-            engine.listen(port.addr, factory).map_err(|err| ServeError::Listen { addr: port.addr.to_string(), err })?;
+        let id = engine
+            .listen_tls(port.addr, factory, crate::tls::listener_tls(port.tls, &self.tls))
+            .map_err(|err| ServeError::Listen { addr: port.addr.to_string(), err })?;
         port.addr = id.local_addr();
-        tracing::info!("listening on {} (added at runtime, port id {})", port.addr, port.port_id);
+        tracing::info!(
+            "listening on {} (added at runtime, port id {}, tls {})",
+            port.addr,
+            port.port_id,
+            port.tls.name()
+        );
         self.target.add_port(port.clone());
         l.push((id, port.clone()));
         Ok(port)
@@ -155,28 +165,38 @@ pub fn serve_with(cfg: &TargetConfig, open: BackendOpener<'_>) -> Result<Server,
         housekeeping: Some(Housekeeping::start(target.clone())),
         target: target.clone(),
         listeners: Mutex::new(Vec::new()),
+        tls: crate::tls::server_config(&target)?,
     };
     let mut specs: Vec<(String, Port)> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let addr = l.addr.parse().map_err(|_| ServeError::BadAddress(l.addr.clone()))?;
         let port_id = l.port_id.unwrap_or(i as u16 + 1);
-        specs.push((l.addr.clone(), Port { port_id, addr, subsystems: l.subsystems.clone(), discovery_only: false }));
+        specs.push((
+            l.addr.clone(),
+            Port { port_id, addr, subsystems: l.subsystems.clone(), discovery_only: false, tls: l.tls },
+        ));
     }
     let disc_ids = cfg.discovery_port_ids();
     for (i, a) in cfg.discovery.listen.iter().enumerate() {
         let addr = a.parse().map_err(|_| ServeError::BadAddress(a.clone()))?;
         let port_id = disc_ids.get(i).copied().unwrap_or(i as u16 + 1);
-        specs.push((a.clone(), Port { port_id, addr, subsystems: Vec::new(), discovery_only: true }));
+        specs.push((
+            a.clone(),
+            Port { port_id, addr, subsystems: Vec::new(), discovery_only: true, tls: Default::default() },
+        ));
     }
     for (text, mut port) in specs {
         let factory = Arc::new(QueueFactory { target: target.clone(), port: port.clone() });
-        let id = engine.listen(port.addr, factory).map_err(|err| ServeError::Listen { addr: text, err })?;
+        let id = engine
+            .listen_tls(port.addr, factory, crate::tls::listener_tls(port.tls, &server.tls))
+            .map_err(|err| ServeError::Listen { addr: text, err })?;
         port.addr = id.local_addr();
         tracing::info!(
-            "listening on {} ({}, port id {})",
+            "listening on {} ({}, port id {}, tls {})",
             port.addr,
             if port.discovery_only { "discovery" } else { "I/O and discovery" },
-            port.port_id
+            port.port_id,
+            port.tls.name()
         );
         target.add_port(port.clone());
         server.listeners.get_mut().unwrap().push((id, port));
@@ -261,7 +281,14 @@ impl HandlerFactory for QueueFactory {
         // The clock starts at the first callback (`on_tick` at registration).
         self.target.queues_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let q = Queue::new(self.target.clone(), Arc::new(port), info.local, info.peer, 0);
-        Some(Box::new(QueueHandler { q, target: self.target.clone(), peer: info.peer, waker: None, started: false }))
+        Some(Box::new(QueueHandler {
+            q,
+            target: self.target.clone(),
+            peer: info.peer,
+            waker: None,
+            started: false,
+            tls_checked: false,
+        }))
     }
 }
 
@@ -281,6 +308,8 @@ struct QueueHandler {
     waker: Option<Arc<dyn QueueWaker>>,
     /// The queue's clock was set (first callback).
     started: bool,
+    /// The connection's TLS identity was passed to the queue (first bytes).
+    tls_checked: bool,
 }
 
 fn flow(f: QueueFlow) -> Flow {
@@ -366,6 +395,13 @@ fn submit_storage(io: &mut ConnIo<'_>, op: crate::action::StorageOp) {
 impl Handler for QueueHandler {
     fn on_recv(&mut self, io: &mut ConnIo<'_>) -> Flow {
         self.start(io);
+        if !self.tls_checked {
+            // The engine finished any TLS handshake before the first byte.
+            self.tls_checked = true;
+            if let Some(t) = io.tls() {
+                self.q.set_tls_identity(&t.identity);
+            }
+        }
         let now = io.now_us();
         // Borrow juggling: the output Vec is moved out of the engine for the
         // call (no copy) because `rx` borrows `io`.

@@ -171,6 +171,10 @@ impl Subsystem {
     pub fn dhchap_policy(&self, hostnqn: &str) -> Option<Arc<DhchapPolicy>> {
         self.host_entries.lock().unwrap().iter().find(|h| h.config.nqn == hostnqn).and_then(|h| h.dhchap.clone())
     }
+    /// The TLS key of `hostnqn`, when its host table has one.
+    pub fn tls_key(&self, hostnqn: &str) -> Option<Arc<crate::tls::TlsHostKey>> {
+        self.host_entries.lock().unwrap().iter().find(|h| h.config.nqn == hostnqn).and_then(|h| h.tls.clone())
+    }
     /// The host tables as configured (secrets as given, never loaded values).
     pub fn host_configs(&self) -> Vec<HostConfig> {
         self.host_entries.lock().unwrap().iter().map(|h| h.config.clone()).collect()
@@ -267,6 +271,8 @@ pub struct HostEntry {
     /// As configured (secrets as given: inline text or a file name).
     pub config: HostConfig,
     pub dhchap: Option<Arc<DhchapPolicy>>,
+    /// The configured TLS PSK (`tls_key`), loaded.
+    pub tls: Option<Arc<crate::tls::TlsHostKey>>,
 }
 
 impl HostEntry {
@@ -296,7 +302,14 @@ impl HostEntry {
             (None, Some(_)) => return Err(bad("dhchap_ctrl_key", &"needs a dhchap_key")),
             (None, None) => None,
         };
-        Ok(HostEntry { config: h.clone(), dhchap })
+        let tls = crate::secret::load(h.tls_key.as_deref(), h.tls_key_file.as_deref())
+            .map_err(|e| bad("tls_key", &e))?
+            .map(|t| {
+                crate::tls::TlsHostKey::parse(&t, h.tls_key_compat.unwrap_or(false)).map_err(|e| bad("tls_key", &e))
+            })
+            .transpose()?
+            .map(Arc::new);
+        Ok(HostEntry { config: h.clone(), dhchap, tls })
     }
 }
 
@@ -309,6 +322,7 @@ pub struct Port {
     pub subsystems: Vec<String>,
     /// A dedicated discovery listener (no I/O subsystems reachable through it).
     pub discovery_only: bool,
+    pub tls: crate::config::TlsMode,
 }
 
 impl Port {
@@ -391,14 +405,6 @@ impl Target {
     /// Add a subsystem with its namespaces.
     pub fn add_subsystem(&self, s: &SubsystemConfig, open: BackendOpener<'_>) -> Result<Arc<Subsystem>, RegistryError> {
         nvmf_proto::validate_nqn(&s.nqn).map_err(|e| RegistryError::Invalid(format!("{}: {e}", s.nqn)))?;
-        // TLS keys are refused until the target does TLS: a key that is
-        // accepted but not used would let anyone in without it.
-        if let Some(h) = s.hosts.iter().find(|h| h.tls_key.is_some() || h.tls_key_file.is_some()) {
-            return Err(RegistryError::Invalid(format!(
-                "{}: host {} has a TLS key, and this build does not do TLS yet",
-                s.nqn, h.nqn
-            )));
-        }
         if s.nqn == DISCOVERY_NQN {
             return Err(RegistryError::Invalid("a subsystem cannot use the discovery NQN".into()));
         }

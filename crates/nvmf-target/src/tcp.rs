@@ -165,6 +165,9 @@ impl Bound {
 pub struct Queue {
     pub(crate) target: Arc<Target>,
     pub(crate) port: Arc<Port>,
+    /// The TLS PSK identity of the connection (`None`: in clear), set by
+    /// the driver before the first byte is handed over.
+    pub(crate) tls_identity: Option<Arc<str>>,
     pub(crate) local: SocketAddr,
     pub(crate) peer: SocketAddr,
     pub(crate) limits: QueueLimits,
@@ -203,6 +206,7 @@ impl Queue {
         Queue {
             target,
             port,
+            tls_identity: None,
             local,
             peer,
             limits,
@@ -232,6 +236,13 @@ impl Queue {
         self.created_us = now_us;
         self.now_us = now_us;
         self.last_command_us = now_us;
+    }
+
+    /// The connection runs over TLS with this PSK identity (the driver
+    /// says so before it hands over the first byte).
+    pub fn set_tls_identity(&mut self, identity: &str) {
+        assert!(self.conn.is_none() && self.connecting.is_none(), "TLS identity set after Connect");
+        self.tls_identity = Some(identity.into());
     }
 
     /// The host's address.

@@ -129,6 +129,7 @@ pub fn test_config_base() -> TargetConfig {
             addr: "127.0.0.1:4420".into(),
             port_id: None,
             subsystems: Vec::new(),
+            tls: Default::default(),
         }],
         discovery: Default::default(),
         subsystems: Vec::new(),
@@ -139,7 +140,7 @@ pub fn test_config_base() -> TargetConfig {
 pub fn test_queue(target: Arc<Target>) -> Queue {
     let local: SocketAddr = "127.0.0.1:4420".parse().unwrap();
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-    let port = Port { port_id: 1, addr: local, subsystems: Vec::new(), discovery_only: false };
+    let port = Port { port_id: 1, addr: local, subsystems: Vec::new(), discovery_only: false, tls: Default::default() };
     Queue::new(target, Arc::new(port), local, peer, 0)
 }
 

@@ -529,6 +529,7 @@ fn serve_one_namespace(n: nvmf_target::config::NamespaceConfig) -> nvmf_target::
             addr: "127.0.0.1:0".into(),
             port_id: None,
             subsystems: Vec::new(),
+            tls: Default::default(),
         }],
         discovery: Default::default(),
         subsystems: vec![sub],

@@ -64,7 +64,8 @@ impl Drop for Running {
 
 fn config() -> TargetConfig {
     let mut cfg = TargetConfig::embedded_default();
-    cfg.listeners = vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![] }];
+    cfg.listeners =
+        vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![], tls: Default::default() }];
     cfg.discovery = DiscoveryConfig::default();
     cfg.subsystems = vec![SubsystemConfig::with_namespaces(NQN, vec![NamespaceConfig::ram("1MiB")])];
     cfg

@@ -66,7 +66,8 @@ fn base_config(dir: &Path) -> TargetConfig {
     file_ns.path = Some(dir.join("a2.img").display().to_string());
     file_ns.size = Some("4MiB".into());
     let mut cfg = TargetConfig::embedded_default();
-    cfg.listeners = vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![] }];
+    cfg.listeners =
+        vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![], tls: Default::default() }];
     cfg.discovery = DiscoveryConfig::default();
     cfg.subsystems = vec![SubsystemConfig::with_namespaces(A, vec![NamespaceConfig::ram("8MiB"), file_ns])];
     cfg

@@ -317,3 +317,89 @@ pub fn derive_generated(
     let tls_psk = tls_psk(hash, generated_psk, &context, HkdfLabelLayout::Rfc8446)?;
     Ok(DerivedPsk { identity, tls_psk })
 }
+
+/// The parts of a PSK identity ([`identity`]'s output, as a peer offers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedIdentity<'a> {
+    pub version: IdentityVersion,
+    pub origin: PskOrigin,
+    /// The TLS hash named by `<hh>` (SHA-256 or SHA-384).
+    pub hash: HashId,
+    pub host_nqn: &'a str,
+    pub subsys_nqn: &'a str,
+    /// v1 only.
+    pub digest: Option<&'a str>,
+}
+
+/// Split an identity `NVMe<v><R|G><hh> <NQNh> <NQNc>[ <digest>]`; `None`
+/// when it is not one (unknown version or kind, a hash without a TLS suite,
+/// a missing or extra field). NQNs have no spaces, so the fields split on them.
+pub fn parse_identity(text: &str) -> Option<ParsedIdentity<'_>> {
+    let mut fields = text.split(' ');
+    let head = fields.next()?.strip_prefix("NVMe")?.as_bytes();
+    if head.len() != 4 || !head[2..].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let version = match head[0] {
+        b'0' => IdentityVersion::V0,
+        b'1' => IdentityVersion::V1,
+        _ => return None,
+    };
+    let origin = match head[1] {
+        b'R' => PskOrigin::Retained,
+        b'G' => PskOrigin::Generated,
+        _ => return None,
+    };
+    let hash = tls_hash(HashId::from_id((head[2] - b'0') * 10 + (head[3] - b'0'))?).ok()?;
+    let host_nqn = fields.next().filter(|s| !s.is_empty())?;
+    let subsys_nqn = fields.next().filter(|s| !s.is_empty())?;
+    let digest = match version {
+        IdentityVersion::V0 => None,
+        IdentityVersion::V1 => Some(fields.next().filter(|s| !s.is_empty())?),
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(ParsedIdentity { version, origin, hash, host_nqn, subsys_nqn, digest })
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn parse_identity_takes_what_identity_makes() {
+        for (version, digest) in [(IdentityVersion::V0, None), (IdentityVersion::V1, Some("ZGln"))] {
+            for hash in [HashId::Sha256, HashId::Sha384] {
+                let text = identity(version, PskOrigin::Retained, hash, "nqn.h", "nqn.s", digest).unwrap();
+                let p = parse_identity(&text).unwrap();
+                assert_eq!((p.version, p.origin, p.hash), (version, PskOrigin::Retained, hash));
+                assert_eq!((p.host_nqn, p.subsys_nqn, p.digest), ("nqn.h", "nqn.s", digest));
+            }
+        }
+        let g = parse_identity("NVMe1G02 nqn.h nqn.s abc").unwrap();
+        assert_eq!((g.origin, g.hash), (PskOrigin::Generated, HashId::Sha384));
+    }
+
+    #[test]
+    fn parse_identity_refuses_what_is_not_one() {
+        for bad in [
+            "",
+            "NVMe0R01",
+            "NVMe0R01 nqn.h",
+            "NVMe0R01 nqn.h nqn.s extra",
+            "NVMe1R01 nqn.h nqn.s",
+            "NVMe1R01 nqn.h nqn.s d extra",
+            "NVMe2R01 nqn.h nqn.s",
+            "NVMe0X01 nqn.h nqn.s",
+            "NVMe0R03 nqn.h nqn.s",
+            "NVMe0R00 nqn.h nqn.s",
+            "NVMe0R1 nqn.h nqn.s",
+            "NVMe0Rx1 nqn.h nqn.s",
+            "NVMe0R01  nqn.s",
+            "nvme0R01 nqn.h nqn.s",
+        ] {
+            assert!(parse_identity(bad).is_none(), "{bad:?}");
+        }
+    }
+}

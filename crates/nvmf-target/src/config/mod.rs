@@ -147,6 +147,46 @@ pub struct ListenerConfig {
     /// Subsystems reachable through this listener; empty = all.
     #[serde(default)]
     pub subsystems: Vec<String>,
+    /// TLS 1.3 (NVMe/TCP secure channel) on this listener.
+    #[serde(default, skip_serializing_if = "TlsMode::is_none")]
+    pub tls: TlsMode,
+}
+
+/// TLS on a listener: `"none"` (plain NVMe/TCP only), `"allowed"` (TLS or
+/// plain, told apart by the first bytes) or `"required"` (TLS only). The
+/// discovery log's TREQ and TSAS follow it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    None,
+    Allowed,
+    Required,
+}
+
+impl TlsMode {
+    pub fn is_none(&self) -> bool {
+        *self == TlsMode::None
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Allowed => "allowed",
+            TlsMode::Required => "required",
+        }
+    }
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TlsMode, String> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "allowed" => Ok(TlsMode::Allowed),
+            "required" => Ok(TlsMode::Required),
+            _ => Err(format!("{s:?} is not one of none, allowed, required")),
+        }
+    }
 }
 
 /// Dedicated discovery listeners and referrals.

@@ -16,7 +16,12 @@ impl TargetConfig {
         TargetConfig {
             engine: EngineSection::default(),
             limits: Limits::default(),
-            listeners: vec![ListenerConfig { addr: DEFAULT_LISTEN_ADDR.into(), port_id: None, subsystems: Vec::new() }],
+            listeners: vec![ListenerConfig {
+                addr: DEFAULT_LISTEN_ADDR.into(),
+                port_id: None,
+                subsystems: Vec::new(),
+                tls: Default::default(),
+            }],
             discovery: DiscoveryConfig { listen: vec![DEFAULT_DISCOVERY_ADDR.into()], referrals: Vec::new() },
             subsystems: vec![SubsystemConfig::with_namespaces(
                 DEFAULT_SUBSYSTEM_NQN,

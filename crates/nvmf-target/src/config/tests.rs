@@ -417,6 +417,7 @@ fn config_strategy() -> impl Strategy<Value = TargetConfig> {
                     addr: format!("127.0.0.1:{port}"),
                     port_id: id.filter(|i| ids.insert(*i)),
                     subsystems: Vec::new(),
+                    tls: Default::default(),
                 })
                 .collect();
             c.discovery.listen = disc.iter().map(|p| format!("127.0.0.2:{p}")).collect();

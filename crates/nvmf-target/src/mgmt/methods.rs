@@ -450,9 +450,6 @@ impl Mgmt {
         let sc = &cand.subsystems[i];
         let entries =
             sc.hosts.iter().map(|h| HostEntry::load(h, nqn)).collect::<Result<Vec<_>, _>>().map_err(registry_error)?;
-        if sc.hosts.iter().any(|h| h.tls_key.is_some() || h.tls_key_file.is_some()) {
-            return Err(RpcError::param("tls_key", "this build does not do TLS yet"));
-        }
         sub.set_host_entries(entries);
         sub.set_hosts(sc.allow_any_host.unwrap_or(false), sc.allowed_hosts.clone());
         let out = json!({

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::methods::*;
 use super::rpc::RpcError;
 use super::Mgmt;
-use crate::config::{ListenerConfig, ReferralConfig};
+use crate::config::{ListenerConfig, ReferralConfig, TlsMode};
 use crate::subsys::{Port, Referral};
 
 impl Mgmt {
@@ -26,6 +26,7 @@ impl Mgmt {
                     "port_id": port.port_id,
                     "discovery_only": port.discovery_only,
                     "subsystems": port.subsystems,
+                    "tls": port.tls.name(),
                 })
             })
             .collect();
@@ -33,10 +34,12 @@ impl Mgmt {
     }
 
     pub(super) fn listener_add(&self, p: &Params) -> R {
-        p.only(&["addr", "subsystem", "port_id"])?;
+        p.only(&["addr", "subsystem", "port_id", "tls"])?;
         let addr = p.addr("addr")?;
         let subsystem = p.str_opt("subsystem")?;
         let port_id = p.u16_opt("port_id")?;
+        let tls: Option<TlsMode> =
+            p.str_opt("tls")?.map(|t| t.parse()).transpose().map_err(|e| RpcError::param("tls", e))?;
         let mut cfg = self.state.lock().unwrap();
         if let Some(nqn) = subsystem {
             sub_index(&cfg, nqn)?;
@@ -49,6 +52,9 @@ impl Mgmt {
             };
             if port.discovery_only {
                 return Err(RpcError::conflict(format!("{addr} is a discovery-only listener")));
+            }
+            if tls.is_some_and(|t| t != port.tls) {
+                return Err(RpcError::conflict(format!("listener {addr} exists with tls = {:?}", port.tls.name())));
             }
             if port.exports(nqn) {
                 return Err(RpcError::exists(format!("listener {addr} already exports {nqn}")));
@@ -83,10 +89,13 @@ impl Mgmt {
             addr: addr.to_string(),
             port_id: Some(port_id),
             subsystems: subsystems.clone(),
+            tls: tls.unwrap_or_default(),
         });
         let mut cand = cand.normalized().map_err(|e| RpcError::param("addr", e))?;
-        let port =
-            self.server.add_listener(Port { port_id, addr, subsystems, discovery_only: false }).map_err(serve_error)?;
+        let port = self
+            .server
+            .add_listener(Port { port_id, addr, subsystems, discovery_only: false, tls: tls.unwrap_or_default() })
+            .map_err(serve_error)?;
         cand.listeners.last_mut().expect("just pushed").addr = port.addr.to_string();
         *cfg = cand;
         Ok(json!({"addr": port.addr.to_string(), "port_id": port_id}))

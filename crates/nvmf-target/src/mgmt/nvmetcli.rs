@@ -13,7 +13,7 @@ use std::os::unix::fs::FileTypeExt;
 use serde::Deserialize;
 
 use crate::config::{
-    ListenerConfig, NamespaceConfig, ReferralConfig, SubsystemConfig, TargetConfig, CONFIG_FILE_BYTES_MAX,
+    ListenerConfig, NamespaceConfig, ReferralConfig, SubsystemConfig, TargetConfig, TlsMode, CONFIG_FILE_BYTES_MAX,
 };
 
 #[derive(Deserialize)]
@@ -34,6 +34,21 @@ struct AddrJ {
     trsvcid: String,
     #[serde(default)]
     trtype: String,
+    /// nvmet's addr_treq: "not specified", "required", "not required".
+    #[serde(default)]
+    treq: String,
+    /// nvmet's addr_tsas for TCP: "none" or "tls1.3".
+    #[serde(default)]
+    tsas: String,
+}
+
+/// The listener TLS mode of an nvmet port: TLS 1.3 as TSAS, required or not by TREQ.
+fn tls_mode(a: &AddrJ) -> TlsMode {
+    match (a.tsas.as_str(), a.treq.as_str()) {
+        ("tls1.3", "required") => TlsMode::Required,
+        ("tls1.3", _) => TlsMode::Allowed,
+        _ => TlsMode::None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -158,6 +173,7 @@ pub fn import(json: &str) -> Result<(TargetConfig, Vec<String>), String> {
             cfg.listeners.push(ListenerConfig {
                 addr: sock_addr(&p.addr),
                 port_id: p.portid,
+                tls: tls_mode(&p.addr),
                 subsystems: p.subsystems,
             });
         }
@@ -221,5 +237,21 @@ mod tests {
         let c = cfg.normalized().unwrap();
         assert_eq!(c.subsystems[0].namespaces[0].uuid.as_deref(), Some("7e4a2d3c-1f2b-4c5d-8e9f-0a1b2c3d4e5f"));
         assert!(import("{").is_err());
+    }
+
+    #[test]
+    fn imports_tls_ports() {
+        for (treq, tsas, want) in [
+            ("required", "tls1.3", TlsMode::Required),
+            ("not required", "tls1.3", TlsMode::Allowed),
+            ("not specified", "none", TlsMode::None),
+        ] {
+            let text = SAMPLE.replacen(
+                r#""treq": "not specified", "trsvcid": "4420", "trtype": "tcp""#,
+                &format!(r#""treq": "{treq}", "tsas": "{tsas}", "trsvcid": "4420", "trtype": "tcp""#),
+                1,
+            );
+            assert_eq!(import(&text).unwrap().0.listeners[0].tls, want, "{treq} {tsas}");
+        }
     }
 }

@@ -38,7 +38,12 @@ pub fn start_target(limits: Limits) -> Server {
     let cfg = TargetConfig {
         engine: nvmf_target::config::EngineSection { mode: "interrupt".into(), ..Default::default() },
         limits,
-        listeners: vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: Vec::new() }],
+        listeners: vec![ListenerConfig {
+            addr: "127.0.0.1:0".into(),
+            port_id: None,
+            subsystems: Vec::new(),
+            tls: Default::default(),
+        }],
         discovery: DiscoveryConfig { listen: vec!["127.0.0.1:0".into()], referrals: Vec::new() },
         subsystems: vec![sub, restricted],
     };
