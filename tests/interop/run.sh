@@ -56,6 +56,7 @@ CASES=(
     "target-unknown-nqn|target|target:--config|90|c_target_unknown_nqn"
     "target-allow-host|target|target:--listen,--discovery-listen,--subsystem,--namespace,--allow-host|90|c_target_allow_host"
     "target-auth|target|target:--config|180|c_target_auth"
+    "target-tls|target|target:--config,--tls|300|c_target_tls"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
@@ -299,13 +300,13 @@ target_start_all() {
 }
 # target_config: pick ports, write t1.toml, guest forwards, patterns, backing file
 target_config() {
-    local pa pd pf pfd ph phd pg
+    local pa pd pf pfd ph phd pg pt
     pa=$(free_port) pd=$(free_port) pf=$(free_port) pfd=$(free_port)
-    ph=$(free_port) phd=$(free_port) pg=$(free_port)
-    echo "PA=$pa PD=$pd PF=$pf PFD=$pfd PH=$ph PHD=$phd PG=$pg" >"$STATE/target.env"
+    ph=$(free_port) phd=$(free_port) pg=$(free_port) pt=$(free_port)
+    echo "PA=$pa PD=$pd PF=$pf PFD=$pfd PH=$ph PHD=$phd PG=$pg PT=$pt" >"$STATE/target.env"
     # Guest port == host port: the guest dials 10.0.2.100:P for host 127.0.0.1:P, so
     # the trsvcid a discovery log reports for 127.0.0.1:P is usable as is in the guest.
-    echo "$pa:$pa $pd:$pd $pf:$pf $ph:$ph $pg:$pg" >"$STATE/target.guestfwd"
+    echo "$pa:$pa $pd:$pd $pf:$pf $ph:$ph $pg:$pg $pt:$pt" >"$STATE/target.guestfwd"
     # host-made patterns, copied into the guest at boot (the host compares files with them)
     mkdir -p "$STATE/files"
     [ -s "$STATE/files/pat8" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
@@ -314,7 +315,7 @@ target_config() {
 
     # TOML for the main target (schema agreed with the target engineers; see README):
     # two subsystems, three namespaces: RAM 512 B, RAM 4 KiB blocks, null 1 TiB.
-    echo "$pa $pd" >"$STATE/t1.ports"
+    echo "$pa $pd $pt" >"$STATE/t1.ports"
     cat >"$STATE/t1.toml" <<EOF
 # nvmf target config used by tests/interop/run.sh (target-* cases)
 [[listener]]
@@ -344,6 +345,7 @@ size = "1TiB"
 block_size = 512
 EOF
     auth_config
+    tls_config "$pt"
     echo "$pf $pfd" >"$STATE/t2.ports"
     echo "$ph $phd" >"$STATE/t3.ports"
     rm -f "$STATE/file-ns.img"
@@ -367,6 +369,8 @@ G=10.0.2.100   # host services as seen from the guest
 . "$HERE/cases/mp-host.sh"
 # DH-HMAC-CHAP against the kernel target (host-auth): host side
 . "$HERE/cases/auth-host.sh"
+# TLS from the kernel host (target-tls): host side
+. "$HERE/cases/tls-target.sh"
 
 c_kernel_loopback() {
     # Guest checks of the target-* cases (discover, identify, pattern) against the in-guest kernel target
