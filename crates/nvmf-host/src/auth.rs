@@ -179,7 +179,9 @@ pub enum AuthFailure {
     /// The queue failed (connection lost, refused submit) during the exchange.
     // Linux nvmet closes the connection on a wrong host response instead of
     // sending Failure1 first, so name the likely cause.
-    #[error("qid {qid}: the controller closed the connection during the exchange (wrong host secret for this host NQN?)")]
+    #[error(
+        "qid {qid}: the controller closed the connection during the exchange (wrong host secret for this host NQN?)"
+    )]
     Transport { qid: u16 },
     /// The exchange did not end within its deadline.
     #[error("qid {qid}: no answer within {timeout_ms} ms")]
