@@ -307,3 +307,57 @@ fn a_socket_path_taken_over_is_left_at_exit() {
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
     assert_eq!(std::fs::read(&sock).unwrap(), b"someone else's");
 }
+
+#[test]
+fn ctl_masks_namespaces_to_hosts() {
+    const HA: &str = "nqn.2026-12.io.nvmf:ctl-host-a";
+    const HB: &str = "nqn.2026-12.io.nvmf:ctl-host-b";
+    let dir = tempdir();
+    let sock = dir.path().join("nvmf.sock");
+    let cfg = dir.path().join("target.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n\n[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n\
+             [[subsystem.namespace]]\nkind = \"ram\"\nsize = \"4MiB\"\n\
+             [[subsystem.namespace]]\nkind = \"ram\"\nsize = \"4MiB\"\nhosts = [\"{HA}\"]\n"
+        ),
+    )
+    .unwrap();
+    let _t = start(&["--config", cfg.to_str().unwrap()], &sock);
+    let text = ctl_ok(&sock, &["subsystem", "get", NQN]);
+    assert!(text.contains(&format!("hosts: {HA}")), "{text}");
+
+    // `ns` is `namespace`; add --host masks a new namespace from the start.
+    let out = ctl_ok(&sock, &["ns", "add", "--subsystem", NQN, "--namespace", "ram:1MiB", "--host", HB]);
+    assert_eq!(out.trim(), format!("added namespace 3 to {NQN}"));
+    let out = ctl_ok(&sock, &["ns", "add-host", "--subsystem", NQN, "--nsid", "2", "--host", HB]);
+    assert_eq!(out.trim(), format!("namespace 2 of {NQN}  hosts: {HA},{HB}"));
+    let r = ctl_json(&sock, &["namespace", "remove-host", "--subsystem", NQN, "--nsid", "2", "--host", HA]);
+    assert_eq!(r["hosts"], serde_json::json!([HB]));
+    let sub = ctl_json(&sock, &["subsystem", "get", NQN]);
+    let hosts: Vec<Value> = sub["namespaces"].as_array().unwrap().iter().map(|n| n["hosts"].clone()).collect();
+    assert_eq!(hosts, [serde_json::json!([]), serde_json::json!([HB]), serde_json::json!([HB])]);
+
+    for (args, needle) in [
+        (vec!["ns", "remove-host", "--subsystem", NQN, "--nsid", "2", "--host", HB], "last host"),
+        (vec!["ns", "add-host", "--subsystem", NQN, "--nsid", "2", "--host", HB], "already"),
+        (vec!["ns", "add-host", "--subsystem", NQN, "--nsid", "9", "--host", HB], "no namespace 9"),
+        (vec!["ns", "add-host", "--subsystem", NQN, "--nsid", "2", "--host", "bad host"], "host"),
+    ] {
+        let o = ctl(&sock, &args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+
+    // save-config keeps the lists (and writes none for the unmasked namespace).
+    let saved = dir.path().join("saved.toml");
+    ctl_ok(&sock, &["save-config", saved.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert_eq!(text.matches("\nhosts = ").count(), 2, "{text}");
+    let cfg = nvmf_target::config::TargetConfig::from_file(&saved).unwrap();
+    assert_eq!(cfg.normalized().unwrap(), cfg);
+    let ns = &cfg.subsystems.iter().find(|s| s.nqn == NQN).unwrap().namespaces;
+    assert!(ns[0].hosts.is_empty() && ns[1].hosts == [HB] && ns[2].hosts == [HB]);
+}

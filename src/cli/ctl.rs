@@ -52,8 +52,8 @@ pub enum CtlCmd {
     /// Subsystems: list, get, add, remove, allow-any-host.
     #[command(subcommand)]
     Subsystem(SubsystemCmd),
-    /// Namespaces: add, remove, resize.
-    #[command(subcommand)]
+    /// Namespaces: add, remove, resize, add-host, remove-host.
+    #[command(subcommand, visible_alias = "ns")]
     Namespace(NamespaceCmd),
     /// Hosts of a subsystem: add, remove, set-key (DH-HMAC-CHAP secrets).
     #[command(subcommand)]
@@ -152,6 +152,9 @@ pub enum NamespaceCmd {
         /// ANA group 1..=128 (default 1).
         #[arg(long)]
         ana_group: Option<u32>,
+        /// Only this host sees the namespace (repeatable; default: every host).
+        #[arg(long = "host", value_name = "NQN")]
+        hosts: Vec<String>,
     },
     Remove {
         /// Subsystem NQN.
@@ -172,6 +175,32 @@ pub enum NamespaceCmd {
         /// New size, e.g. 2GiB.
         #[arg(long, value_name = "SIZE")]
         size: String,
+    },
+    /// Let a host see the namespace (on a namespace every host sees, this
+    /// limits it to that host); its controllers get a namespace change event.
+    AddHost {
+        /// Subsystem NQN.
+        #[arg(long, value_name = "NQN")]
+        subsystem: String,
+        /// Namespace ID.
+        #[arg(long)]
+        nsid: u32,
+        /// Host NQN.
+        #[arg(long, value_name = "NQN")]
+        host: String,
+    },
+    /// Hide the namespace from a host (not its last one); the host's
+    /// controllers get a namespace change event and lose it.
+    RemoveHost {
+        /// Subsystem NQN.
+        #[arg(long, value_name = "NQN")]
+        subsystem: String,
+        /// Namespace ID.
+        #[arg(long)]
+        nsid: u32,
+        /// Host NQN.
+        #[arg(long, value_name = "NQN")]
+        host: String,
     },
 }
 
@@ -357,13 +386,14 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
             }
         },
         CtlCmd::Namespace(n) => match n {
-            NamespaceCmd::Add { subsystem, namespace, nsid, block_size, nguid, uuid, ana_group } => {
+            NamespaceCmd::Add { subsystem, namespace, nsid, block_size, nguid, uuid, ana_group, hosts } => {
                 let mut ns = super::target::parse_namespace_spec(namespace)?;
                 ns.nsid = *nsid;
                 ns.block_size = *block_size;
                 ns.nguid = nguid.clone();
                 ns.uuid = uuid.clone();
                 ns.ana_group = *ana_group;
+                ns.hosts = hosts.clone();
                 let mut m = ns_json(ns)?;
                 m.insert("nqn".into(), json!(subsystem));
                 ("namespace_add", Value::Object(m))
@@ -371,6 +401,12 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
             NamespaceCmd::Remove { subsystem, nsid } => ("namespace_remove", json!({"nqn": subsystem, "nsid": nsid})),
             NamespaceCmd::Resize { subsystem, nsid, size } => {
                 ("namespace_resize", json!({"nqn": subsystem, "nsid": nsid, "size": size}))
+            }
+            NamespaceCmd::AddHost { subsystem, nsid, host } => {
+                ("ns_add_host", json!({"nqn": subsystem, "nsid": nsid, "host": host}))
+            }
+            NamespaceCmd::RemoveHost { subsystem, nsid, host } => {
+                ("ns_remove_host", json!({"nqn": subsystem, "nsid": nsid, "host": host}))
             }
         },
         CtlCmd::Host(h) => match h {
@@ -509,6 +545,14 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// " hosts: A,B" for a masked namespace, nothing for one every host sees.
+fn ns_hosts_text(hosts: &Value) -> String {
+    match hosts.as_array() {
+        Some(h) if !h.is_empty() => format!("  hosts: {}", h.iter().map(s).collect::<Vec<_>>().join(",")),
+        _ => String::new(),
+    }
+}
+
 /// Short text for a result.
 fn text(cmd: &CtlCmd, r: &Value) -> String {
     use std::fmt::Write as _;
@@ -540,13 +584,14 @@ fn text(cmd: &CtlCmd, r: &Value) -> String {
                 for ns in sub["namespaces"].as_array().into_iter().flatten() {
                     let _ = writeln!(
                         o,
-                        "  ns {}: {} {}{} ({} B blocks) nguid {}",
+                        "  ns {}: {} {}{} ({} B blocks) nguid {}{}",
                         s(&ns["nsid"]),
                         s(&ns["kind"]),
                         ns["path"].as_str().map(|p| format!("{p} ")).unwrap_or_default(),
                         s(&ns["size"]),
                         s(&ns["block_size"]),
-                        s(&ns["nguid"])
+                        s(&ns["nguid"]),
+                        ns_hosts_text(&ns["hosts"])
                     );
                 }
             }
@@ -636,6 +681,9 @@ fn text(cmd: &CtlCmd, r: &Value) -> String {
         }
         CtlCmd::Namespace(NamespaceCmd::Add { subsystem, .. }) => {
             let _ = writeln!(o, "added namespace {} to {subsystem}", s(&r["nsid"]));
+        }
+        CtlCmd::Namespace(NamespaceCmd::AddHost { .. } | NamespaceCmd::RemoveHost { .. }) => {
+            let _ = writeln!(o, "namespace {} of {}{}", s(&r["nsid"]), s(&r["nqn"]), ns_hosts_text(&r["hosts"]));
         }
         _ => {
             let _ = writeln!(o, "ok");

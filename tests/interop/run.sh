@@ -61,6 +61,7 @@ CASES=(
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
+    "target-ns-mask|target|target:--rpc-socket ctl:--rpc-socket|240|c_target_ns_mask"
     "mp-kernel-multipath|target|target:--rpc-socket ctl:--rpc-socket|300|c_mp_kernel_multipath"
     "kernel-hostfwd-icreq|host||60|c_kernel_hostfwd"
     "host-discover|host|discover:--output-format|60|c_host_discover"

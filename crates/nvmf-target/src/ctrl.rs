@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use nvmf_proto::opcodes::aen;
 
 use crate::stats::{IoStatsSnapshot, QueueCounters};
-use crate::subsys::Subsystem;
+use crate::subsys::{NsTable, Subsystem};
 
 /// Wakes one queue on the core that owns it (the driver implements it with the
 /// engine's connection waker). Must be cheap and never block.
@@ -117,6 +117,10 @@ pub struct Controller {
     peers: Mutex<Vec<(u16, std::net::SocketAddr)>>,
     /// Keep Alive Timeout in ms (0 = off); admin queue owns the timer.
     pub kato_ms: AtomicU32,
+    /// This controller's namespace view and the subsystem namespace
+    /// generation it was made at, shared by its queues (built once per
+    /// change, not once per queue).
+    ns_view: Mutex<Option<(u64, Arc<NsTable>)>>,
 }
 
 impl Controller {
@@ -148,6 +152,7 @@ impl Controller {
             queue_counters: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
             kato_ms: AtomicU32::new(0),
+            ns_view: Mutex::new(None),
         }
     }
 
@@ -156,6 +161,27 @@ impl Controller {
             Some(s) => &s.nqn,
             None => nvmf_proto::DISCOVERY_NQN,
         }
+    }
+
+    /// The namespaces this controller serves: its subsystem's, less those
+    /// masked from its host ([`crate::subsys::Namespace::visible_to`]). Every
+    /// queue takes its namespace snapshot from here (at Connect, and when the
+    /// subsystem's namespace generation moves), so Identify, log pages, I/O
+    /// and flushes all see the same view. Control path: a lock, no I/O.
+    pub fn namespaces(&self) -> Arc<NsTable> {
+        let Some(s) = &self.subsys else { return Arc::new(NsTable::default()) };
+        // Generation first: the table read after it is at least that new.
+        let gen = s.ns_generation.load(Ordering::Acquire);
+        let mut v = self.ns_view.lock().unwrap();
+        if let Some((g, view)) = &*v {
+            if *g == gen {
+                return view.clone();
+            }
+        }
+        let view = s.namespaces_for(&self.hostnqn);
+        debug_assert!(view.list.iter().all(|n| n.visible_to(&self.hostnqn)));
+        *v = Some((gen, view.clone()));
+        view
     }
 
     /// Mark the controller dead and wake its queues, which then close.

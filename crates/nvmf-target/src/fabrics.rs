@@ -24,7 +24,7 @@ use crate::admin::AdminState;
 use crate::ana::AnaCache;
 use crate::ctrl::{gate_open, Controller, CtrlKind, CtrlState};
 use crate::slots::SlotTable;
-use crate::subsys::{DhchapPolicy, NsTable, Port, Target};
+use crate::subsys::{DhchapPolicy, Port, Target};
 use crate::tcp::{capsule_len_max, host_data, st, Bound, HostData, Phase, Queue, QueueFlow};
 
 /// Version we report: NVMe 1.3 (what the Linux host needs for Identify CNS 3
@@ -316,10 +316,10 @@ impl Queue {
         let ctrl = ok.ctrl;
         let entries = ok.sqsize as u32 + 1;
         self.slots = SlotTable::new(entries);
-        let (ns, gen) = match &ctrl.subsys {
-            Some(s) => (s.namespaces(), s.ns_generation.load(Ordering::Acquire)),
-            None => (Arc::new(NsTable::default()), 0),
-        };
+        // Generation before the view: a change in between is picked up by
+        // the first command's refresh.
+        let gen = ctrl.subsys.as_ref().map_or(0, |s| s.ns_generation.load(Ordering::Acquire));
+        let ns = ctrl.namespaces();
         let admin = (ok.qid == 0).then(|| Box::new(AdminState::new(self.now_us)));
         if ok.qid == 0 {
             tracing::info!(

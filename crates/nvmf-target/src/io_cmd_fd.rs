@@ -221,7 +221,8 @@ impl Queue {
     /// complete once all are done.
     pub(crate) fn start_shutdown_flushes(&mut self) {
         let Some(c) = self.conn.as_mut() else { return };
-        let table = c.ctrl.subsys.as_ref().map(|s| s.namespaces());
+        // The controller's own namespaces (masked ones are not its to flush).
+        let table = c.ctrl.subsys.as_ref().map(|_| c.ctrl.namespaces());
         let fds: Vec<RawFd> = table.iter().flat_map(|t| t.list.iter()).filter_map(|n| n.backend.fd()).collect();
         let ctrl = c.ctrl.clone();
         let Some(a) = c.admin.as_mut() else { return };

@@ -16,7 +16,8 @@
 //!   data-path counters; [`buf`]: per-core command buffers.
 //! - [`config`]: the TOML configuration model; [`limits`]: fixed limits.
 //! - [`backend`]: namespace storage (`null`, `ram`, `file`, `block`).
-//! - [`subsys`]: the runtime registry ([`subsys::Target`]).
+//! - [`subsys`]: the runtime registry ([`subsys::Target`]); [`namespace`]:
+//!   namespaces, per-namespace host masking, live namespace changes.
 //! - [`server`]: glue to the io_uring engine ([`server::serve`]).
 //! - [`mgmt`]: live management (JSON-RPC), metrics, nvmetcli import.
 
@@ -37,6 +38,7 @@ pub mod io_cmd_mem;
 pub mod keepalive;
 pub mod limits;
 pub mod mgmt;
+pub mod namespace;
 #[doc(hidden)]
 pub mod peerlog;
 pub mod r2t;

@@ -13,6 +13,12 @@ pub const NSID_MAX: u32 = 1024;
 pub const NAMESPACES_PER_SUBSYSTEM_MAX: usize = NSID_MAX as usize;
 /// Largest ANA group ID; also ANAGRPMAX and NANAGRPID in Identify Controller.
 pub const ANA_GROUP_ID_MAX: u32 = 128;
+/// Host NQNs one namespace may be limited to (`hosts` of
+/// `[[subsystem.namespace]]`, `ns_add_host`). A controller's view of
+/// its namespaces is rebuilt by scanning these lists whenever namespaces
+/// change, so the bound keeps that (and the registry's memory: up to
+/// [`NSID_MAX`] lists of 223-byte NQNs per subsystem) small.
+pub const NAMESPACE_HOSTS_MAX: usize = 256;
 
 /// Largest data transfer of one admin command (Identify, Get Log Page, Get
 /// Features). Identify structures are 4 KiB; the largest log pages we build
@@ -35,6 +41,7 @@ pub const PEER_LOG_LINES_PER_S: u32 = 5;
 const _: () = {
     assert!(NSID_MAX >= 1 && NSID_MAX < 0xffff_fffe);
     assert!(ANA_GROUP_ID_MAX >= 1);
+    assert!(NAMESPACE_HOSTS_MAX >= 1);
     assert!(ADMIN_XFER_BYTES_MAX as usize >= nvmf_proto::identify::IDENTIFY_LEN);
     // The largest admin capsule (with header digest, PDO padding and data
     // digest) fits the small buffer with room for the next PDU's header.

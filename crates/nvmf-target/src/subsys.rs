@@ -22,8 +22,9 @@ use nvmf_proto::auth::{DhGroup, DhchapKey, HashId};
 
 use crate::config::{HostConfig, Limits, NamespaceConfig, SubsystemConfig, TargetConfig};
 use crate::ctrl::{Controller, CtrlKind};
+pub use crate::namespace::{Namespace, NsTable};
 
-use crate::limits::{ANA_GROUP_ID_MAX, NSID_MAX};
+use crate::limits::ANA_GROUP_ID_MAX;
 
 /// Errors of registry changes.
 #[derive(Debug, thiserror::Error)]
@@ -36,46 +37,14 @@ pub enum RegistryError {
     NamespaceExists { nqn: String, nsid: u32 },
     #[error("no namespace {nsid} in {nqn}")]
     NoSuchNamespace { nqn: String, nsid: u32 },
+    /// A host-list change that conflicts with the namespace's state (the
+    /// host is listed already, is not listed, or is the last one).
+    #[error("{0}")]
+    Conflict(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("backend: {0}")]
     Backend(#[from] io::Error),
-}
-
-/// One namespace: a backend plus its identity.
-pub struct Namespace {
-    pub nsid: u32,
-    pub backend: Arc<dyn Backend>,
-    /// 512 or 4096.
-    pub block_size: u32,
-    /// log2(block_size).
-    pub block_shift: u32,
-    pub nguid: [u8; 16],
-    pub uuid: [u8; 16],
-    pub eui64: [u8; 8],
-    pub ana_group: u32,
-}
-
-impl Namespace {
-    /// Capacity in logical blocks (read from the backend: it may be resized).
-    pub fn size_blocks(&self) -> u64 {
-        self.backend.size_bytes() >> self.block_shift
-    }
-}
-
-/// Namespaces of one subsystem, sorted by NSID; replaced as a whole on change.
-#[derive(Default)]
-pub struct NsTable {
-    pub list: Vec<Arc<Namespace>>,
-}
-
-impl NsTable {
-    pub fn get(&self, nsid: u32) -> Option<&Arc<Namespace>> {
-        self.list.binary_search_by_key(&nsid, |n| n.nsid).ok().map(|i| &self.list[i])
-    }
-    pub fn nsids(&self) -> Vec<u32> {
-        self.list.iter().map(|n| n.nsid).collect()
-    }
 }
 
 /// Controllers of one subsystem (or of the discovery service) by CNTLID.
@@ -147,8 +116,15 @@ pub struct IoTotals {
 }
 
 impl Subsystem {
+    /// Every namespace (management, metrics). Controllers use
+    /// [`Subsystem::namespaces_for`] instead.
     pub fn namespaces(&self) -> Arc<NsTable> {
         self.ns.lock().unwrap().clone()
+    }
+    /// The namespaces host `hostnqn` sees (per-namespace host masking): what
+    /// its controllers list, identify and run I/O on.
+    pub fn namespaces_for(&self, hostnqn: &str) -> Arc<NsTable> {
+        self.namespaces().visible_to(hostnqn)
     }
     /// Whether `hostnqn` may connect: any host, the allowed list, or a host
     /// with a `[[subsystem.host]]` table.
@@ -220,18 +196,33 @@ impl Subsystem {
         }
         t
     }
-    fn replace_ns(&self, f: impl FnOnce(&mut Vec<Arc<Namespace>>)) {
+    pub(crate) fn replace_ns(&self, f: impl FnOnce(&mut Vec<Arc<Namespace>>)) {
+        self.try_replace_ns(|l| {
+            f(l);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {});
+    }
+    /// Publish a new table made by `f` from a copy of the current one, under
+    /// the table's lock (changes never interleave); nothing changes when `f`
+    /// fails.
+    pub(crate) fn try_replace_ns<T, E>(
+        &self,
+        f: impl FnOnce(&mut Vec<Arc<Namespace>>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut g = self.ns.lock().unwrap();
         let mut list = g.list.clone();
-        f(&mut list);
+        let out = f(&mut list)?;
         list.sort_by_key(|n| n.nsid);
         *g = Arc::new(NsTable { list });
         self.ns_generation.fetch_add(1, Ordering::Release);
         self.ana_chgcnt.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
     }
-    /// Tell every controller of this subsystem that `nsid` changed.
-    fn ns_changed(&self, nsid: u32) {
-        for c in self.controllers() {
+    /// Tell the controllers for whose host `concerns` holds that `nsid`
+    /// changed (a controller never hears of a namespace it cannot see).
+    pub(crate) fn ns_changed(&self, nsid: u32, concerns: impl Fn(&str) -> bool) {
+        for c in self.controllers().iter().filter(|c| concerns(&c.hostnqn)) {
             c.namespace_changed(nsid);
         }
     }
@@ -461,80 +452,6 @@ impl Target {
         Ok(())
     }
 
-    fn insert_namespace(
-        sub: &Subsystem,
-        nsid: u32,
-        n: &NamespaceConfig,
-        open: BackendOpener<'_>,
-    ) -> Result<(), RegistryError> {
-        if nsid == 0 || nsid > NSID_MAX {
-            return Err(RegistryError::Invalid(format!("nsid {nsid} out of range 1..={NSID_MAX}")));
-        }
-        if sub.namespaces().get(nsid).is_some() {
-            return Err(RegistryError::NamespaceExists { nqn: sub.nqn.clone(), nsid });
-        }
-        let block_size = n.block_size.unwrap_or(512);
-        if block_size != 512 && block_size != 4096 {
-            return Err(RegistryError::Invalid(format!("block_size {block_size} (must be 512 or 4096)")));
-        }
-        let ana_group = n.ana_group.unwrap_or(1);
-        if ana_group == 0 || ana_group > ANA_GROUP_ID_MAX {
-            return Err(RegistryError::Invalid(format!("ana_group {ana_group} out of range 1..={ANA_GROUP_ID_MAX}")));
-        }
-        let backend = open(n)?;
-        let (nguid, uuid, eui64) = namespace_ids(&sub.nqn, nsid, n)?;
-        let ns = Arc::new(Namespace {
-            nsid,
-            backend,
-            block_size,
-            block_shift: block_size.trailing_zeros(),
-            nguid,
-            uuid,
-            eui64,
-            ana_group,
-        });
-        sub.replace_ns(|l| l.push(ns));
-        Ok(())
-    }
-
-    /// Add a namespace live; connected hosts get a Namespace Attribute Changed AEN.
-    pub fn add_namespace(&self, nqn: &str, n: &NamespaceConfig, open: BackendOpener<'_>) -> Result<u32, RegistryError> {
-        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
-        let nsid = match n.nsid {
-            Some(id) => id,
-            None => (1..=NSID_MAX)
-                .find(|id| sub.namespaces().get(*id).is_none())
-                .ok_or(RegistryError::Invalid("no free nsid".into()))?,
-        };
-        Self::insert_namespace(&sub, nsid, n, open)?;
-        sub.ns_changed(nsid);
-        Ok(nsid)
-    }
-
-    /// Remove a namespace live (commands already holding it finish on it).
-    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), RegistryError> {
-        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
-        if sub.namespaces().get(nsid).is_none() {
-            return Err(RegistryError::NoSuchNamespace { nqn: nqn.into(), nsid });
-        }
-        sub.replace_ns(|l| l.retain(|n| n.nsid != nsid));
-        sub.ns_changed(nsid);
-        Ok(())
-    }
-
-    /// Resize a namespace live (where its backend allows it).
-    pub fn resize_namespace(&self, nqn: &str, nsid: u32, new_size_bytes: u64) -> Result<(), RegistryError> {
-        let sub = self.subsystem(nqn).ok_or(RegistryError::NoSuchSubsystem(nqn.into()))?;
-        let ns = sub.namespaces().get(nsid).cloned().ok_or(RegistryError::NoSuchNamespace { nqn: nqn.into(), nsid })?;
-        if !new_size_bytes.is_multiple_of(ns.block_size as u64) {
-            return Err(RegistryError::Invalid("size must be a multiple of the block size".into()));
-        }
-        ns.backend.resize(new_size_bytes)?;
-        sub.replace_ns(|_| {});
-        sub.ns_changed(nsid);
-        Ok(())
-    }
-
     /// Register a listening port (called by the server once bound).
     pub fn add_port(&self, p: Port) {
         self.ports.lock().unwrap().push(p);
@@ -668,60 +585,4 @@ pub fn fnv1a(b: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-fn parse_hex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], RegistryError> {
-    let digits: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
-    if digits.len() != 2 * N {
-        return Err(RegistryError::Invalid(format!("{what} {s:?}: expected {} hex digits", 2 * N)));
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        let hex = std::str::from_utf8(&digits[2 * i..2 * i + 2]).unwrap_or("zz");
-        *o = u8::from_str_radix(hex, 16).map_err(|_| RegistryError::Invalid(format!("{what} {s:?}: not hex")))?;
-    }
-    Ok(out)
-}
-
-/// (NGUID, UUID, EUI-64).
-type NsIds = ([u8; 16], [u8; 16], [u8; 8]);
-
-/// NGUID, UUID and EUI-64 of a namespace: configured, or derived stably from
-/// the subsystem NQN and NSID (so they survive restarts).
-fn namespace_ids(nqn: &str, nsid: u32, n: &NamespaceConfig) -> Result<NsIds, RegistryError> {
-    if n.nguid.is_some() && n.uuid.is_some() && n.eui64.is_some() {
-        // Normalized configuration: the config module owns the formats.
-        return n.ids().map_err(|e| RegistryError::Invalid(e.to_string()));
-    }
-    let mut seed = nqn.as_bytes().to_vec();
-    seed.extend_from_slice(&nsid.to_le_bytes());
-    let a = fnv1a(&seed);
-    let b = fnv1a(&a.to_le_bytes());
-    let mut derived = [0u8; 16];
-    derived[..8].copy_from_slice(&a.to_be_bytes());
-    derived[8..].copy_from_slice(&b.to_be_bytes());
-    let nguid = match &n.nguid {
-        Some(s) => parse_hex::<16>(s, "nguid")?,
-        None => derived,
-    };
-    let uuid = match &n.uuid {
-        Some(s) => parse_hex::<16>(s, "uuid")?,
-        None => {
-            // RFC 4122 version 4 / variant 1 bits on the derived bytes.
-            let mut u = derived;
-            u.reverse();
-            u[6] = (u[6] & 0x0f) | 0x40;
-            u[8] = (u[8] & 0x3f) | 0x80;
-            u
-        }
-    };
-    let eui64 = match &n.eui64 {
-        Some(s) => parse_hex::<8>(s, "eui64")?,
-        None => {
-            let mut e = [0u8; 8];
-            e.copy_from_slice(&derived[8..]);
-            e
-        }
-    };
-    Ok((nguid, uuid, eui64))
 }

@@ -148,13 +148,14 @@ pub(crate) struct Bound {
 pub(crate) static NO_NAMESPACES: NsTable = NsTable { list: Vec::new() };
 
 impl Bound {
-    /// Pick up namespace changes: one relaxed-cost load per command.
+    /// Pick up namespace changes (including host masking): one
+    /// relaxed-cost load per command; the controller builds the new view.
     #[inline]
     pub fn refresh_namespaces(&mut self) {
         if let Some(s) = &self.ctrl.subsys {
             let g = s.ns_generation.load(Ordering::Acquire);
             if g != self.ns_generation {
-                self.ns = Some(s.namespaces());
+                self.ns = Some(self.ctrl.namespaces());
                 self.ns_generation = g;
             }
         }

@@ -113,6 +113,7 @@ pub fn test_target() -> Arc<Target> {
                 uuid: None,
                 eui64: None,
                 ana_group: None,
+                hosts: Vec::new(),
             }],
         }],
         ..test_config_base()

@@ -77,3 +77,27 @@ c_mgmt_resize() {
     ctl namespace remove --subsystem "$SUBNQN_MGMT" --nsid 3
     talive t4
 }
+
+# target-ns-mask: namespace NSID_MASK of t4 masked to host A; the guest connects
+# as A and as B (cases/ns-mask.sh); ns add-host B, ns remove-host A live.
+NSID_MASK=5
+HOST_MASK_A=nqn.2026-12.io.nvmf:interop-host-a
+HOST_MASK_B=nqn.2026-12.io.nvmf:interop-host-b
+c_target_ns_mask() {
+    mgmt_t4 || return 1
+    local args=(TADDR=$G PORT="$PM" NQN=$SUBNQN_MGMT HA=$HOST_MASK_A HB=$HOST_MASK_B NSID=$NSID_MASK)
+    # (a leftover of an earlier failed run goes first)
+    ctl namespace remove --subsystem "$SUBNQN_MGMT" --nsid $NSID_MASK >/dev/null 2>&1 || true
+    step "nsid $NSID_MASK (ram 32 MiB) for host A only; the guest connects as A and as B"
+    ctl namespace add --subsystem "$SUBNQN_MGMT" --namespace ram:32MiB --nsid $NSID_MASK --host "$HOST_MASK_A" || return 1
+    ctl subsystem get "$SUBNQN_MGMT"
+    gexec target 90 ns-mask.sh "${args[@]}" PHASE=start || return 1
+    step "ns add-host B: B's controller gets the AEN and rescans"
+    ctl ns add-host --subsystem "$SUBNQN_MGMT" --nsid $NSID_MASK --host "$HOST_MASK_B" || return 1
+    gexec target 90 ns-mask.sh "${args[@]}" PHASE=added || return 1
+    step "ns remove-host A: A's controller drops it"
+    ctl ns remove-host --subsystem "$SUBNQN_MGMT" --nsid $NSID_MASK --host "$HOST_MASK_A" || return 1
+    gexec target 90 ns-mask.sh "${args[@]}" PHASE=removed || return 1
+    ctl namespace remove --subsystem "$SUBNQN_MGMT" --nsid $NSID_MASK
+    talive t4
+}

@@ -319,6 +319,12 @@ pub struct NamespaceConfig {
     /// ANA group (multipath); default 1.
     #[serde(default)]
     pub ana_group: Option<u32>,
+    /// Host NQNs that see this namespace (at most [`NAMESPACE_HOSTS_MAX`]);
+    /// empty: every host the subsystem admits. Other hosts find the NSID
+    /// inactive: absent from their active namespace list, their commands to
+    /// it refused with Invalid Namespace or Format.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -327,7 +333,7 @@ pub struct NamespaceConfig {
 
 /// Most subsystems one target serves.
 pub const SUBSYSTEMS_MAX: usize = 1024;
-pub use crate::limits::{ANA_GROUP_ID_MAX, NAMESPACES_PER_SUBSYSTEM_MAX, NSID_MAX};
+pub use crate::limits::{ANA_GROUP_ID_MAX, NAMESPACES_PER_SUBSYSTEM_MAX, NAMESPACE_HOSTS_MAX, NSID_MAX};
 /// Most I/O listeners, and separately most dedicated discovery listeners.
 pub const LISTENERS_MAX: usize = 64;
 /// Most discovery referrals.
@@ -446,6 +452,7 @@ impl NamespaceConfig {
             uuid: None,
             eui64: None,
             ana_group: None,
+            hosts: Vec::new(),
         }
     }
 

@@ -525,6 +525,17 @@ fn normalize_namespace(p: &str, nqn: &str, ns: &mut NamespaceConfig, ids: &mut S
     if !(1..=ANA_GROUP_ID_MAX).contains(&ana) {
         return Err(ConfigError::invalid(format!("{p}.ana_group"), format!("{ana} is outside 1..={ANA_GROUP_ID_MAX}")));
     }
+    if ns.hosts.len() > NAMESPACE_HOSTS_MAX {
+        return Err(ConfigError::invalid(format!("{p}.hosts"), format!("more than {NAMESPACE_HOSTS_MAX} hosts")));
+    }
+    let mut hosts = HashSet::new();
+    for (hi, h) in ns.hosts.iter().enumerate() {
+        let key = format!("{p}.hosts[{hi}]");
+        check_nqn(&key, h)?;
+        if !hosts.insert(h) {
+            return Err(ConfigError::invalid(key, format!("{h:?} is listed twice")));
+        }
+    }
 
     let nguid = match &ns.nguid {
         None => derived_nguid(nqn, nsid),

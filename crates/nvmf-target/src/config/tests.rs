@@ -161,6 +161,9 @@ fn validation_errors_name_the_key() {
     let lst = "[[listener]]\naddr = \"127.0.0.1:4420\"\n";
     let ok_sub = sub("nqn.2026-11.io.nvmf:a", "");
     let with_ns = |ns: &str| format!("{lst}{}[[subsystem.namespace]]\n{ns}\n", ok_sub);
+    let too_many_hosts: Vec<String> =
+        (0..=NAMESPACE_HOSTS_MAX).map(|i| format!("\"nqn.2026-11.io.test:h{i}\"")).collect();
+    let too_many_hosts = too_many_hosts.join(", ");
     let cases: Vec<(String, &str)> = vec![
         // parse-level
         (format!("{lst}bogus = 1\n"), "bogus"),
@@ -250,6 +253,16 @@ fn validation_errors_name_the_key() {
         ),
         (with_ns("kind = \"ram\"\nsize = \"1MiB\"\nuuid = \"not-a-uuid\""), "subsystem[0].namespace[1].uuid"),
         (with_ns("kind = \"ram\"\nsize = \"1MiB\"\neui64 = \"001122334455667g\""), "subsystem[0].namespace[1].eui64"),
+        (with_ns("kind = \"ram\"\nsize = \"1MiB\"\nhosts = [\"bad host\"]"), "subsystem[0].namespace[1].hosts[0]"),
+        (
+            with_ns("kind = \"ram\"\nsize = \"1MiB\"\nhosts = [\"nqn.2026-11.x:h\", \"nqn.2026-11.x:h\"]"),
+            "subsystem[0].namespace[1].hosts[1]",
+        ),
+        (
+            with_ns(&format!("kind = \"ram\"\nsize = \"1MiB\"\nhosts = [{too_many_hosts}]")),
+            "subsystem[0].namespace[1].hosts",
+        ),
+        (with_ns("kind = \"ram\"\nsize = \"1MiB\"\nvisible_hosts = []"), "visible_hosts"),
     ];
     for (input, key) in cases {
         match parse_norm(&input) {
@@ -352,11 +365,13 @@ fn namespace_strategy() -> impl Strategy<Value = NamespaceConfig> {
         proptest::option::of(1u32..=ANA_GROUP_ID_MAX),
         proptest::option::of(any::<[u8; 8]>()),
         any::<bool>(),
+        proptest::collection::btree_set(nqn_strategy(), 0..3),
     )
-        .prop_map(|(kind, n, unit, block_size, ana_group, eui, sized_file)| {
+        .prop_map(|(kind, n, unit, block_size, ana_group, eui, sized_file, hosts)| {
             let mut ns = NamespaceConfig::new(kind);
             ns.block_size = block_size;
             ns.ana_group = ana_group;
+            ns.hosts = hosts.into_iter().collect();
             // Multiples of 4 KiB are valid for both block sizes.
             let size = format!("{}{unit}", n * 4);
             match kind {
@@ -500,4 +515,24 @@ fn host_tables_allow_their_hosts_keep_secrets_as_given_and_never_print_them() {
         let e = parse_norm(&t).unwrap_err();
         assert!(e.key().is_some_and(|k| k.ends_with(key)), "{bad}: {e}");
     }
+}
+
+#[test]
+fn namespace_hosts_round_trip_and_stay_out_of_files_when_empty() {
+    let h1 = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000a1";
+    let h2 = "nqn.2026-11.io.test:h2";
+    let input =
+        format!("{BASE}[[subsystem.namespace]]\nkind = \"ram\"\nsize = \"1MiB\"\nhosts = [\"{h1}\", \"{h2}\"]\n");
+    let c = parse_norm(&input).unwrap();
+    let ns = &c.subsystems[0].namespaces;
+    assert!(ns[0].hosts.is_empty());
+    assert_eq!(ns[1].hosts, [h1, h2]);
+    let text = c.to_toml_string().unwrap();
+    assert_eq!(text.matches("\nhosts = ").count(), 1, "only the masked namespace writes hosts:\n{text}");
+    assert_eq!(parse_norm(&text).unwrap(), c);
+    // The bound itself is accepted.
+    let hosts: Vec<String> = (0..NAMESPACE_HOSTS_MAX).map(|i| format!("\"nqn.2026-11.io.test:h{i}\"")).collect();
+    let input =
+        format!("{BASE}[[subsystem.namespace]]\nkind = \"ram\"\nsize = \"1MiB\"\nhosts = [{}]\n", hosts.join(","));
+    assert_eq!(parse_norm(&input).unwrap().subsystems[0].namespaces[1].hosts.len(), NAMESPACE_HOSTS_MAX);
 }

@@ -25,6 +25,8 @@ pub const METHODS: &[&str] = &[
     "namespace_add",
     "namespace_remove",
     "namespace_resize",
+    "ns_add_host",
+    "ns_remove_host",
     "host_add",
     "host_remove",
     "host_set_key",
@@ -123,6 +125,7 @@ pub(super) fn registry_error(e: RegistryError) -> RpcError {
         RegistryError::NoSuchSubsystem(_) | RegistryError::NoSuchNamespace { .. } => RpcError::not_found(e.to_string()),
         RegistryError::SubsystemExists(_) | RegistryError::NamespaceExists { .. } => RpcError::exists(e.to_string()),
         RegistryError::Invalid(_) => RpcError::new(code::INVALID_PARAMS, format!("invalid params: {e}")),
+        RegistryError::Conflict(_) => RpcError::conflict(e.to_string()),
         RegistryError::Backend(_) => RpcError::failed(e.to_string()),
     }
 }
@@ -182,6 +185,7 @@ pub(super) fn namespace_json(cfg: Option<&NamespaceConfig>, ns: &crate::subsys::
         "uuid": cfg.and_then(|c| c.uuid.clone()),
         "eui64": hex(&ns.eui64),
         "ana_group": ns.ana_group,
+        "hosts": ns.hosts,
     })
 }
 
@@ -272,6 +276,8 @@ impl Dispatch for Mgmt {
             "namespace_add" => self.namespace_add(&p),
             "namespace_remove" => self.namespace_remove(&p),
             "namespace_resize" => self.namespace_resize(&p),
+            "ns_add_host" => self.ns_host_change(&p, true),
+            "ns_remove_host" => self.ns_host_change(&p, false),
             "host_add" => self.host_change(&p, true),
             "host_remove" => self.host_change(&p, false),
             "host_set_key" => self.host_set_key(&p),
@@ -553,6 +559,44 @@ impl Mgmt {
         })?;
         *cfg = cand;
         Ok(json!({"nqn": nqn, "nsid": nsid, "size_bytes": bytes}))
+    }
+
+    /// Show namespace `nsid` to one more host, or hide it from one (the
+    /// registry refuses removing the last host and raises the events).
+    fn ns_host_change(&self, p: &Params, add: bool) -> R {
+        p.only(&["nqn", "nsid", "host"])?;
+        let nqn = p.str("nqn")?;
+        let nsid = p.u32("nsid")?;
+        let host = p.str("host")?;
+        nvmf_proto::validate_nqn(host).map_err(|e| RpcError::param("host", format!("{host:?}: {e}")))?;
+        let mut cfg = self.state.lock().unwrap();
+        let i = sub_index(&cfg, nqn)?;
+        let j = cfg.subsystems[i]
+            .namespaces
+            .iter()
+            .position(|n| n.nsid == Some(nsid))
+            .ok_or_else(|| RpcError::not_found(format!("no namespace {nsid} in {nqn}")))?;
+        let mut cand = cfg.clone();
+        let hosts = &mut cand.subsystems[i].namespaces[j].hosts;
+        let listed = hosts.iter().any(|h| h == host);
+        if add {
+            if listed {
+                return Err(RpcError::exists(format!("host {host} already sees namespace {nsid} of {nqn}")));
+            }
+            hosts.push(host.to_string());
+        } else {
+            if !listed {
+                return Err(RpcError::not_found(format!("host {host} is not a host of namespace {nsid} of {nqn}")));
+            }
+            hosts.retain(|h| h != host);
+        }
+        let cand = cand.normalized().map_err(|e| config_error(e, true))?;
+        let t = self.server.target();
+        let live = if add { t.ns_add_host(nqn, nsid, host) } else { t.ns_remove_host(nqn, nsid, host) };
+        let live = live.map_err(registry_error)?;
+        assert_eq!(live, cand.subsystems[i].namespaces[j].hosts, "registry and running configuration agree");
+        *cfg = cand;
+        Ok(json!({"nqn": nqn, "nsid": nsid, "hosts": live}))
     }
 
     fn save_config(&self, p: &Params) -> R {
