@@ -87,13 +87,31 @@ pub fn listener_tls(mode: TlsMode, cfg: &Arc<ServerConfig>) -> ListenerTls {
 /// listeners. Holds the target weakly (the engine outlives nothing of it).
 pub fn server_config(target: &Arc<Target>) -> Result<Arc<ServerConfig>, TlsError> {
     let weak: Weak<Target> = Arc::downgrade(target);
-    let lookup = move |identity: &[u8]| {
-        let text = std::str::from_utf8(identity).ok()?;
-        let parsed = tls_psk::parse_identity(text)?;
-        let target = weak.upgrade()?;
-        target.tls_key(parsed.host_nqn, parsed.subsys_nqn)?.psk_for(&parsed, text)
+    let lookup = move |identity: &[u8]| match psk_lookup(&weak, identity) {
+        Ok(found) => Some(found),
+        Err(why) => {
+            // The identity travels in clear; it is what an operator needs to
+            // see to fix a mismatch (the most common TLS set-up problem).
+            let now_us =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+            crate::peer_warn!(now_us, "TLS PSK identity {:?}: {why}", String::from_utf8_lossy(identity));
+            None
+        }
     };
     Ok(Arc::new(ServerConfig::new(Arc::new(lookup))?))
+}
+
+/// The PSK for a ClientHello's identity, or why there is none (no secret in it).
+fn psk_lookup(target: &Weak<Target>, identity: &[u8]) -> Result<(Zeroizing<Vec<u8>>, TlsHash), &'static str> {
+    let text = std::str::from_utf8(identity).map_err(|_| "not UTF-8")?;
+    let parsed = tls_psk::parse_identity(text).ok_or("not an NVMe PSK identity")?;
+    let target = target.upgrade().ok_or("the target is shutting down")?;
+    let key = target
+        .tls_key(parsed.host_nqn, parsed.subsys_nqn)
+        .ok_or("no TLS key for this host and subsystem (tls_key in its [[subsystem.host]] table)")?;
+    key.psk_for(&parsed, text).ok_or(
+        "the host's key gives another identity (hash, digest or a generated PSK); check tls_key and tls_key_compat",
+    )
 }
 
 impl Target {

@@ -106,6 +106,17 @@ fn first_psk_identity(ext: &[u8]) -> Option<&[u8]> {
     (!id.is_empty()).then_some(id)
 }
 
+/// The length of the first PSK binder of a pre_shared_key extension: the
+/// hash the client computed it with (32: SHA-256, 48: SHA-384).
+fn first_binder_len(ext: &[u8]) -> Option<usize> {
+    let list_len = usize::from(u16::from_be_bytes([*ext.first()?, *ext.get(1)?]));
+    let binders = ext.get(2 + list_len..)?;
+    // u16 length of the binder list, then u8 length of the first binder.
+    let len = usize::from(*binders.get(2)?);
+    binders.get(3..3 + len)?;
+    Some(len)
+}
+
 /// Whether a supported_versions extension (ClientHello form) lists TLS 1.3.
 fn offers_tls13(ext: &[u8]) -> bool {
     let Some((&len, list)) = ext.split_first() else { return false };
@@ -210,6 +221,15 @@ fn server_client_hello(
     }
     let Ok(identity) = String::from_utf8(identity) else {
         return refuse(ssl, alert, "PSK identity is not UTF-8", SslAlert::UNKNOWN_PSK_IDENTITY);
+    };
+    // The suite follows the hash the client bound the PSK with. tlshd
+    // (ktls-utils 1.0, GnuTLS) binds a 48-byte SHA-384 PSK with SHA-256
+    // and then uses TLS_AES_128_GCM_SHA256 with it; the Linux target
+    // accepts that, so we do too (docs/deviations.md). The PSK stays the one
+    // the lookup found.
+    let hash = match (hash, first_binder_len(psk_ext)) {
+        (TlsHash::Sha384, Some(32)) => TlsHash::Sha256,
+        _ => hash,
     };
     let code = hash.suite_code();
     if !ssl.client_hello_ciphers().is_some_and(|c| c.chunks_exact(2).any(|c| c == code)) {

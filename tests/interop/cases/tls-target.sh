@@ -22,7 +22,7 @@ print("NVMeTLSkey-1:%02d:%s:" % (h, base64.b64encode(s + zlib.crc32(s).to_bytes(
 tls_config() {
     local pt=$1 h k
     local -A keys
-    for h in TH1 TH2 TH3 TH_RFC TH_V1; do keys[$h]=$(tls_key 1); done
+    for h in TH1 TH2 TH3 TH_RFC TH_V1 TH_WRONG; do keys[$h]=$(tls_key 1); done
     keys[TH2]=$(tls_key 2)
     local dh3; dh3=$(dhchap_key 1)
     cat >>"$STATE/t1.toml" <<EOF2
@@ -51,6 +51,10 @@ dhchap_key = "$dh3"
 nqn = "nqn.2026-12.io.nvmf:host:tls-rfc"
 tls_key = "${keys[TH_RFC]}"
 [[subsystem.host]]
+nqn = "nqn.2026-12.io.nvmf:host:tls-wrong"
+tls_key = "${keys[TH_WRONG]}"
+tls_key_compat = true
+[[subsystem.host]]
 nqn = "nqn.2026-12.io.nvmf:host:tls-v1"
 tls_key = "${keys[TH_V1]}"
 tls_key_compat = true
@@ -60,7 +64,7 @@ size = "256MiB"
 EOF2
     printf '%s\n' "TH1=nqn.2026-12.io.nvmf:host:tls1" "TH2=nqn.2026-12.io.nvmf:host:tls2" \
         "TH3=nqn.2026-12.io.nvmf:host:tls3" "TH_RFC=nqn.2026-12.io.nvmf:host:tls-rfc" \
-        "TH_V1=nqn.2026-12.io.nvmf:host:tls-v1" \
+        "TH_V1=nqn.2026-12.io.nvmf:host:tls-v1" "TH_WRONG=nqn.2026-12.io.nvmf:host:tls-wrong" \
         "TK1=${keys[TH1]}" "TK2=${keys[TH2]}" "TK3=${keys[TH3]}" "TK_RFC=${keys[TH_RFC]}" \
         "TK_V1=${keys[TH_V1]}" "TKX=$(tls_key 1)" "TD3=$dh3" >"$STATE/tls.env"
 }

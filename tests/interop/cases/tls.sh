@@ -3,7 +3,8 @@
 # env: TADDR PT (tls = "required" listener) PA (plain listener, every subsystem)
 #   NQN RUNTIME, hosts/keys TH1 TK1 (SHA-256) TH2 TK2 (SHA-384) TH3 TK3 TD3 (TLS +
 #   DH-HMAC-CHAP) TH_V1 TK_V1 (v1 identity) TH_RFC TK_RFC (target derives with the
-#   RFC 8446 layout) TKX (a key the target does not have); see tls-target.sh.
+#   RFC 8446 layout) TH_WRONG (the target has another key than TKX, the guest's);
+#   see tls-target.sh.
 . /usr/share/lab/case.sh
 cleanup_all
 DISC=nqn.2014-08.org.nvmexpress.discovery
@@ -58,7 +59,7 @@ s2=$(insert "$TH2" "$TK2") || fail "insert TK2"
 s3=$(insert "$TH3" "$TK3") || fail "insert TK3"
 insert "$TH1" "$TK1" "$DISC" >/dev/null || fail "insert TK1 (discovery)"
 sr=$(insert "$TH_RFC" "$TK_RFC") || fail "insert TK_RFC"
-sx=$(insert "$TH1" "$TKX" "$NQN" 1) || fail "insert TKX"
+insert "$TH_WRONG" "$TKX" >/dev/null || fail "insert TKX"
 sv=$(insert "$TH_V1" "$TK_V1" "$NQN" 1) || fail "insert TK_V1"
 echo "# .nvme keys:"
 keyctl show %:.nvme 2>/dev/null | sed -n '2,$p' | sed 's/^/#   /'
@@ -68,9 +69,8 @@ ok_tls "v0 identity, SHA-384 (TLS_AES_256_GCM_SHA384)" "$TH2"
 ok_tls "TLS + DH-HMAC-CHAP" "$TH3" --dhchap-secret="$TD3"
 ok_tls "v1 identity (key $sv given by serial)" "$TH_V1" --tls_key="$sv"
 
-# The kernel with an explicit key serial offers that key's description as the
-# identity; a key the target does not know is refused in the handshake.
-refused "unknown key (v1, key $sx)" "$PT" "$TH1" --tls --tls_key="$sx"
+# Same v0 identity, another PSK: the handshake fails (binder).
+refused "wrong PSK" "$PT" "$TH_WRONG" --tls
 refused "plain connect to the TLS-required listener" "$PT" "$TH1"
 refused "TLS host in clear on the plain listener" "$PA" "$TH1"
 if nconnect "$TADDR" "$PT" "$NQN" --hostnqn="$TH_RFC" --tls >/dev/null 2>&1; then
