@@ -219,6 +219,7 @@ fn connecting_commands_refuse_bad_secrets_and_tls_before_connecting() {
         (&["--tls-key-identity", "x"], "--tls-key-identity needs --tls-key"),
         (&["--tls-key-compat"], "--tls-key-compat needs --tls-key"),
         (&["--tls-identity-version", "0"], "--tls-identity-version needs --tls-key"),
+        (&["--tls-sha256-suite"], "--tls-sha256-suite needs --tls-key"),
         (&["--tls-key", &bad_tls], "--tls-key: not a usable TLS PSK"),
         (&["--tls-key", LIBNVME_KEY_01, "--tls-identity-version", "2"], "must be 0 or 1"),
         (&["--tls-key", LIBNVME_KEY_01, "--keyring", ".nvme"], "--keyring: kernel keyrings are not used"),

@@ -100,6 +100,10 @@ pub struct AuthArgs {
     /// libnvme's connect offers) or 0 (NVMe0Rhh <hostnqn> <subnqn>).
     #[arg(long, value_name = "0|1", default_value_t = 1)]
     pub tls_identity_version: u8,
+    /// Offer a SHA-384 PSK (hh 02) with the SHA-256 suite TLS_AES_128_GCM_SHA256: for Linux
+    /// targets whose tlshd runs on GnuTLS before 3.8.10 (SHA-256 binders only), e.g. Debian 13.
+    #[arg(long)]
+    pub tls_sha256_suite: bool,
     // nvme-cli flags accepted so such command lines get a clear answer.
     #[arg(long, hide = true)]
     pub keyring: Option<String>,
@@ -133,6 +137,7 @@ impl AuthArgs {
             (self.tls_key_identity.is_some(), "--tls-key-identity"),
             (self.tls_key_compat, "--tls-key-compat"),
             (self.tls_identity_version != 1, "--tls-identity-version"),
+            (self.tls_sha256_suite, "--tls-sha256-suite"),
         ]
         .into_iter()
         .find_map(|(given, flag)| given.then_some(flag))
@@ -161,6 +166,7 @@ impl AuthArgs {
             o.layout = HkdfLabelLayout::LibnvmeLegacy;
         }
         o.identity = self.tls_key_identity.clone();
+        o.sha256_suite = self.tls_sha256_suite;
         Ok(Some(o))
     }
 }

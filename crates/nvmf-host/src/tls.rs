@@ -56,6 +56,13 @@ pub struct TlsOptions {
     /// Offer this identity, with [`key`](Self::key) (`hh` 01 or 02) as the
     /// TLS PSK as is (nvme-cli `--tls-key-identity`).
     pub identity: Option<String>,
+    /// Offer a SHA-384 (48-byte) TLS PSK as a SHA-256 one: binder and suite
+    /// TLS_AES_128_GCM_SHA256 (a deviation from NVMe/TCP, which pairs SHA-384
+    /// PSKs with TLS_AES_256_GCM_SHA384). For Linux targets whose tlshd runs
+    /// on GnuTLS before 3.8.10, which computes every external PSK's binder
+    /// with SHA-256 (ktls-utils commit a5a25e9): the Linux host there ends up
+    /// on a SHA-256 suite too (TLS_CHACHA20_POLY1305_SHA256). Default false.
+    pub sha256_suite: bool,
 }
 
 impl std::fmt::Debug for TlsOptions {
@@ -65,6 +72,7 @@ impl std::fmt::Debug for TlsOptions {
             .field("identity_version", &self.identity_version)
             .field("layout", &self.layout)
             .field("identity", &self.identity)
+            .field("sha256_suite", &self.sha256_suite)
             .finish()
     }
 }
@@ -72,7 +80,13 @@ impl std::fmt::Debug for TlsOptions {
 impl TlsOptions {
     /// Derive from `key` with the defaults (v1 identity, RFC 8446 layout).
     pub fn new(key: ConfiguredPsk) -> TlsOptions {
-        TlsOptions { key, identity_version: IdentityVersion::V1, layout: HkdfLabelLayout::Rfc8446, identity: None }
+        TlsOptions {
+            key,
+            identity_version: IdentityVersion::V1,
+            layout: HkdfLabelLayout::Rfc8446,
+            identity: None,
+            sha256_suite: false,
+        }
     }
 
     /// Parse the interchange format; the error never repeats the text.
@@ -94,11 +108,19 @@ impl TlsOptions {
             if identity.is_empty() || identity.len() > usize::from(u16::MAX) {
                 return Err("the TLS identity must be 1 to 65535 bytes".into());
             }
-            return Ok(TlsPsk { identity: identity.clone(), psk: self.key.key().clone(), hash: tls_hash(hash)? });
+            return Ok(TlsPsk { identity: identity.clone(), psk: self.key.key().clone(), hash: self.suite(hash)? });
         }
         let d = tls_psk::derive(&self.key, host_nqn, subsys_nqn, self.identity_version, self.layout)
             .map_err(|e| format!("TLS PSK derivation: {e}"))?;
-        Ok(TlsPsk { identity: d.identity, psk: d.tls_psk, hash: tls_hash(self.key.tls_hash())? })
+        Ok(TlsPsk { identity: d.identity, psk: d.tls_psk, hash: self.suite(self.key.tls_hash())? })
+    }
+
+    /// The suite's hash for a PSK of hash `h`.
+    fn suite(&self, h: HashId) -> std::result::Result<TlsHash, String> {
+        if self.sha256_suite {
+            return Ok(TlsHash::Sha256);
+        }
+        tls_hash(h)
     }
 }
 
@@ -152,8 +174,9 @@ impl TlsLink {
     /// Run the client handshake on `sock` (connected, nothing sent yet),
     /// bounded by `deadline`.
     pub(crate) fn handshake(sock: &mut TcpStream, qid: u16, psk: &TlsPsk, deadline: Instant) -> Result<TlsLink> {
-        let session = TlsSession::client(&psk.identity, psk.psk.as_bytes(), psk.hash, ClientOptions::default())
-            .map_err(tls_err(qid))?;
+        // A PSK longer than its suite's hash only with TlsOptions::sha256_suite.
+        let opts = ClientOptions { any_psk_len: psk.psk.len() != psk.hash.psk_len(), ..ClientOptions::default() };
+        let session = TlsSession::client(&psk.identity, psk.psk.as_bytes(), psk.hash, opts).map_err(tls_err(qid))?;
         let mut l =
             TlsLink { session, ct: vec![0; CT_READ_BYTES + MAX_RECORD_LEN], ct_pos: 0, ct_len: 0, out: Vec::new() };
         let mut first = true;

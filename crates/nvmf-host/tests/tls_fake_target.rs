@@ -288,6 +288,12 @@ fn tls_secrets_stay_out_of_debug_output() {
     assert!(shown.contains("redacted") && shown.contains("NVMe0R02 a b"), "{shown}");
     let p = o.tls_psk().unwrap().unwrap();
     assert!(!format!("{p:?}").contains("85, 18"), "{p:?}");
+    // --tls-sha256-suite: the 48-byte TLS PSK goes with the SHA-256 suite.
+    let mut t = tls(KEY_02);
+    t.sha256_suite = true;
+    let p = t.psk(HOSTNQN, SUBNQN).unwrap();
+    assert_eq!((p.hash, p.psk.len()), (TlsHash::Sha256, 48));
+    assert!(p.identity.starts_with("NVMe1R02 "), "the identity keeps the key's hash: {}", p.identity);
     let e = TlsOptions::from_interchange(&KEY_01.replace("VRLb", "VRLc")).unwrap_err();
     assert!(!e.contains("VRL"), "{e}");
 }
