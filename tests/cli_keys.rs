@@ -211,12 +211,30 @@ fn connecting_commands_refuse_bad_secrets_and_tls_before_connecting() {
     assert!(e.contains("--dhchap-ctrl-secret"), "{e}");
     let e = run(with(&["-C", DOC_KEY]), body(DOC_KEY));
     assert!(e.contains("--dhchap-ctrl-secret needs --dhchap-secret"), "{e}");
-    for tls in [&["--tls"][..], &["--tls-key", LIBNVME_KEY_01], &["--concat"], &["--tls-key-identity", "x"]] {
-        let e = run(with(tls), body(LIBNVME_KEY_01));
-        assert!(e.contains("TLS is not supported yet"), "{e}");
+    // TLS flags: refused with a reason before any connection (a usable key
+    // reaches the connection, which port 1 refuses).
+    let bad_tls = LIBNVME_KEY_01.replace("VRLb", "VRLc");
+    for (args, want) in [
+        (&["--tls"][..], "--tls needs --tls-key"),
+        (&["--tls-key-identity", "x"], "--tls-key-identity needs --tls-key"),
+        (&["--tls-key-compat"], "--tls-key-compat needs --tls-key"),
+        (&["--tls-identity-version", "0"], "--tls-identity-version needs --tls-key"),
+        (&["--tls-sha256-suite"], "--tls-sha256-suite needs --tls-key"),
+        (&["--tls-key", &bad_tls], "--tls-key: not a usable TLS PSK"),
+        (&["--tls-key", LIBNVME_KEY_01, "--tls-identity-version", "2"], "must be 0 or 1"),
+        (&["--tls-key", LIBNVME_KEY_01, "--keyring", ".nvme"], "--keyring: kernel keyrings are not used"),
+        (&["--concat"], "secure channel concatenation is not supported yet"),
+    ] {
+        let e = run(with(args), body(LIBNVME_KEY_01));
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!e.contains(body(&bad_tls)), "{e}");
     }
+    let e = run(with(&["--tls-key", LIBNVME_KEY_01]), body(LIBNVME_KEY_01));
+    assert!(e.contains("connect to"), "a good key gets as far as the connection: {e}");
     let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "-S", &bad_crc], body(&bad_crc));
     assert!(e.contains("--dhchap-secret"), "{e}");
     let e = fails(&["discover", "-a", "127.0.0.1", "-s", "1", "--tls"], "");
-    assert!(e.contains("TLS is not supported yet"), "{e}");
+    assert!(e.contains("--tls needs --tls-key"), "{e}");
+    let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "--tls-key", LIBNVME_KEY_01], body(LIBNVME_KEY_01));
+    assert!(e.contains("perf over TLS: not yet"), "{e}");
 }

@@ -10,6 +10,7 @@ use nvmf_proto::log::{adrfam, eflags, subtype, treq, trtype};
 use serde_json::Value;
 
 use super::keys::{parse_dhchap_secret, SecretText};
+use nvmf_proto::auth::tls_psk::{HkdfLabelLayout, IdentityVersion};
 
 /// Most bytes `read`/`write` hold in memory at once (the range is processed in windows).
 const WINDOW_BYTES_MAX: usize = 16 << 20;
@@ -65,8 +66,9 @@ pub struct ConnArgs {
     pub auth: AuthArgs,
 }
 
-/// In-band authentication flags (nvme-cli names), shared by every command
-/// that connects. The secrets are parsed here and never printed back.
+/// Security flags (nvme-cli names): in-band authentication (DH-HMAC-CHAP) and
+/// TLS, shared by every command that connects. The secrets are parsed here and
+/// never printed back.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthArgs {
     /// DH-HMAC-CHAP host secret (DHHC-1:hh:<base64>:, see gen-dhchap-key); every queue the
@@ -77,13 +79,32 @@ pub struct AuthArgs {
     /// (bidirectional authentication, on every queue). Needs --dhchap-secret.
     #[arg(short = 'C', long, value_name = "KEY")]
     pub dhchap_ctrl_secret: Option<SecretText>,
-    // nvme-cli's TLS flags: accepted so such command lines get a clear answer.
-    #[arg(long, hide = true)]
+    /// Connect over TLS 1.3 with a pre-shared key (NVMe/TCP TLS); needs --tls-key (no kernel
+    /// keyring is looked up). Every queue does its own handshake.
+    #[arg(long)]
     pub tls: bool,
-    #[arg(long, hide = true, value_name = "KEY")]
+    /// TLS PSK in the interchange format (NVMeTLSkey-1:hh:<base64>:, see gen-tls-key); implies
+    /// --tls. The identity and the TLS PSK are derived from it and the host and subsystem NQNs,
+    /// as nvme-cli/libnvme do.
+    #[arg(long, value_name = "KEY")]
     pub tls_key: Option<SecretText>,
-    #[arg(long, hide = true)]
+    /// Offer this TLS PSK identity; --tls-key (hh 01 or 02) is then the TLS PSK itself, as
+    /// `nvme tls-key --export` prints it (nvme-cli semantics).
+    #[arg(long, value_name = "IDENTITY")]
     pub tls_key_identity: Option<String>,
+    /// Derive with the HKDF layout of libnvme before 1.16 (nvme-cli `--compat`): for a
+    /// controller whose keyring was filled by such a libnvme (e.g. nvme-cli 2.13).
+    #[arg(long)]
+    pub tls_key_compat: bool,
+    /// TLS PSK identity version of the derived identity: 1 (NVMe1Rhh ... <digest>, what
+    /// libnvme's connect offers) or 0 (NVMe0Rhh <hostnqn> <subnqn>).
+    #[arg(long, value_name = "0|1", default_value_t = 1)]
+    pub tls_identity_version: u8,
+    /// Offer a SHA-384 PSK (hh 02) with the SHA-256 suite TLS_AES_128_GCM_SHA256: for Linux
+    /// targets whose tlshd runs on GnuTLS before 3.8.10 (SHA-256 binders only), e.g. Debian 13.
+    #[arg(long)]
+    pub tls_sha256_suite: bool,
+    // nvme-cli flags accepted so such command lines get a clear answer.
     #[arg(long, hide = true)]
     pub keyring: Option<String>,
     #[arg(long, hide = true)]
@@ -91,19 +112,13 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The DH-HMAC-CHAP secrets (host, controller). TLS flags are refused.
+    /// The DH-HMAC-CHAP secrets (host, controller). --keyring and --concat are refused.
     pub fn dhchap_secrets(&self) -> Result<(Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>)> {
-        let tls_flag = [
-            (self.tls, "--tls"),
-            (self.tls_key.is_some(), "--tls-key"),
-            (self.tls_key_identity.is_some(), "--tls-key-identity"),
-            (self.keyring.is_some(), "--keyring"),
-            (self.concat, "--concat"),
-        ]
-        .into_iter()
-        .find_map(|(given, flag)| given.then_some(flag));
-        if let Some(flag) = tls_flag {
-            bail!("{flag}: TLS is not supported yet");
+        if self.keyring.is_some() {
+            bail!("--keyring: kernel keyrings are not used; give the TLS PSK with --tls-key");
+        }
+        if self.concat {
+            bail!("--concat: secure channel concatenation is not supported yet");
         }
         let host = self.dhchap_secret.as_ref().map(|t| parse_dhchap_secret("--dhchap-secret", t)).transpose()?;
         let ctrl =
@@ -112,6 +127,47 @@ impl AuthArgs {
             bail!("--dhchap-ctrl-secret needs --dhchap-secret too");
         }
         Ok((host, ctrl))
+    }
+
+    /// The first TLS flag given, if any.
+    pub fn tls_flag(&self) -> Option<&'static str> {
+        [
+            (self.tls, "--tls"),
+            (self.tls_key.is_some(), "--tls-key"),
+            (self.tls_key_identity.is_some(), "--tls-key-identity"),
+            (self.tls_key_compat, "--tls-key-compat"),
+            (self.tls_identity_version != 1, "--tls-identity-version"),
+            (self.tls_sha256_suite, "--tls-sha256-suite"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// The TLS settings: none without TLS flags. Errors name the flag, never the key.
+    pub fn tls_options(&self) -> Result<Option<nvmf_host::TlsOptions>> {
+        let Some(text) = &self.tls_key else {
+            return match self.tls_flag() {
+                None => Ok(None),
+                Some("--tls") => bail!(
+                    "--tls needs --tls-key NVMeTLSkey-1:hh:<base64>: (nvmf does not look keys up in the kernel \
+                     keyring, as nvme-cli does without --tls-key)"
+                ),
+                Some(flag) => bail!("{flag} needs --tls-key"),
+            };
+        };
+        let mut o =
+            nvmf_host::TlsOptions::from_interchange(text.as_str()).map_err(|e| anyhow::anyhow!("--tls-key: {e}"))?;
+        o.identity_version = match self.tls_identity_version {
+            0 => IdentityVersion::V0,
+            1 => IdentityVersion::V1,
+            v => bail!("--tls-identity-version {v}: must be 0 or 1"),
+        };
+        if self.tls_key_compat {
+            o.layout = HkdfLabelLayout::LibnvmeLegacy;
+        }
+        o.identity = self.tls_key_identity.clone();
+        o.sha256_suite = self.tls_sha256_suite;
+        Ok(Some(o))
     }
 }
 
@@ -138,6 +194,7 @@ impl ConnArgs {
         o.reconnect_delay_s = self.reconnect_delay;
         o.ctrl_loss_tmo_s = self.ctrl_loss_tmo;
         (o.dhchap_secret, o.dhchap_ctrl_secret) = self.auth.dhchap_secrets()?;
+        o.tls = self.auth.tls_options()?;
         o.validate().map_err(anyhow::Error::msg)?;
         Ok(o)
     }

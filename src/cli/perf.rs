@@ -126,6 +126,9 @@ pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
     };
     let mut cfg = cfg;
     (cfg.dhchap_secret, cfg.dhchap_ctrl_secret) = a.auth.dhchap_secrets()?;
+    if let Some(flag) = a.auth.tls_flag() {
+        bail!("{flag}: perf over TLS: not yet");
+    }
     cfg.validate().map_err(anyhow::Error::msg)?;
     if !matches!(a.output_format.as_str(), "normal" | "json") {
         bail!("--output-format must be normal or json");

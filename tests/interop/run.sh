@@ -72,6 +72,7 @@ CASES=(
     "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format,--hdr-digest,--data-digest|240|c_host_perf_digest"
     "mp-host-ktarget|host|perf:--paths,--iopolicy,--verify,--output-format|200|c_mp_host_ktarget"
     "host-auth|host|identify:--dhchap-secret,--dhchap-ctrl-secret gen-dhchap-key check-dhchap-key perf:--dhchap-secret|200|c_host_auth"
+    "host-tls|host|identify:--tls,--tls-key,--tls-key-compat,--tls-identity-version,--tls-sha256-suite discover:--tls-key gen-tls-key check-tls-key|300|c_host_tls"
     "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format|260|c_host_reconnect"
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
@@ -372,6 +373,8 @@ G=10.0.2.100   # host services as seen from the guest
 . "$HERE/cases/auth-host.sh"
 # TLS from the kernel host (target-tls): host side
 . "$HERE/cases/tls-target.sh"
+# NVMe/TCP TLS against the kernel target (host-tls): host side
+. "$HERE/cases/tls-host.sh"
 
 c_kernel_loopback() {
     # Guest checks of the target-* cases (discover, identify, pattern) against the in-guest kernel target
@@ -603,9 +606,10 @@ host_setup() {
         cat "$HERE/cases/ktarget.sh"
     } >"$STATE/host.boot.sh"
     for try in 1 2 3; do
-        h1=$(free_port) h2=$(free_port)
-        echo "H1=$h1 H2=$h2" >"$STATE/host.env"
-        echo "$h1:4420 $h2:8009" >"$STATE/host.hostfwd"
+        h1=$(free_port) h2=$(free_port) h3=$(free_port)
+        echo "H1=$h1 H2=$h2 H3=$h3" >"$STATE/host.env"
+        # H3: the TLS port the host-tls case adds (guest 4421)
+        echo "$h1:4420 $h2:8009 $h3:4421" >"$STATE/host.hostfwd"
         vm_boot host >"$STATE/host-boot.out" 2>&1 && { cat "$STATE/host-boot.out"; return 0; }
         cat "$STATE/host-boot.out"
         # qemu binds the hostfwd ports: one may have been taken since free_port

@@ -9,6 +9,7 @@ use crate::auth::{auth_required, AuthProgress, AuthSummary, QueueAuth};
 use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
 use crate::queue::{Completion, HostQueue, QueueConfig, Request, SubmitError};
+use crate::tls::{Rx, TlsLink, TlsPsk};
 
 /// How long one blocking read waits before the driver checks command timeouts.
 const POLL_SLICE_MS: u64 = 100;
@@ -26,19 +27,46 @@ pub struct QueueConn {
     /// Completions popped while waiting for another command.
     stash: VecDeque<Completion>,
     expired: Vec<u16>,
+    /// The queue's TLS session, when the controller is reached over TLS.
+    tls: Option<Box<TlsLink>>,
 }
 
 impl QueueConn {
     /// TCP connect (TCP_NODELAY), then ICReq/ICResp within `timeout`.
     pub fn connect(addr: SocketAddr, cfg: QueueConfig, timeout: Duration) -> Result<QueueConn> {
-        let sock = TcpStream::connect_timeout(&addr, timeout)?;
+        QueueConn::connect_tls(addr, cfg, timeout, None)
+    }
+
+    /// [`connect`](Self::connect), with a TLS 1.3 handshake offering `tls`'s
+    /// identity and PSK between the TCP connect and the ICReq when given
+    /// (NVMe/TCP section 3.6). `timeout` bounds each step: the TCP connect,
+    /// the handshake, the ICResp.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        cfg: QueueConfig,
+        timeout: Duration,
+        tls: Option<&TlsPsk>,
+    ) -> Result<QueueConn> {
+        let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
         sock.set_nodelay(true)?;
         sock.set_write_timeout(Some(Duration::from_millis(crate::queue::IO_COMMAND_TIMEOUT_MS)))?;
         let q = HostQueue::new(cfg);
+        let tls = match tls {
+            Some(psk) => Some(Box::new(TlsLink::handshake(&mut sock, q.qid(), psk, Instant::now() + timeout)?)),
+            None => None,
+        };
         let rx = vec![0u8; q.rx_pdu_len_max() + RX_SLACK_BYTES];
         let depth = q.config().queue_depth as usize;
-        let mut c =
-            QueueConn { sock, q, rx, rx_len: 0, epoch: Instant::now(), stash: VecDeque::new(), expired: Vec::new() };
+        let mut c = QueueConn {
+            sock,
+            q,
+            rx,
+            rx_len: 0,
+            epoch: Instant::now(),
+            stash: VecDeque::new(),
+            expired: Vec::new(),
+            tls,
+        };
         c.stash.reserve(depth);
         c.expired.reserve(depth);
         c.flush()?;
@@ -48,7 +76,16 @@ impl QueueConn {
                 c.q.fail("no ICResp in time");
                 return Err(Error::Timeout("ICResp"));
             }
-            c.pump(Some(deadline))?;
+            match c.pump(Some(deadline)) {
+                Err(Error::Io(e)) if e.kind() == ErrorKind::UnexpectedEof && !c.is_tls() => {
+                    return Err(Error::Io(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "connection closed by the controller before its ICResp (a port that requires TLS does \
+                         that to a plain connection)",
+                    )))
+                }
+                r => r?,
+            }
         }
         Ok(c)
     }
@@ -62,6 +99,10 @@ impl QueueConn {
     }
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.sock.peer_addr().ok()
+    }
+    /// Whether the queue runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -82,11 +123,14 @@ impl QueueConn {
         if self.q.output().is_empty() {
             return Ok(());
         }
-        let r = self.sock.write_all(self.q.output());
+        let r = match self.tls.as_deref_mut() {
+            None => self.sock.write_all(self.q.output()).map_err(Error::from),
+            Some(t) => t.write(&mut self.sock, self.q.qid(), self.q.output()),
+        };
         self.q.clear_output();
         if let Err(e) = r {
             self.q.fail("send failed");
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -100,26 +144,33 @@ impl QueueConn {
         }
         let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let slice = wait.map(|w| w.min(Duration::from_millis(POLL_SLICE_MS)));
-        let res = match slice {
-            None => self.sock.set_nonblocking(true).and_then(|_| {
-                let r = self.sock.read(&mut self.rx[self.rx_len..]);
-                self.sock.set_nonblocking(false)?;
+        let read = |sock: &mut TcpStream, buf: &mut [u8]| match slice {
+            None => sock.set_nonblocking(true).and_then(|_| {
+                let r = sock.read(buf);
+                sock.set_nonblocking(false)?;
                 r
             }),
-            Some(s) => self
-                .sock
-                .set_read_timeout(Some(s.max(Duration::from_millis(1))))
-                .and_then(|_| self.sock.read(&mut self.rx[self.rx_len..])),
+            Some(s) => sock.set_read_timeout(Some(s.max(Duration::from_millis(1)))).and_then(|_| sock.read(buf)),
+        };
+        let free = &mut self.rx[self.rx_len..];
+        let res = match self.tls.as_deref_mut() {
+            None => match read(&mut self.sock, free) {
+                Ok(0) => Ok(Rx::Closed("connection closed by the controller")),
+                Ok(n) => Ok(Rx::Data(n)),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    Ok(Rx::Data(0))
+                }
+                Err(e) => Err(Error::Io(e)),
+            },
+            Some(t) => t.read(&mut self.sock, self.q.qid(), free, read),
         };
         match res {
-            Ok(0) => {
+            Ok(Rx::Closed(why)) => {
                 self.q.fail("connection closed by the controller");
-                return Err(Error::Io(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "connection closed by controller",
-                )));
+                return Err(Error::Io(std::io::Error::new(ErrorKind::UnexpectedEof, why)));
             }
-            Ok(n) => {
+            Ok(Rx::Data(0)) => {}
+            Ok(Rx::Data(n)) => {
                 self.rx_len += n;
                 let used = self.q.receive(&self.rx[..self.rx_len]);
                 // A TermReq may be queued even when receive failed: send it first.
@@ -130,10 +181,9 @@ impl QueueConn {
                 self.rx_len -= used;
                 debug_assert!(self.rx_len < self.rx.len(), "framer bounds PDUs below the buffer size");
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
             Err(e) => {
                 self.q.fail("receive failed");
-                return Err(e.into());
+                return Err(e);
             }
         }
         self.expired.clear();
@@ -264,9 +314,12 @@ impl QueueConn {
         }
     }
 
-    /// Fail the queue and close the socket.
+    /// Fail the queue and close the socket (after a TLS close_notify, best effort).
     pub fn close(&mut self, why: &'static str) {
         self.q.fail(why);
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.close(&mut self.sock);
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 }

@@ -642,7 +642,7 @@ impl Controller {
                     self.lost_at = None;
                     return Ok(());
                 }
-                Err(e @ Error::Auth(_)) => {
+                Err(e) if e.is_security_refusal() => {
                     // The same secrets fail the same way: give up at once.
                     self.gone = true;
                     return Err(e);
@@ -759,7 +759,9 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
         command_timeout_ms: opts.admin_timeout_ms,
         ..QueueConfig::admin()
     };
-    let conn = QueueConn::connect(addr, acfg, timeout)?;
+    // TLS: every queue does its own handshake with the same identity and PSK.
+    let tls = opts.tls_psk().map_err(Error::Invalid)?;
+    let conn = QueueConn::connect_tls(addr, acfg, timeout, tls.as_ref())?;
     let mut a = Admin { conn, events, last_keep_alive: Instant::now(), aer_armed: false };
 
     // Admin Connect. Linux sends KATO on the admin Connect only.
@@ -832,7 +834,7 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
                 command_timeout_ms: opts.io_timeout_ms,
                 ..QueueConfig::io(qid, depth)
             };
-            let mut c = QueueConn::connect(addr, cfg, timeout)?;
+            let mut c = QueueConn::connect_tls(addr, cfg, timeout, tls.as_ref())?;
             let sqe = ConnectCmd { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato_ms: 0 }.to_sqe(0);
             let data = connect_data(opts, cntlid);
             let done = check("Connect I/O queue", c.execute(Request::write(sqe, data))?)?;

@@ -42,6 +42,11 @@ pub enum Error {
     /// connection was closed. Never worth a reconnect with the same secrets.
     #[error("authentication failed: {0}")]
     Auth(AuthFailure),
+    /// TLS failed on a queue: the handshake (a PSK or identity the
+    /// controller does not accept, a controller without TLS) or, afterwards,
+    /// a record the session refused. The message never contains key material.
+    #[error("qid {qid}: {error}")]
+    Tls { qid: u16, error: nvmf_tls::TlsError },
     /// The controller was lost for good (ctrl_loss_tmo expired) or disconnected.
     #[error("controller is gone: {0}")]
     Gone(String),
@@ -76,7 +81,19 @@ impl Error {
     /// Transport-level failure (worth a reconnect), as opposed to a command error.
     pub fn is_transport(&self) -> bool {
         matches!(self, Error::Io(_) | Error::Queue(_) | Error::FateUnknown { .. } | Error::Timeout(_))
+            || matches!(self, Error::Tls { error, .. } if !self_inflicted_tls(error))
     }
+    /// A security set-up the same settings fail again (DH-HMAC-CHAP refused,
+    /// TLS handshake refused): not worth a reconnect.
+    pub fn is_security_refusal(&self) -> bool {
+        matches!(self, Error::Auth(_)) || matches!(self, Error::Tls { error, .. } if self_inflicted_tls(error))
+    }
+}
+
+/// TLS errors of the configuration or the handshake (as opposed to a broken
+/// record stream later on).
+fn self_inflicted_tls(e: &nvmf_tls::TlsError) -> bool {
+    matches!(e, nvmf_tls::TlsError::Handshake(_) | nvmf_tls::TlsError::Config(_))
 }
 
 /// Result of the blocking driver.

@@ -18,6 +18,9 @@
 //!   queue over Authentication Send / Receive, shared by every driver above
 //!   and by `perf` ([`ConnectOptions::dhchap_secret`],
 //!   [`ConnectOptions::dhchap_ctrl_secret`]).
+//! * [`tls`]: NVMe/TCP TLS 1.3 with a pre-shared key on every queue of the
+//!   blocking drivers ([`ConnectOptions::tls`], [`TlsOptions`]), through
+//!   `nvmf_tls`'s sans-IO session.
 //!
 //! ```no_run
 //! use nvmf_host::{discover, ConnectOptions, Controller};
@@ -42,6 +45,7 @@ pub mod fuzzing;
 pub mod multipath;
 pub mod options;
 pub mod queue;
+pub mod tls;
 
 pub use auth::{AuthFailure, AuthSummary, QueueAuth};
 pub use conn::QueueConn;
@@ -51,5 +55,6 @@ pub use error::{Error, Result};
 pub use nvmf_proto::auth::DhchapKey;
 pub use options::ConnectOptions;
 pub use queue::{Completion, DataDir, Fate, HostQueue, QueueConfig, QueueError, Request, SubmitError};
+pub use tls::TlsOptions;
 
 pub mod perf;

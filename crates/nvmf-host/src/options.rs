@@ -17,13 +17,16 @@
 //! | `transfer_len_max_bytes` | 1 MiB, further capped by MDTS | 4 KiB..=64 MiB | |
 //! | `dhchap_secret` | none | `DHHC-1:hh:...:` | `-S/--dhchap-secret` |
 //! | `dhchap_ctrl_secret` | none (needs `dhchap_secret`) | `DHHC-1:hh:...:` | `-C/--dhchap-ctrl-secret` |
+//! | `tls` | none (plain TCP) | [`TlsOptions`]: `NVMeTLSkey-1:hh:...:`, identity v0/v1, layout, identity | `--tls --tls-key`, `--tls-key-identity`, `--tls-key-compat`, `--tls-identity-version` |
 //!
-//! The secrets are [`DhchapKey`]s: their `Debug` output is redacted, and no
-//! error of this crate shows them.
+//! The secrets are [`DhchapKey`]s and [`TlsOptions`]: their `Debug` output is
+//! redacted, and no error of this crate shows them.
 
 use std::time::Duration;
 
 use nvmf_proto::auth::{DhchapKey, HostConfig};
+
+use crate::tls::{TlsOptions, TlsPsk};
 
 /// Keep Alive Timeout of I/O controllers in seconds: Linux NVME_DEFAULT_KATO,
 /// what `nvme connect` asks for without `-k`. The crate's one KATO default:
@@ -111,6 +114,12 @@ pub struct ConnectOptions {
     /// must prove it too (bidirectional authentication), on every queue,
     /// whether or not it asked for authentication. Needs `dhchap_secret`.
     pub dhchap_ctrl_secret: Option<DhchapKey>,
+    /// NVMe/TCP TLS 1.3 with a pre-shared key (Linux / nvme-cli `tls`,
+    /// `tls_key`): every queue (admin and I/O, discovery too) does a TLS
+    /// handshake after the TCP connect and before the ICReq, offering the
+    /// identity derived from the key, `hostnqn` and `subnqn` (see
+    /// [`crate::tls`]). Default none: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ConnectOptions {
@@ -135,6 +144,7 @@ impl Default for ConnectOptions {
             transfer_len_max_bytes: TRANSFER_LEN_MAX_DEFAULT_BYTES,
             dhchap_secret: None,
             dhchap_ctrl_secret: None,
+            tls: None,
         }
     }
 }
@@ -172,7 +182,12 @@ impl ConnectOptions {
         if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
             return Err("dhchap_ctrl_secret (bidirectional authentication) needs dhchap_secret too".into());
         }
+        self.tls_psk()?;
         Ok(())
+    }
+    /// The TLS identity and PSK of this host and subsystem, when TLS is on.
+    pub fn tls_psk(&self) -> Result<Option<TlsPsk>, String> {
+        self.tls.as_ref().map(|t| t.psk(&self.hostnqn, &self.subnqn)).transpose()
     }
     /// The DH-HMAC-CHAP configuration of one queue's transaction, when a host
     /// secret is set.

@@ -53,6 +53,11 @@ pub struct ClientOptions {
     /// Offer psk_ke (no (EC)DHE) besides psk_dhe_ke. Default false: only
     /// psk_dhe_ke. (OpenSSL cannot offer psk_ke alone.)
     pub allow_psk_ke: bool,
+    /// Take a 32- or 48-byte PSK whatever `hash` says (default false: the
+    /// PSK must be the hash's length). For peers that bind every external
+    /// PSK to SHA-256, such as tlshd on GnuTLS before 3.8.10: a 48-byte PSK
+    /// then goes with TLS_AES_128_GCM_SHA256 (a spec deviation, by request).
+    pub any_psk_len: bool,
     pub limits: Limits,
 }
 
@@ -414,7 +419,8 @@ impl TlsSession {
         if identity.is_empty() || identity.len() > usize::from(u16::MAX) {
             return Err(TlsError::Config("PSK identity must be 1 to 65535 bytes".into()));
         }
-        if psk.len() != hash.psk_len() {
+        let len_ok = psk.len() == hash.psk_len() || (opts.any_psk_len && matches!(psk.len(), 32 | 48));
+        if !len_ok {
             return Err(TlsError::Config(format!(
                 "the PSK must be {} bytes for {:?}, it has {}",
                 hash.psk_len(),

@@ -195,6 +195,27 @@ fn our_client_against_openssl_s_server() {
 }
 
 #[test]
+fn a_48_byte_psk_as_a_sha256_psk_with_any_psk_len() {
+    // What tlshd on GnuTLS before 3.8.10 does with every external PSK: SHA-256
+    // binder and suite. `openssl s_server -psk` is the same SHA-256-only kind.
+    assert!(have_openssl(), "the openssl binary is needed (apt-get install openssl)");
+    let k = key(TlsHash::Sha384, 7);
+    let id = identity(TlsHash::Sha384);
+    assert!(TlsSession::client(&id, &k, TlsHash::Sha256, ClientOptions::default()).is_err(), "length checked");
+    let port = free_port();
+    let _server = s_server(TlsHash::Sha256, &k, &id, port, &[]);
+    let opts = ClientOptions { any_psk_len: true, ..Default::default() };
+    let mut c = Conn::new(connect(port), TlsSession::client(&id, &k, TlsHash::Sha256, opts).unwrap());
+    c.until("handshake", |c| c.s.handshake_done());
+    assert_eq!(c.s.hash(), Some(TlsHash::Sha256));
+    c.send(b"abc\n");
+    c.until("the echo", |c| c.plain.len() >= 4);
+    assert_eq!(c.plain, b"cba\n");
+    c.s.close();
+    c.flush();
+}
+
+#[test]
 fn openssl_s_client_against_our_server() {
     assert!(have_openssl(), "the openssl binary is needed (apt-get install openssl)");
     let cases: &[(TlsHash, &[&str])] = &[
