@@ -23,8 +23,6 @@ use std::os::raw::{c_int, c_long, c_uchar};
 
 use openssl_sys::{EVP_MD, SSL, SSL_CIPHER, SSL_CTX, SSL_SESSION};
 
-use crate::TlsHash;
-
 /// `SSL_psk_find_session_cb_func` (ssl.h).
 pub(crate) type PskFindSessionCb = unsafe extern "C" fn(
     ssl: *mut SSL,
@@ -82,8 +80,7 @@ pub(crate) fn set_use_session_callback(ctx: &mut openssl::ssl::SslContextBuilder
 ///
 /// # Safety
 /// `ssl` must be a live SSL (the one the callback was called for).
-pub(crate) unsafe fn psk_session(ssl: *mut SSL, key: &[u8], hash: TlsHash) -> Option<*mut SSL_SESSION> {
-    let code = hash.suite_code();
+pub(crate) unsafe fn psk_session(ssl: *mut SSL, key: &[u8], code: [u8; 2]) -> Option<*mut SSL_SESSION> {
     // SAFETY: `ssl` is live (caller); `code` is two readable bytes, the length
     // SSL_CIPHER_find reads. The result is a static table entry or NULL.
     let cipher = unsafe { SSL_CIPHER_find(ssl, code.as_ptr()) };

@@ -160,7 +160,7 @@ pub fn psk_session_der(psk: &[u8], hash: TlsHash) -> Result<zeroize::Zeroizing<V
     let ssl = Ssl::new(&ctx).map_err(|x| e("SSL_new", x))?;
     // SAFETY: `ssl` is live for the call; the new session is owned by the
     // SslSession wrapper, which frees it.
-    let sess = unsafe { ffi::psk_session(ssl.as_ptr(), psk, hash) }
+    let sess = unsafe { ffi::psk_session(ssl.as_ptr(), psk, hash.suite_code()) }
         .ok_or_else(|| TlsError::Config("OpenSSL refused the PSK session".into()))?;
     // SAFETY: `sess` is a valid SSL_SESSION whose ownership moves here.
     let sess = unsafe { SslSession::from_ptr(sess) };

@@ -68,6 +68,8 @@ struct ConnState {
     identity: Option<String>,
     key: Option<Zeroizing<Vec<u8>>>,
     hash: Option<TlsHash>,
+    /// Server: the suite chosen for the PSK (its two-byte code).
+    suite: Option<[u8; 2]>,
     /// Server: why the ClientHello was refused (our words, no secrets).
     failure: Option<&'static str>,
     /// Server: the PSK went to OpenSSL (so a later failure is the binder's).
@@ -110,6 +112,11 @@ fn first_psk_identity(ext: &[u8]) -> Option<&[u8]> {
     list.get(2 + id_len..2 + id_len + 4)?;
     (!id.is_empty()).then_some(id)
 }
+
+/// SHA-256 suites a server may pick for a SHA-384 PSK that the client bound
+/// with SHA-256 (see `server_client_hello`): code and OpenSSL name.
+const SUITE_AES_128_GCM_SHA256: ([u8; 2], &str) = ([0x13, 0x01], "TLS_AES_128_GCM_SHA256");
+const SUITE_CHACHA20_POLY1305_SHA256: ([u8; 2], &str) = ([0x13, 0x03], "TLS_CHACHA20_POLY1305_SHA256");
 
 /// The length of the first PSK binder of a pre_shared_key extension: the
 /// hash the client computed it with (32: SHA-256, 48: SHA-384).
@@ -227,17 +234,20 @@ fn server_client_hello(
     let Ok(identity) = String::from_utf8(identity) else {
         return refuse(ssl, alert, "PSK identity is not UTF-8", SslAlert::UNKNOWN_PSK_IDENTITY);
     };
-    // The suite follows the hash the client bound the PSK with. tlshd
-    // (ktls-utils 1.0, GnuTLS) binds a 48-byte SHA-384 PSK with SHA-256
-    // and then uses TLS_AES_128_GCM_SHA256 with it; the Linux target
-    // accepts that, so we do too (docs/deviations.md). The PSK stays the one
-    // the lookup found.
-    let hash = match (hash, first_binder_len(psk_ext)) {
-        (TlsHash::Sha384, Some(32)) => TlsHash::Sha256,
-        _ => hash,
+    let offered = |code: [u8; 2]| ssl.client_hello_ciphers().is_some_and(|c| c.chunks_exact(2).any(|c| c == code));
+    // The suite's hash must be the one the client bound the PSK with. tlshd
+    // on GnuTLS before 3.8.10 (Debian 13's Linux hosts) binds every PSK with
+    // SHA-256, a 48-byte SHA-384 one too, and then needs a SHA-256 suite
+    // (it does not offer TLS_AES_128_GCM_SHA256 for it, so ChaCha20 is
+    // what remains); Linux nvmet + tlshd accept that, so we do too
+    // (docs/deviations.md). The PSK stays the one the lookup found.
+    let suite = match (hash, first_binder_len(psk_ext)) {
+        (TlsHash::Sha384, Some(32)) => {
+            [SUITE_AES_128_GCM_SHA256, SUITE_CHACHA20_POLY1305_SHA256].into_iter().find(|(code, _)| offered(*code))
+        }
+        _ => Some((hash.suite_code(), hash.suite_name())).filter(|(code, _)| offered(*code)),
     };
-    let code = hash.suite_code();
-    if !ssl.client_hello_ciphers().is_some_and(|c| c.chunks_exact(2).any(|c| c == code)) {
+    let Some((code, name)) = suite else {
         return refuse(
             ssl,
             alert,
@@ -247,12 +257,13 @@ fn server_client_hello(
             },
             SslAlert::HANDSHAKE_FAILURE,
         );
-    }
-    ssl.set_ciphersuites(hash.suite_name())?;
+    };
+    ssl.set_ciphersuites(name)?;
     if let Some(st) = ssl.ex_data_mut(index) {
         st.identity = Some(identity);
         st.key = Some(key);
         st.hash = Some(hash);
+        st.suite = Some(code);
     }
     Ok(ClientHelloResponse::SUCCESS)
 }
@@ -275,13 +286,13 @@ unsafe extern "C" fn server_find_session(
         let Some(st) = ssl_ref.ex_data_mut(index) else { return 0 };
         // SAFETY: OpenSSL passes `identity_len` readable bytes at `identity`.
         let id = unsafe { std::slice::from_raw_parts(identity, identity_len) };
-        let (Some(known), Some(key), Some(hash)) = (&st.identity, &st.key, st.hash) else { return 1 };
+        let (Some(known), Some(key), Some(code)) = (&st.identity, &st.key, st.suite) else { return 1 };
         if known.as_bytes() != id {
             return 1; // another identity of the list: no PSK for it
         }
         // SAFETY: `ssl` is live; the session's ownership passes to OpenSSL
         // through `*sess` (SSL_CTX_set_psk_find_session_callback(3)).
-        match unsafe { ffi::psk_session(ssl, key, hash) } {
+        match unsafe { ffi::psk_session(ssl, key, code) } {
             Some(s) => {
                 // SAFETY: as above, valid out-pointer.
                 unsafe { *sess = s };
@@ -324,7 +335,7 @@ unsafe extern "C" fn client_use_session(
             }
         }
         // SAFETY: `ssl` is live; ownership of the session passes to OpenSSL.
-        let Some(s) = (unsafe { ffi::psk_session(ssl, key, hash) }) else { return 0 };
+        let Some(s) = (unsafe { ffi::psk_session(ssl, key, hash.suite_code()) }) else { return 0 };
         // SAFETY: valid out-pointers; `identity` lives in the SSL's ex_data,
         // as long as the SSL (OpenSSL copies it anyway).
         unsafe {
@@ -712,7 +723,7 @@ impl TlsSession {
             return None;
         }
         match self.stream.ssl().current_cipher()?.name() {
-            "TLS_AES_128_GCM_SHA256" => Some(TlsHash::Sha256),
+            "TLS_AES_128_GCM_SHA256" | "TLS_CHACHA20_POLY1305_SHA256" => Some(TlsHash::Sha256),
             "TLS_AES_256_GCM_SHA384" => Some(TlsHash::Sha384),
             _ => None,
         }

@@ -373,3 +373,21 @@ fn psk_from_nvmf_proto_derivation() {
         }
     }
 }
+
+#[test]
+fn sha384_psk_bound_with_sha256_gets_a_sha256_suite() {
+    // What tlshd on GnuTLS < 3.8.10 does with a 48-byte PSK (the Linux host
+    // of Debian 13): the server, whose key is SHA-384, follows the binder.
+    let psk = key(TlsHash::Sha384, 9);
+    let id = identity(TlsHash::Sha384);
+    let server = nvmf_tls::ServerConfig::new(lookup(vec![(id.clone(), psk.clone(), TlsHash::Sha384)])).unwrap();
+    let opts = ClientOptions { any_psk_len: true, ..Default::default() };
+    let mut c = Peer::new(TlsSession::client(&id, &psk, TlsHash::Sha256, opts).unwrap());
+    let mut s = Peer::new(server.session().unwrap());
+    settle(&mut c, &mut s);
+    assert!(c.s.handshake_done() && s.s.handshake_done());
+    assert_eq!(s.s.hash(), Some(TlsHash::Sha256));
+    let d = pattern(100_000, 3);
+    transfer(&mut c, &mut s, &d, 4096);
+    assert!(s.received == d);
+}

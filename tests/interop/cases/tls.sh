@@ -85,8 +85,11 @@ echo "+ nvme discover --tls (port $PT)"
 timeout 60 nvme discover -t tcp -a "$TADDR" -s "$PT" --hostnqn="$TH1" --tls >/tmp/disc.out 2>&1 ||
     { cat /tmp/disc.out; newdmesg; fail "discover over TLS"; }
 grep -E 'subtype|subnqn|trsvcid|treq|sectype|tsas' /tmp/disc.out | sed 's/^/  /'
-awk -v p="$PT" '/^trsvcid/ { port = $2 } /^treq/ { if (port == p) treq = $0 } /sectype/ { if (port == p) sec = $0 }
-    END { exit !(treq ~ /required/ && treq !~ /not required/ && sec ~ /tls1\.3/) }' /tmp/disc.out ||
+awk -v p="$PT" '
+    function check() { if (port == p) { seen++; if (!(treq ~ /required/ && treq !~ /not required/ && sec ~ /tls1?\.?3/)) bad++ } }
+    /^=====Discovery Log Entry/ { check(); treq = ""; port = ""; sec = "" }
+    /^treq/ { treq = $0 } /^trsvcid/ { port = $2 } /^sectype/ { sec = $2 }
+    END { check(); exit !(seen > 0 && bad == 0) }' /tmp/disc.out ||
     fail "the TLS port's discovery entries do not say treq required / sectype tls1.3"
 
 echo "+ fio randrw verify over TLS with header and data digests (${RUNTIME}s)"
