@@ -50,8 +50,11 @@ pub mod subsys;
 pub mod tcp;
 #[doc(hidden)]
 pub mod testing;
+#[doc(hidden)]
+pub mod testing_tls;
 pub mod tls;
 
 pub use server::{serve, serve_with, Server};
 pub use subsys::Target;
 pub use testing::fuzz_queue_input;
+pub use testing_tls::fuzz_tls_pdu_input;

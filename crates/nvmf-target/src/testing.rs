@@ -374,52 +374,71 @@ pub fn exec_storage_sync(op: &StorageOp) -> i32 {
 }
 
 /// Host NQN the fuzz prefaces connect with.
-const FUZZ_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f022";
+pub(crate) const FUZZ_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000f022";
+
+/// The bytes [`fuzz_queue_input`] sends before the fuzz body, chosen by its
+/// first byte `sel`: `sel % 3 == 0` none; `1` ICReq, admin Connect and CC
+/// enable; `2` ICReq and an I/O-queue Connect (qid 1) to a controller made
+/// here (returned: kill and release it with [`fuzz_release`] when done).
+/// Bits 2..3 pick header/data digests.
+pub(crate) fn fuzz_preface(target: &Arc<Target>, sel: u8) -> (Vec<u8>, Option<Arc<crate::ctrl::Controller>>) {
+    use nvmf_proto::fabrics::{cc, prop, ConnectCmd, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL};
+    use nvmf_proto::pdu::{encode_capsule_cmd, encode_ic_req, IcReq, TxConfig};
+
+    let (mode, dg) = (sel % 3, (sel >> 2) & 3);
+    let mut preface = Vec::new();
+    let mut ctrl = None;
+    if mode != 0 {
+        let tx = TxConfig { hdgst: dg & 1 != 0, ddgst: dg & 2 != 0, data_align: 4 };
+        encode_ic_req(&mut preface, &IcReq { pfv: 0, hpda: 0, dgst: dg, maxr2t: 0 });
+        let (qid, cntlid) = if mode == 1 {
+            (0, nvmf_proto::fabrics::CNTLID_DYNAMIC)
+        } else {
+            let sub = target.subsystem(TEST_NQN).expect("test subsystem");
+            let c = target
+                .create_controller(crate::ctrl::CtrlKind::Io, Some(sub), FUZZ_HOST, [0; 16], 1)
+                .expect("controller");
+            c.set_state(crate::ctrl::CtrlState::Enabled);
+            let id = c.cntlid;
+            ctrl = Some(c);
+            (1, id)
+        };
+        let c = ConnectCmd { recfmt: 0, qid, sqsize: 31, cattr: CATTR_DISABLE_SQ_FLOW_CONTROL, kato_ms: 0 };
+        let d = ConnectData { hostid: [0; 16], cntlid, subnqn: TEST_NQN.into(), hostnqn: FUZZ_HOST.into() };
+        encode_capsule_cmd(&mut preface, &c.to_sqe(0xfff0), &d.encode(), &tx);
+        if mode == 1 {
+            let en = PropertyCmd::set_sqe(0xfff1, prop::CC, false, cc::LINUX_ENABLE as u64);
+            encode_capsule_cmd(&mut preface, &en, &[], &tx);
+        }
+    }
+    (preface, ctrl)
+}
+
+/// Drop the controller [`fuzz_preface`] made.
+pub(crate) fn fuzz_release(target: &Target, ctrl: Option<Arc<crate::ctrl::Controller>>) {
+    if let Some(c) = ctrl {
+        c.kill("fuzz run over");
+        target.release_controller(&c);
+    }
+}
 
 /// Fuzz entry point: feed arbitrary bytes to a fresh queue state machine, in
 /// a few chunkings, and run its deadlines. Must never panic, hang or allocate
 /// without bound.
 ///
-/// The first byte picks a preface so that fuzzing reaches deep states:
-/// `b % 3 == 0` raw bytes from the first one; `1` an admin queue already
-/// connected and enabled; `2` an I/O queue (qid 1) already connected.
-/// Bits 2..3 pick header/data digests for the prefaces.
+/// The first byte picks a preface so that fuzzing reaches deep states (see
+/// [`fuzz_preface`]): `b % 3 == 0` raw bytes from the first one; `1` an admin
+/// queue already connected and enabled; `2` an I/O queue (qid 1) already
+/// connected. Bits 2..3 pick header/data digests for the prefaces.
 pub fn fuzz_queue_input(bytes: &[u8]) {
-    use nvmf_proto::fabrics::{cc, prop, ConnectCmd, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL};
-    use nvmf_proto::pdu::{encode_capsule_cmd, encode_ic_req, IcReq, TxConfig};
-
     static TARGET: std::sync::OnceLock<Arc<Target>> = std::sync::OnceLock::new();
     let target = TARGET.get_or_init(test_target).clone();
-    let (mode, dg, body) = match bytes.split_first() {
-        Some((b, rest)) => (b % 3, (b >> 2) & 3, rest),
-        None => (0, 0, bytes),
+    let (sel, body) = match bytes.split_first() {
+        Some((b, rest)) => (*b, rest),
+        None => (0, bytes),
     };
     for chunk in [usize::MAX, 1, 7, 64] {
-        let mut preface = Vec::new();
-        let mut ctrl = None;
-        if mode != 0 {
-            let tx = TxConfig { hdgst: dg & 1 != 0, ddgst: dg & 2 != 0, data_align: 4 };
-            encode_ic_req(&mut preface, &IcReq { pfv: 0, hpda: 0, dgst: dg, maxr2t: 0 });
-            let (qid, cntlid) = if mode == 1 {
-                (0, nvmf_proto::fabrics::CNTLID_DYNAMIC)
-            } else {
-                let sub = target.subsystem(TEST_NQN).expect("test subsystem");
-                let c = target
-                    .create_controller(crate::ctrl::CtrlKind::Io, Some(sub), FUZZ_HOST, [0; 16], 1)
-                    .expect("controller");
-                c.set_state(crate::ctrl::CtrlState::Enabled);
-                let id = c.cntlid;
-                ctrl = Some(c);
-                (1, id)
-            };
-            let c = ConnectCmd { recfmt: 0, qid, sqsize: 31, cattr: CATTR_DISABLE_SQ_FLOW_CONTROL, kato_ms: 0 };
-            let d = ConnectData { hostid: [0; 16], cntlid, subnqn: TEST_NQN.into(), hostnqn: FUZZ_HOST.into() };
-            encode_capsule_cmd(&mut preface, &c.to_sqe(0xfff0), &d.encode(), &tx);
-            if mode == 1 {
-                let en = PropertyCmd::set_sqe(0xfff1, prop::CC, false, cc::LINUX_ENABLE as u64);
-                encode_capsule_cmd(&mut preface, &en, &[], &tx);
-            }
-        }
+        let (preface, ctrl) = fuzz_preface(&target, sel);
         let mut d = Driven::new(target.clone());
         d.storage_mode = StorageMode::Pretend;
         d.recv(&preface);
@@ -435,9 +454,6 @@ pub fn fuzz_queue_input(bytes: &[u8]) {
             d.out.clear();
         }
         d.close();
-        if let Some(c) = ctrl {
-            c.kill("fuzz run over");
-            target.release_controller(&c);
-        }
+        fuzz_release(&target, ctrl);
     }
 }
