@@ -31,7 +31,8 @@ fn target_seeds() -> Vec<(String, Vec<u8>)> {
         [("admin", false, false, 0u16), ("admin-digests", true, true, 0), ("io", false, false, 1)]
     {
         let tx = TxConfig { hdgst, ddgst, data_align: 4 };
-        let mut b = Vec::new();
+        // Selector 0: no preface (fuzz_queue_input), the session is the body.
+        let mut b = vec![0u8];
         pdu::encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, dgst: (hdgst as u8) | ((ddgst as u8) << 1), maxr2t: 0 });
         let conn = ConnectCmd { recfmt: 0, qid, sqsize: 31, cattr: CATTR_DISABLE_SQ_FLOW_CONTROL, kato_ms: 5000 };
         let data = ConnectData {
