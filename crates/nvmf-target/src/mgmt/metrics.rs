@@ -152,6 +152,15 @@ pub fn render(m: &Mgmt) -> String {
         ("nvmf_core_rx_bytes_total", "TCP bytes received.", |c| c.bytes_rx),
         ("nvmf_core_tx_bytes_total", "TCP bytes sent.", |c| c.bytes_tx),
         ("nvmf_core_storage_ops_total", "Storage operations submitted to io_uring.", |c| c.storage_ops),
+        ("nvmf_core_tls_handshakes_total", "TLS handshakes completed.", |c| c.tls_handshakes),
+        ("nvmf_core_tls_failures_total", "TLS connections that failed (handshake or record).", |c| c.tls_failures),
+        (
+            "nvmf_core_tls_refused_plain_total",
+            "Plain NVMe/TCP connections refused by listeners that require TLS.",
+            |c| c.tls_refused_plain,
+        ),
+        ("nvmf_core_tls_rx_plaintext_bytes_total", "Bytes decrypted from TLS records.", |c| c.tls_bytes_decrypted),
+        ("nvmf_core_tls_tx_plaintext_bytes_total", "Bytes encrypted into TLS records.", |c| c.tls_bytes_encrypted),
     ] {
         o.head(name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);
         for c in &st.cores {
