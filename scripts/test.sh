@@ -12,6 +12,18 @@ export CARGO_TERM_COLOR=never
 step() { printf '\n==== %s\n' "$*"; }
 passed=0 failed=0
 
+# TLS links OpenSSL 3 (crates/nvmf-tls): its headers and pkg-config file.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    step "installing pkg-config and libssl-dev (needed to build nvmf-tls)"
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q pkg-config libssl-dev ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pkg-config libssl-dev; }
+    else
+        echo "pkg-config/libssl-dev missing and not root: apt-get install pkg-config libssl-dev" >&2
+        exit 1
+    fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
