@@ -66,7 +66,8 @@ fn config() -> TargetConfig {
     ns2.hosts = vec![HA.into()];
     let mut cfg = TargetConfig::embedded_default();
     cfg.engine.mode = "interrupt".into();
-    cfg.listeners = vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![] }];
+    cfg.listeners =
+        vec![ListenerConfig { addr: "127.0.0.1:0".into(), port_id: None, subsystems: vec![], tls: Default::default() }];
     cfg.discovery = Default::default();
     let mut sub = SubsystemConfig::with_namespaces(NQN, vec![ns1, ns2]);
     sub.allow_any_host = Some(true);
