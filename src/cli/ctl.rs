@@ -225,6 +225,15 @@ pub struct HostKeys {
     /// DH group: null, ffdhe2048 ... ffdhe8192 ("" = any, ffdhe2048 first).
     #[arg(long, value_name = "GROUP")]
     dhchap_dhgroup: Option<String>,
+    /// Configured TLS PSK (NVMeTLSkey-1:hh:...:): the host connects over TLS. "" removes it.
+    #[arg(long, value_name = "KEY")]
+    tls_key: Option<String>,
+    /// File holding the TLS PSK.
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_key")]
+    tls_key_file: Option<String>,
+    /// Derive the TLS PSK as libnvme before 1.16 did (hosts with nvme-cli <= 2.15).
+    #[arg(long, value_name = "BOOL")]
+    tls_key_compat: Option<bool>,
 }
 
 impl HostKeys {
@@ -236,10 +245,15 @@ impl HostKeys {
             ("dhchap_ctrl_key_file", &self.dhchap_ctrl_key_file),
             ("dhchap_hash", &self.dhchap_hash),
             ("dhchap_dhgroup", &self.dhchap_dhgroup),
+            ("tls_key", &self.tls_key),
+            ("tls_key_file", &self.tls_key_file),
         ] {
             if let Some(v) = v {
                 p[k] = json!(v);
             }
+        }
+        if let Some(c) = self.tls_key_compat {
+            p["tls_key_compat"] = json!(c);
         }
     }
 }

@@ -534,3 +534,45 @@ fn host_tables_with_keys_live_and_saved_without_showing_secrets() {
     ok(&r.sock, "host_remove", json!({"nqn": A, "host": HOST}));
     r.stop();
 }
+
+#[test]
+fn host_tls_keys_live_file_and_saved_without_showing_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&base_config(dir.path()), dir.path());
+    let key = nvmf_proto::auth::tls_psk::ConfiguredPsk::from_bytes(Some(nvmf_proto::auth::HashId::Sha256), &[0x24; 32])
+        .unwrap()
+        .format()
+        .to_string();
+    let secret_part = key.split(':').nth(2).unwrap().to_string();
+    let out = ok(&r.sock, "host_add", json!({"nqn": A, "host": HOST, "tls_key": key, "tls_key_compat": true}));
+    assert_eq!(out["hosts"][0]["tls_key"], json!("inline"));
+    assert_eq!(out["hosts"][0]["tls_key_compat"], json!(true));
+    assert!(!out.to_string().contains(&secret_part), "answers never carry the secret: {out}");
+    // The host now must use TLS: in clear its Connect is refused.
+    let mut h = Host::ic(r.io_addr(), false, false, 0);
+    let c = h.connect(0, 31, 0, A, HOST, 0xffff);
+    assert_eq!(c.status.sc, nvmf_proto::status::cmd::CONNECT_INVALID_HOST, "{}", c.status);
+    // From a file that only its owner reads; a malformed key is not echoed.
+    let kf = dir.path().join("host.psk");
+    std::fs::write(&kf, &key).unwrap();
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let params = json!({"nqn": A, "host": HOST, "tls_key_file": kf.display().to_string()});
+    err(&r.sock, "host_set_key", params.clone(), code::INVALID_PARAMS, "readable by others");
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ok(&r.sock, "host_set_key", params);
+    assert_eq!(out["hosts"][0]["tls_key"], json!({"file": kf.display().to_string()}));
+    let (_, msg) =
+        call(&r.sock, "host_set_key", json!({"nqn": A, "host": HOST, "tls_key": "NVMeTLSkey-1:01:bm90YWtleQ==:"}))
+            .unwrap_err();
+    assert!(!msg.contains("bm90YWtleQ"), "{msg}");
+    let saved = dir.path().join("saved.toml");
+    ok(&r.sock, "save_config", json!({"path": saved.display().to_string()}));
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(text.contains("tls_key_file") && text.contains("tls_key_compat = true"), "{text}");
+    // "" removes the key: the host may connect in clear again.
+    ok(&r.sock, "host_set_key", json!({"nqn": A, "host": HOST, "tls_key_file": ""}));
+    let mut h = Host::ic(r.io_addr(), false, false, 0);
+    assert!(h.connect(0, 31, 0, A, HOST, 0xffff).status.is_success());
+    r.stop();
+}

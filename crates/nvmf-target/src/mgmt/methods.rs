@@ -204,6 +204,7 @@ pub(super) fn host_json(h: &HostConfig) -> Value {
         "dhchap_hash": h.dhchap_hash,
         "dhchap_dhgroup": h.dhchap_dhgroup,
         "tls_key": source(&h.tls_key, &h.tls_key_file),
+        "tls_key_compat": h.tls_key_compat.unwrap_or(false),
     })
 }
 
@@ -229,8 +230,17 @@ pub(super) fn subsystem_json(cfg: &SubsystemConfig, sub: &Subsystem) -> Value {
 }
 
 /// Parameters of `host_add` and `host_set_key` that set a host's secrets.
-pub(super) const HOST_KEY_PARAMS: [&str; 6] =
-    ["dhchap_key", "dhchap_key_file", "dhchap_ctrl_key", "dhchap_ctrl_key_file", "dhchap_hash", "dhchap_dhgroup"];
+pub(super) const HOST_KEY_PARAMS: [&str; 9] = [
+    "dhchap_key",
+    "dhchap_key_file",
+    "dhchap_ctrl_key",
+    "dhchap_ctrl_key_file",
+    "dhchap_hash",
+    "dhchap_dhgroup",
+    "tls_key",
+    "tls_key_file",
+    "tls_key_compat",
+];
 
 /// Set the secrets named in `p` on `h` (an inline key replaces a file and the
 /// other way round; `""` removes one).
@@ -238,6 +248,7 @@ pub(super) fn set_host_keys(h: &mut HostConfig, p: &Params) -> Result<(), RpcErr
     for (inline, file, slot_i, slot_f) in [
         ("dhchap_key", "dhchap_key_file", &mut h.dhchap_key, &mut h.dhchap_key_file),
         ("dhchap_ctrl_key", "dhchap_ctrl_key_file", &mut h.dhchap_ctrl_key, &mut h.dhchap_ctrl_key_file),
+        ("tls_key", "tls_key_file", &mut h.tls_key, &mut h.tls_key_file),
     ] {
         let (i, f) = (p.str_opt(inline)?, p.str_opt(file)?);
         if i.is_some() && f.is_some() {
@@ -257,6 +268,11 @@ pub(super) fn set_host_keys(h: &mut HostConfig, p: &Params) -> Result<(), RpcErr
     }
     if let Some(v) = p.str_opt("dhchap_dhgroup")? {
         h.dhchap_dhgroup = (!v.is_empty()).then(|| v.to_string());
+    }
+    if let Some(Value::Bool(b)) = p.m.get("tls_key_compat") {
+        h.tls_key_compat = b.then_some(true);
+    } else if p.m.contains_key("tls_key_compat") {
+        return Err(RpcError::param("tls_key_compat", "must be true or false"));
     }
     Ok(())
 }
