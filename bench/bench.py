@@ -16,6 +16,18 @@ sizes (request = what the host sends per I/O, response = what comes back):
 Every row runs with digests off and on. With --repeat N the limit and its
 rows run next to each other, in alternating order, and medians are reported
 (the machine changes speed state every few minutes).
+
+Security rows, only when asked for (`--rows tls`, `--rows chap`, or their
+keys; not in the default matrix):
+
+  tls_rr4k_qd32 / tls_rr4k_qd1 / tls_sr128k_qd8 / tls_sw128k_qd8
+      the row with TLS (target `--tls required`, host `--tls-key`) against
+      the same row without, run next to each other in alternating order each
+      round; ratio TLS / plain per round, median (QD1: added latency in us).
+  chap_connect
+      wall time of `nvmf identify` (admin queue + 1 I/O queue, each one
+      DH-HMAC-CHAP exchange) with ffdhe2048 and ffdhe8192 against no
+      authentication, --chap-runs runs each per round, groups alternating.
 """
 import argparse
 import datetime
@@ -81,6 +93,23 @@ GOALS = {
     "sw128k_qd8": (1.4, "ge"),
 }
 DIGEST_COST_GOAL = 0.05  # digests on may cost at most 5% IOPS at QD32
+
+# TLS rows: (key, label, perf args, None, metric), each run with TLS and without.
+TLS_ROWS = [
+    ("tls_rr4k_qd32", "4K randread QD32", dict(rw="randread", bs="4k", iodepth=32, mode="poll"), None, "ops"),
+    ("tls_sr128k_qd8", "128K seq read QD8", dict(rw="read", bs="128k", iodepth=8, mode="poll"), None, "read_tput"),
+    ("tls_sw128k_qd8", "128K seq write QD8", dict(rw="write", bs="128k", iodepth=8, mode="poll"), None, "write_tput"),
+    ("tls_rr4k_qd1", "4K randread QD1 poll", dict(rw="randread", bs="4k", iodepth=1, mode="poll"), None, "lat"),
+]
+# TLS goals (issue): TLS may cost at most 20 % of IOPS at 4K QD32 and 35 % of
+# 128K throughput: row key -> lowest TLS / plain ratio.
+TLS_GOALS = {"tls_rr4k_qd32": 0.80, "tls_sr128k_qd8": 0.65, "tls_sw128k_qd8": 0.65}
+# DH-HMAC-CHAP connect time: groups measured ("none" = no authentication).
+CHAP_GROUPS = ["none", "ffdhe2048", "ffdhe8192"]
+BENCH_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000be0c0"
+# Test keys (libnvme's TLS test key, a fixed DH-HMAC-CHAP key): not secrets.
+BENCH_TLS_KEY = "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:"
+BENCH_CHAP_KEY = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:"
 
 
 def log(msg):
@@ -175,17 +204,26 @@ class PingPong:
         return r
 
 
-def run_nvmf_row(row, digests, secs):
+def run_nvmf_row(row, digests, secs, tls=None):
+    """One row; `tls` False/True: the TLS pair's plain or TLS run (a host NQN
+    of its own, the target with --tls required and the host's key for True)."""
     key, label, a, _, _ = row
     port = free_port()
+    tgt_extra, perf_extra = [], []
+    if tls is not None:
+        perf_extra = ["-q", BENCH_HOSTNQN]
+    if tls:
+        tgt_extra = ["--tls", "required", "--host", "%s:tls=%s" % (BENCH_HOSTNQN, BENCH_TLS_KEY)]
+        perf_extra += ["--tls-key", BENCH_TLS_KEY]
     tgt = subprocess.Popen(PRIO + [NVMF, "target", "--cores", TARGET_CPU, "--mode", a["mode"], "--namespace", "null:1TiB",
-                            "--listen", "127.0.0.1:%d" % port, "--discovery-listen", "none"],
+                            "--listen", "127.0.0.1:%d" % port, "--discovery-listen", "none", "--rpc-socket", "none"]
+                           + tgt_extra,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=NEW_SESSION)
     try:
         wait_port(port, tgt)
         cmd = PRIO + [NVMF, "perf", "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "--rw", a["rw"], "--bs", a["bs"],
                "--iodepth", str(a["iodepth"]), "--runtime", str(secs), "--cores", HOST_CPU, "--mode", a["mode"],
-               "--output-format", "json"]
+               "--output-format", "json"] + perf_extra
         if digests:
             cmd += ["-g", "-G"]
         cpu0, t0 = proc_cpu_s(tgt.pid), time.time()
@@ -202,6 +240,51 @@ def run_nvmf_row(row, digests, secs):
     r["target_rss_kib"] = rss
     r["perf_rc"] = p.returncode
     return r
+
+
+def chap_connect_times(group, runs):
+    """Wall seconds of `runs` x `nvmf identify` (admin + 1 I/O queue) against a
+    fresh target (CPU 0, interrupt mode) whose host entry asks for DH-HMAC-CHAP
+    with DH group `group` ("none": no key, no authentication)."""
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="nvmf-bench-chap-")
+    conf = os.path.join(d, "target.toml")
+    host = '[[subsystem.host]]\nnqn = "%s"\n' % BENCH_HOSTNQN
+    if group != "none":
+        host += 'dhchap_key = "%s"\ndhchap_dhgroup = "%s"\n' % (BENCH_CHAP_KEY, group)
+    with open(conf, "w") as f:
+        f.write('[[listener]]\naddr = "127.0.0.1:%d"\n\n[[subsystem]]\nnqn = "%s"\n\n%s\n'
+                '[[subsystem.namespace]]\nkind = "null"\nsize = "1GiB"\n' % (port, NQN, host))
+    os.chmod(conf, 0o600)
+    tgt = subprocess.Popen(PRIO + [NVMF, "target", "--config", conf, "--cores", TARGET_CPU, "--mode", "interrupt",
+                                   "--discovery-listen", "none", "--rpc-socket", "none"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=NEW_SESSION)
+    times = []
+    try:
+        wait_port(port, tgt)
+        cmd = PRIO + ["taskset", "-c", HOST_CPU, NVMF, "identify", "-a", "127.0.0.1", "-s", str(port), "-n", NQN,
+                      "-q", BENCH_HOSTNQN, "-o", "json"]
+        if group != "none":
+            cmd += ["-S", BENCH_CHAP_KEY]
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, start_new_session=NEW_SESSION)
+            t1 = time.perf_counter()
+            if p.returncode != 0:
+                raise RuntimeError("identify (%s) failed (rc %d): %s" % (group, p.returncode, p.stderr.strip()[-300:]))
+            times.append(t1 - t0)
+    finally:
+        stop(tgt)
+        shutil.rmtree(d, ignore_errors=True)
+    return times
+
+
+def metric_value(metric, r):
+    if metric == "lat":
+        return r["latency_us"]["avg"]
+    if metric == "ops":
+        return r["iops"]
+    return r["mib_per_s"]
 
 
 def host_cpu(r):
@@ -287,7 +370,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 s per run, one repeat")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     ap.add_argument("--runtime", type=int, default=5, help="seconds per run")
-    ap.add_argument("--rows", default="", help="comma-separated row keys (default: all)")
+    ap.add_argument("--rows", default="",
+                    help="comma-separated row keys (default: the matrix); 'tls' = every TLS row, 'chap' = "
+                         "chap_connect; the TLS and CHAP rows only run when named")
+    ap.add_argument("--chap-runs", type=int, default=10, help="identify runs per DH group and round (chap_connect)")
     ap.add_argument("--no-digests", action="store_true", help="skip the digests-on runs")
     ap.add_argument("--no-rss", action="store_true", help="skip the idle-queue RSS measurement")
     ap.add_argument("--limits-only", action="store_true", help="only the ping-pong limits")
@@ -301,7 +387,13 @@ def main():
         PRIO[:] = prio_wrap(args.nice)
         NEW_SESSION = True
     repeat = 1 if args.quick else max(1, args.repeat)
-    rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    wanted = set(k for k in args.rows.split(",") if k)
+    rows = [r for r in ROWS if not wanted or r[0] in wanted]
+    tls_rows = [r for r in TLS_ROWS if "tls" in wanted or r[0] in wanted]
+    chap = bool(wanted & {"chap", "chap_connect"})
+    unknown = wanted - {r[0] for r in ROWS + TLS_ROWS} - {"tls", "chap", "chap_connect"}
+    if unknown:
+        ap.error("unknown row key(s): %s" % ", ".join(sorted(unknown)))
     digest_modes = [False] if args.no_digests else [False, True]
     pp = PingPong()
     load_start = os.getloadavg()
@@ -341,6 +433,31 @@ def main():
                         results.setdefault((what[0], d), []).append((rep, run_nvmf_row(what, d, secs)))
                 except Exception as e:  # keep going: one broken row must not hide the others
                     msg = "%s: %s" % (what if kind == "limit" else what[1], e)
+                    log("  FAILED " + msg)
+                    errors.append(msg)
+        # TLS pairs: the row without and with TLS next to each other, order alternating.
+        for r in tls_rows:
+            pair = [False, True] if rep % 2 == 0 else [True, False]
+            for tls in pair:
+                state = cache_line_ns()
+                if state is not None:
+                    states.append(state)
+                log("[%d/%d] nvmf %s tls=%s" % (rep + 1, repeat, r[1], "on" if tls else "off"))
+                try:
+                    results.setdefault((r[0], "tls" if tls else "plain"), []).append(
+                        (rep, run_nvmf_row(r, False, secs, tls=tls)))
+                except Exception as e:
+                    msg = "%s tls=%s: %s" % (r[1], tls, e)
+                    log("  FAILED " + msg)
+                    errors.append(msg)
+        if chap:
+            groups_order = CHAP_GROUPS if rep % 2 == 0 else list(reversed(CHAP_GROUPS))
+            for g in groups_order:
+                log("[%d/%d] identify with DH-HMAC-CHAP %s x %d" % (rep + 1, repeat, g, args.chap_runs))
+                try:
+                    results.setdefault(("chap", g), []).extend(chap_connect_times(g, args.chap_runs))
+                except Exception as e:
+                    msg = "chap_connect %s: %s" % (g, e)
                     log("  FAILED " + msg)
                     errors.append(msg)
 
@@ -398,7 +515,52 @@ def main():
         if cost is not None:  # no round had both
             report["digest_cost_qd32"] = {"cost": cost, "costs": costs, "goal": "<= %.2f" % DIGEST_COST_GOAL,
                                           "goal_met": cost <= DIGEST_COST_GOAL}
-    if not args.no_rss and not args.quick and not args.limits_only:
+    if tls_rows:
+        report["tls"] = []
+    for r in tls_rows:
+        plain = dict(results.get((r[0], "plain"), []))
+        tls = dict(results.get((r[0], "tls"), []))
+        metric = r[4]
+        ratios, added = [], []
+        for rnd, x in tls.items():
+            y = plain.get(rnd)
+            if y is None or x.get("errors") or y.get("errors"):
+                continue
+            vx, vy = metric_value(metric, x), metric_value(metric, y)
+            if vy:
+                ratios.append(vx / vy)
+            if metric == "lat":
+                added.append(vx - vy)
+        both = [x for x in list(plain.values()) + list(tls.values())]
+        ent = {"key": r[0], "label": r[1], "metric": metric,
+               "plain": {"iops": med([x["iops"] for x in plain.values()]),
+                         "mib_per_s": med([x["mib_per_s"] for x in plain.values()]),
+                         "lat_avg_us": med([x["latency_us"]["avg"] for x in plain.values()]),
+                         "host_cpu_percent": med([host_cpu(x) for x in plain.values()]),
+                         "target_cpu_percent": med([x["target_cpu_percent"] for x in plain.values()])},
+               "tls": {"iops": med([x["iops"] for x in tls.values()]),
+                       "mib_per_s": med([x["mib_per_s"] for x in tls.values()]),
+                       "lat_avg_us": med([x["latency_us"]["avg"] for x in tls.values()]),
+                       "host_cpu_percent": med([host_cpu(x) for x in tls.values()]),
+                       "target_cpu_percent": med([x["target_cpu_percent"] for x in tls.values()])},
+               "ratio": med(ratios), "ratios": ratios, "added_us": med(added) if added else None,
+               "errors": sum(x["errors"] + x.get("verify_errors", 0) for x in both)}
+        g = TLS_GOALS.get(r[0])
+        if g is not None and ent["ratio"] is not None:
+            ent["goal"] = ">= %.2f (TLS costs <= %d %%)" % (g, round(100 * (1 - g)))
+            ent["goal_met"] = ent["ratio"] >= g
+        report["tls"].append(ent)
+    if chap:
+        base = med(results.get(("chap", "none"), []))
+        report["chap_connect"] = {"runs_per_group": len(results.get(("chap", "none"), [])), "groups": {}}
+        for g in CHAP_GROUPS:
+            ts = results.get(("chap", g), [])
+            m = med(ts)
+            report["chap_connect"]["groups"][g] = {
+                "median_ms": None if m is None else 1000 * m, "min_ms": 1000 * min(ts) if ts else None,
+                "max_ms": 1000 * max(ts) if ts else None, "runs": len(ts),
+                "added_ms": None if m is None or base is None else 1000 * (m - base)}
+    if not args.no_rss and not args.quick and not args.limits_only and rows:
         try:
             log("target RSS with idle I/O queues")
             report["target_rss_kib"] = rss_section()
@@ -413,7 +575,7 @@ def main():
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     log("results: %s" % path)
-    return 1 if errors or any(e["errors"] for e in report["rows"]) else 0
+    return 1 if errors or any(e["errors"] for e in report["rows"] + report.get("tls", [])) else 0
 
 
 def fmt(v, spec="%.2f"):
@@ -461,6 +623,35 @@ def print_table(rep):
         rounds = ", ".join("%.1f" % (100 * c) for c in d.get("costs", []))
         p("digest cost at 4K randread QD32: %.1f%% IOPS, median of rounds (%s) (goal %s: %s)" % (
             100 * d["cost"], rounds, d["goal"], "met" if d["goal_met"] else "NOT met"))
+    if rep.get("tls"):
+        p("TLS 1.3 (TLS_AES_128_GCM_SHA256, PSK) against plain, same run, order alternating each round:")
+        p("  %-22s %11s %11s %9s %9s %9s %9s %7s %13s %s" % (
+            "row", "plain", "TLS", "unit", "plain us", "TLS us", "added us", "ratio", "(rounds)", "goal"))
+        for e in rep["tls"]:
+            unit = {"ops": "IOPS", "lat": "IOPS", "read_tput": "MiB/s", "write_tput": "MiB/s"}[e["metric"]]
+            val = "iops" if unit == "IOPS" else "mib_per_s"
+            goal = ""
+            if "goal" in e:
+                goal = "%s %s" % (e["goal"], "met" if e["goal_met"] else "NOT met")
+            spread = "%.2f-%.2f" % (min(e["ratios"]), max(e["ratios"])) if e["ratios"] else "-"
+            p("  %-22s %11s %11s %9s %9s %9s %9s %7s %13s %s%s" % (
+                e["label"], fmt(e["plain"][val], "%.0f" if unit == "IOPS" else "%.1f"),
+                fmt(e["tls"][val], "%.0f" if unit == "IOPS" else "%.1f"), unit,
+                fmt(e["plain"]["lat_avg_us"]), fmt(e["tls"]["lat_avg_us"]), fmt(e["added_us"]),
+                fmt(e["ratio"], "%.3f"), spread, goal, "  ERRORS %d" % e["errors"] if e["errors"] else ""))
+        p("  (ratio: TLS / plain of IOPS, MiB/s, or for QD1 of the average latency; cpu%% host/target plain %s, TLS %s)" % (
+            ", ".join("%s/%s" % (fmt(e["plain"]["host_cpu_percent"], "%.0f"), fmt(e["plain"]["target_cpu_percent"], "%.0f"))
+                      for e in rep["tls"]),
+            ", ".join("%s/%s" % (fmt(e["tls"]["host_cpu_percent"], "%.0f"), fmt(e["tls"]["target_cpu_percent"], "%.0f"))
+                      for e in rep["tls"])))
+    if rep.get("chap_connect"):
+        c = rep["chap_connect"]
+        p("DH-HMAC-CHAP connect: wall time of `nvmf identify` (admin + 1 I/O queue, one exchange each), median of %d:"
+          % c["runs_per_group"])
+        for g, v in c["groups"].items():
+            p("  %-10s median %s ms (min %s, max %s)%s" % (
+                g, fmt(v["median_ms"], "%.1f"), fmt(v["min_ms"], "%.1f"), fmt(v["max_ms"], "%.1f"),
+                "" if g == "none" else "  added %s ms" % fmt(v["added_ms"], "%.1f")))
     if "target_rss_kib" in rep:
         p("target RSS (KiB) by idle I/O queues: %s" % json.dumps(rep["target_rss_kib"]))
     for e in rep["errors"]:

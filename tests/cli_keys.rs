@@ -236,5 +236,10 @@ fn connecting_commands_refuse_bad_secrets_and_tls_before_connecting() {
     let e = fails(&["discover", "-a", "127.0.0.1", "-s", "1", "--tls"], "");
     assert!(e.contains("--tls needs --tls-key"), "{e}");
     let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "--tls-key", LIBNVME_KEY_01], body(LIBNVME_KEY_01));
-    assert!(e.contains("perf over TLS: not yet"), "{e}");
+    assert!(
+        e.contains("admin queue bring-up") && e.contains("connect:"),
+        "a good key gets as far as the connection: {e}"
+    );
+    let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "--tls-key-update-ms", "50"], "");
+    assert!(e.contains("--tls-key-update-ms needs TLS"), "{e}");
 }

@@ -88,6 +88,11 @@ pub struct PerfArgs {
     pub iopolicy: String,
     #[command(flatten)]
     pub auth: super::host::AuthArgs,
+    /// With TLS: every I/O queue starts a TLS KeyUpdate (asking the target to
+    /// update its keys too) every MS ms while it runs; the count is reported
+    /// as `tls_key_updates`. For tests and benchmarks.
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    pub tls_key_update_ms: u64,
 }
 
 /// Build the run configuration from the command line (no I/O).
@@ -123,12 +128,12 @@ pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
         seed: a.seed,
         dhchap_secret: None,
         dhchap_ctrl_secret: None,
+        tls: None,
+        tls_key_update_ms: a.tls_key_update_ms,
     };
     let mut cfg = cfg;
     (cfg.dhchap_secret, cfg.dhchap_ctrl_secret) = a.auth.dhchap_secrets()?;
-    if let Some(flag) = a.auth.tls_flag() {
-        bail!("{flag}: perf over TLS: not yet");
-    }
+    cfg.tls = a.auth.tls_options()?;
     cfg.validate().map_err(anyhow::Error::msg)?;
     if !matches!(a.output_format.as_str(), "normal" | "json") {
         bail!("--output-format must be normal or json");
@@ -145,6 +150,7 @@ fn config_json(a: &PerfArgs, cfg: &PerfConfig) -> serde_json::Value {
         "verify": cfg.verify, "size": cfg.size_bytes, "offset": cfg.offset_bytes,
         "hdr_digest": cfg.header_digest, "data_digest": cfg.data_digest,
         "sq_flow_control": cfg.sq_flow_control,
+        "tls": cfg.tls.is_some(),
     })
 }
 
@@ -176,7 +182,7 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         println!("{}", summary.to_json(config_json(&a, &cfg)));
     } else {
         let title = format!(
-            "nvmf perf: {} bs={} iodepth={} queues={} mode={} digests={}/{} verify={} -> {addr} {}",
+            "nvmf perf: {} bs={} iodepth={} queues={} mode={} digests={}/{} verify={} tls={} -> {addr} {}",
             cfg.rw,
             cfg.block_size_bytes,
             cfg.iodepth,
@@ -185,6 +191,7 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
             if cfg.header_digest { "hdr" } else { "-" },
             if cfg.data_digest { "data" } else { "-" },
             cfg.verify,
+            cfg.tls.is_some(),
             a.nqn
         );
         println!("{}", summary.to_text(&title));

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use nvmf_proto::auth::tls_psk::{self, ConfiguredPsk, HkdfLabelLayout, IdentityVersion};
 use nvmf_proto::auth::{HashId, Secret};
-use nvmf_tls::{ClientOptions, TlsError, TlsHash, TlsSession, MAX_RECORD_LEN};
+use nvmf_tls::{ClientOptions, Limits, TlsError, TlsHash, TlsSession, MAX_RECORD_LEN};
 
 use crate::error::{Error, Result};
 
@@ -141,6 +141,19 @@ pub struct TlsPsk {
     pub hash: TlsHash,
 }
 
+impl TlsPsk {
+    /// A client session offering this identity and PSK, with `limits` (the
+    /// blocking drivers use the defaults, engine queues
+    /// `nvmf_engine::tls_session_limits()`). Every host queue, blocking or
+    /// on an engine core, makes its session here.
+    pub fn client_session(&self, limits: Limits) -> std::result::Result<TlsSession, TlsError> {
+        // A PSK longer than its suite's hash only with TlsOptions::sha256_suite.
+        let opts =
+            ClientOptions { any_psk_len: self.psk.len() != self.hash.psk_len(), limits, ..ClientOptions::default() };
+        TlsSession::client(&self.identity, self.psk.as_bytes(), self.hash, opts)
+    }
+}
+
 /// What one socket read gave.
 pub(crate) enum Rx {
     /// Plaintext bytes (possibly 0: a control record, or nothing yet).
@@ -174,9 +187,7 @@ impl TlsLink {
     /// Run the client handshake on `sock` (connected, nothing sent yet),
     /// bounded by `deadline`.
     pub(crate) fn handshake(sock: &mut TcpStream, qid: u16, psk: &TlsPsk, deadline: Instant) -> Result<TlsLink> {
-        // A PSK longer than its suite's hash only with TlsOptions::sha256_suite.
-        let opts = ClientOptions { any_psk_len: psk.psk.len() != psk.hash.psk_len(), ..ClientOptions::default() };
-        let session = TlsSession::client(&psk.identity, psk.psk.as_bytes(), psk.hash, opts).map_err(tls_err(qid))?;
+        let session = psk.client_session(ClientOptions::default().limits).map_err(tls_err(qid))?;
         let mut l =
             TlsLink { session, ct: vec![0; CT_READ_BYTES + MAX_RECORD_LEN], ct_pos: 0, ct_len: 0, out: Vec::new() };
         let mut first = true;

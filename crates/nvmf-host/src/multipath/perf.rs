@@ -305,6 +305,10 @@ pub fn run_paths(cfg: &PerfConfig, setup: &PathsSetup, stop: &AtomicBool) -> Res
     o.connect.data_digest = cfg.data_digest;
     o.connect.dhchap_secret = cfg.dhchap_secret.clone();
     o.connect.dhchap_ctrl_secret = cfg.dhchap_ctrl_secret.clone();
+    if cfg.tls_key_update_ms != 0 {
+        return Err("--tls-key-update-ms: not with --paths (the paths' queues are blocking drivers)".into());
+    }
+    o.connect.tls = cfg.tls.clone();
     let q = (cfg.iodepth + 1).clamp(crate::options::QUEUE_SIZE_MIN as u32, crate::options::QUEUE_SIZE_MAX as u32);
     o.connect.queue_size = q as u16;
     o.mp.policy = setup.policy;

@@ -1,5 +1,6 @@
 //! Admin queue of a perf run: connect, enable, identify, ask for I/O queues,
-//! keep alive, disconnect. Blocking (std `TcpStream`) over a [`HostQueue`].
+//! keep alive, disconnect. Blocking (std `TcpStream`) over a [`HostQueue`],
+//! through a TLS session ([`crate::tls`]) when the run has TLS settings.
 //!
 //! This is the minimum `nvmf perf` needs. The library's general
 //! [`crate::Controller`] always connects its own blocking I/O queues, while
@@ -22,6 +23,7 @@ use super::run::ControllerFacts;
 use crate::auth::{auth_required, host_config, AuthProgress, AuthSummary, QueueAuth};
 use crate::options::{default_hostid, default_hostnqn, KATO_DEFAULT_S};
 use crate::queue::{Completion, HostQueue, QueueConfig, Request};
+use crate::tls::{Rx, TlsLink};
 
 /// Keep Alives perf sends per KATO.
 const KEEP_ALIVES_PER_KATO: u32 = 3;
@@ -47,6 +49,8 @@ pub struct AdminSession {
     rx_len: usize,
     epoch: Instant,
     facts: ControllerFacts,
+    /// The admin queue's TLS session, with TLS settings.
+    tls: Option<Box<TlsLink>>,
 }
 
 impl AdminSession {
@@ -72,9 +76,11 @@ impl AdminSession {
         AdminSession::open(addr, subnqn, hostnqn, &cfg)
     }
 
-    /// [`connect`](Self::connect) with the namespace, queue count, digests and
-    /// DH-HMAC-CHAP secrets of `cfg`: the admin queue authenticates right
-    /// after its Connect when asked to ([`crate::auth`]).
+    /// [`connect`](Self::connect) with the namespace, queue count, digests,
+    /// DH-HMAC-CHAP secrets and TLS settings of `cfg`: the admin queue does
+    /// its TLS handshake before the ICReq (identity and PSK derived as the
+    /// blocking driver does, [`crate::TlsOptions::psk`]) and authenticates
+    /// right after its Connect when asked to ([`crate::auth`]).
     pub fn open(
         addr: SocketAddr,
         subnqn: &str,
@@ -91,9 +97,23 @@ impl AdminSession {
         };
         nvmf_proto::validate_nqn(&hostnqn).map_err(|e| format!("host NQN {hostnqn:?}: {e}"))?;
         nvmf_proto::validate_nqn(subnqn).map_err(|e| format!("subsystem NQN {subnqn:?}: {e}"))?;
-        let sock = TcpStream::connect_timeout(&addr, Duration::from_millis(ADMIN_IO_TIMEOUT_MS))
+        let psk = match &cfg.tls {
+            Some(t) => Some(t.psk(&hostnqn, subnqn)?),
+            None => None,
+        };
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_millis(ADMIN_IO_TIMEOUT_MS))
             .map_err(|e| format!("connect: {e}"))?;
         sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tls = match &psk {
+            Some(psk) => {
+                let deadline = Instant::now() + Duration::from_millis(ADMIN_IO_TIMEOUT_MS);
+                Some(Box::new(TlsLink::handshake(&mut sock, 0, psk, deadline).map_err(|e| match e {
+                    crate::Error::Tls { error, .. } => error.to_string(),
+                    e => format!("TLS handshake: {e}"),
+                })?))
+            }
+            None => None,
+        };
         sock.set_read_timeout(Some(Duration::from_millis(ADMIN_IO_TIMEOUT_MS))).map_err(|e| e.to_string())?;
         let mut qc = QueueConfig::admin();
         qc.hdr_digest = hdr_digest;
@@ -117,6 +137,7 @@ impl AdminSession {
                 queue_entries_max: 0,
                 io_queues_granted: 0,
             },
+            tls,
         };
         // IC exchange.
         s.flush()?;
@@ -200,6 +221,9 @@ impl AdminSession {
     pub fn disconnect(mut self) {
         let v = (cc::LINUX_ENABLE | (1 << cc::SHN_SHIFT)) as u64;
         let _ = self.command(Request::new(PropertyCmd::set_sqe(0, prop::CC, false, v)));
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.close(&mut self.sock);
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 
@@ -207,20 +231,60 @@ impl AdminSession {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Whether the admin queue runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     fn flush(&mut self) -> Result<(), String> {
-        self.sock.write_all(self.queue.output()).map_err(|e| format!("send: {e}"))?;
+        let r = match self.tls.as_deref_mut() {
+            None => self.sock.write_all(self.queue.output()).map_err(|e| format!("send: {e}")),
+            Some(t) => t.write(&mut self.sock, 0, self.queue.output()).map_err(|e| format!("send: {e}")),
+        };
         self.queue.clear_output();
-        Ok(())
+        r
+    }
+
+    /// Read plaintext into `self.rx[self.rx_len..]`: at least one byte, or
+    /// an error (the socket's read timeout, [`ADMIN_IO_TIMEOUT_MS`], bounds
+    /// the wait; over TLS, control records such as KeyUpdates give no bytes
+    /// and the wait goes on until then).
+    fn recv(&mut self) -> Result<usize, String> {
+        let closed = |queue: &HostQueue, tls: bool| {
+            if queue.is_ready() || tls {
+                "controller closed the admin connection".to_string()
+            } else {
+                "controller closed the admin connection before its ICResp (a port that requires TLS does that to \
+                 a plain connection: see --tls-key)"
+                    .to_string()
+            }
+        };
+        let Some(t) = self.tls.as_deref_mut() else {
+            let n = self.sock.read(&mut self.rx[self.rx_len..]).map_err(|e| format!("receive: {e}"))?;
+            if n == 0 {
+                return Err(closed(&self.queue, false));
+            }
+            return Ok(n);
+        };
+        let deadline = Instant::now() + Duration::from_millis(ADMIN_IO_TIMEOUT_MS);
+        loop {
+            let free = &mut self.rx[self.rx_len..];
+            match t.read(&mut self.sock, 0, free, |s, b| s.read(b)).map_err(|e| format!("receive: {e}"))? {
+                Rx::Data(0) => {}
+                Rx::Data(n) => return Ok(n),
+                Rx::Closed(why) => return Err(format!("{}: {why}", closed(&self.queue, true))),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("receive: no answer within {ADMIN_IO_TIMEOUT_MS} ms"));
+            }
+        }
     }
 
     fn read_some(&mut self) -> Result<(), String> {
         if self.rx_len == self.rx.len() {
             return Err("admin PDU larger than the receive buffer".into());
         }
-        let n = self.sock.read(&mut self.rx[self.rx_len..]).map_err(|e| format!("receive: {e}"))?;
-        if n == 0 {
-            return Err("controller closed the admin connection".into());
-        }
+        let n = self.recv()?;
         self.rx_len += n;
         let used = self.queue.receive(&self.rx[..self.rx_len]);
         // A TermReq may have been queued: send it before reporting.

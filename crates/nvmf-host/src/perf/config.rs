@@ -120,6 +120,14 @@ pub struct PerfConfig {
     pub dhchap_secret: Option<nvmf_proto::auth::DhchapKey>,
     /// DH-HMAC-CHAP controller secret (bidirectional); needs `dhchap_secret`.
     pub dhchap_ctrl_secret: Option<nvmf_proto::auth::DhchapKey>,
+    /// NVMe/TCP TLS 1.3 with a PSK on the admin queue and every I/O queue
+    /// (`ConnectOptions::tls`; identity and PSK from
+    /// [`TlsOptions::psk`](crate::TlsOptions::psk)). None: plain TCP.
+    pub tls: Option<crate::TlsOptions>,
+    /// With TLS: every I/O queue starts a KeyUpdate (asking the controller
+    /// to update its keys too) every this many ms while it runs; 0 = never.
+    /// For tests and benchmarks (`--tls-key-update-ms`).
+    pub tls_key_update_ms: u64,
 }
 
 impl Default for PerfConfig {
@@ -143,6 +151,8 @@ impl Default for PerfConfig {
             seed: 0,
             dhchap_secret: None,
             dhchap_ctrl_secret: None,
+            tls: None,
+            tls_key_update_ms: 0,
         }
     }
 }
@@ -203,6 +213,9 @@ impl PerfConfig {
         }
         if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
             return Err("--dhchap-ctrl-secret needs --dhchap-secret too".into());
+        }
+        if self.tls_key_update_ms != 0 && self.tls.is_none() {
+            return Err("--tls-key-update-ms needs TLS (--tls-key)".into());
         }
         Ok(())
     }

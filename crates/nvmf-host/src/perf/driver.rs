@@ -1,7 +1,7 @@
 //! The engine side of one perf queue: an `nvmf_engine::Handler` that drives a
 //! [`HostQueue`] (IC, I/O queue Connect, DH-HMAC-CHAP when asked for, then the
 //! workload) with bytes from
-//! the core's io_uring. All state here belongs to the queue's core; the only
+//! the core's io_uring (plaintext: with TLS the engine runs the session). All state here belongs to the queue's core; the only
 //! cross-thread traffic is a per-tick progress counter store and one message
 //! with the final [`QueueStats`].
 
@@ -74,6 +74,10 @@ pub struct QueueSetup {
     /// DH-HMAC-CHAP secrets (see [`crate::auth`]); the transaction ID is the QID.
     pub dhchap_secret: Option<nvmf_proto::auth::DhchapKey>,
     pub dhchap_ctrl_secret: Option<nvmf_proto::auth::DhchapKey>,
+    /// The connection was made with `Engine::connect_tls`.
+    pub tls: bool,
+    /// Start a TLS KeyUpdate every this many ms while running (0: never).
+    pub tls_key_update_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,8 @@ pub struct PerfQueue {
     /// The authentication exchange while [`State::Authenticating`].
     auth: Option<QueueAuth>,
     main_deadline_ns: u64,
+    /// Engine ms of the next KeyUpdate (`tls_key_update_ms`), once running.
+    next_key_update_ms: Option<u64>,
     expired: Vec<u16>,
     control: Arc<RunControl>,
     progress: Arc<QueueProgress>,
@@ -153,6 +159,7 @@ impl PerfQueue {
             now_ms: 0,
             auth: None,
             main_deadline_ns: u64::MAX,
+            next_key_update_ms: None,
             expired: Vec::new(),
             control,
             progress,
@@ -369,6 +376,26 @@ impl PerfQueue {
         p.connected.store(connected, Ordering::Relaxed);
     }
 
+    /// `--tls-key-update-ms`: at most one KeyUpdate per call, once its
+    /// interval has passed (called from `on_tick`). The record goes out with
+    /// the queue's next send; the controller answers with its own.
+    fn tls_key_update(&mut self, io: &mut ConnIo<'_>, now_ms: u64) {
+        let every = self.setup.tls_key_update_ms;
+        if every == 0 || self.state != State::Running {
+            return;
+        }
+        let next = *self.next_key_update_ms.get_or_insert(now_ms.saturating_add(every));
+        if now_ms < next {
+            return;
+        }
+        if io.tls_key_update(true) {
+            self.stats.tls_key_updates += 1;
+        } else {
+            self.stats.io_error(|| "TLS KeyUpdate refused by the session".to_string());
+        }
+        self.next_key_update_ms = Some(now_ms.saturating_add(every));
+    }
+
     /// Hand the queue's output to the engine: bytes are appended to tx, write
     /// payloads are sent from the I/O buffers they live in.
     fn move_output(&mut self, io: &mut ConnIo<'_>) {
@@ -391,6 +418,8 @@ impl PerfQueue {
         let now_ms = io.now_ms();
         self.now_ms = now_ms;
         if self.state == State::Ic && self.queue.is_ready() {
+            // The ICResp came through the session: the handshake is done.
+            self.stats.tls = io.tls().is_some();
             self.submit_connect(now_ms);
         }
         self.drain_completions(now_ns);
@@ -468,7 +497,11 @@ impl Handler for PerfQueue {
             return Flow::CloseAfterFlush;
         }
         if matches!(self.state, State::Ic | State::Connecting) && now_ms.saturating_sub(created) > CONNECT_TIMEOUT_MS {
-            self.fail(format!("no IC/Connect answer in {CONNECT_TIMEOUT_MS} ms"));
+            if self.setup.tls && io.tls().is_none() {
+                self.fail(format!("TLS handshake did not finish in {CONNECT_TIMEOUT_MS} ms"));
+            } else {
+                self.fail(format!("no IC/Connect answer in {CONNECT_TIMEOUT_MS} ms"));
+            }
             self.move_output(io);
             return Flow::CloseAfterFlush;
         }
@@ -485,6 +518,7 @@ impl Handler for PerfQueue {
             return Flow::CloseAfterFlush;
         }
         self.publish();
+        self.tls_key_update(io, now_ms);
         self.step(io, monotonic_ns())
     }
 
@@ -498,7 +532,17 @@ impl Handler for PerfQueue {
 
     fn on_closed(&mut self, reason: CloseReason) {
         if self.state != State::Finished {
-            self.fail(format!("connection closed ({reason:?})"));
+            let why = match reason {
+                // Before the ICResp: the handshake (the engine logs the details).
+                CloseReason::Tls if self.state == State::Ic => {
+                    "TLS handshake failed (the controller may not know this \
+                                                                PSK identity, or its PSK differs)"
+                        .to_string()
+                }
+                CloseReason::Tls => "TLS failed (a record the session refused, or the controller's alert)".to_string(),
+                _ => format!("connection closed ({reason:?})"),
+            };
+            self.fail(why);
         }
         // The engine reads no lent payload any more: take the buffers back.
         self.queue.release_output();

@@ -77,6 +77,11 @@ pub fn run(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     };
     let verify_seed = (seed ^ (seed >> 32)) as u32 | 1;
+    // The identity and PSK every I/O queue offers (as the admin queue's).
+    let tls_psk = match &cfg.tls {
+        Some(t) => Some(t.psk(&facts.hostnqn, &facts.subnqn)?),
+        None => None,
+    };
 
     let mut ecfg = EngineConfig {
         cores: cfg.cores.clone(),
@@ -123,16 +128,24 @@ pub fn run(
             runtime_ns: cfg.runtime_s * 1_000_000_000,
             dhchap_secret: cfg.dhchap_secret.clone(),
             dhchap_ctrl_secret: cfg.dhchap_ctrl_secret.clone(),
+            tls: tls_psk.is_some(),
+            tls_key_update_ms: cfg.tls_key_update_ms,
         };
         let p = Arc::new(QueueProgress::default());
         progress.push(p.clone());
         let (c, t) = (control.clone(), tx.clone());
         let core = q as usize % cores;
-        let made = engine.connect(
-            core,
-            addr,
-            Box::new(move |info| Box::new(PerfQueue::new(setup, info.core, c, p, t)) as Box<dyn nvmf_engine::Handler>),
-        );
+        let make: nvmf_engine::MakeHandler =
+            Box::new(move |info| Box::new(PerfQueue::new(setup, info.core, c, p, t)) as Box<dyn nvmf_engine::Handler>);
+        let made = match &tls_psk {
+            None => engine.connect(core, addr, make).map_err(|e| e.to_string()),
+            Some(psk) => match psk.client_session(nvmf_engine::tls_session_limits()) {
+                Ok(session) => engine
+                    .connect_tls(core, addr, Duration::from_millis(CONNECT_TIMEOUT_MS), session, make)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("TLS session: {e}")),
+            },
+        };
         if let Err(e) = made {
             control.stop.store(true, Ordering::Relaxed);
             engine.shutdown(Duration::from_secs(2));

@@ -78,6 +78,10 @@ pub struct QueueStats {
     /// Timed phase start and end on the queue's core thread.
     pub main_start: Option<Stamp>,
     pub main_end: Option<Stamp>,
+    /// The queue ran over TLS (its handshake finished).
+    pub tls: bool,
+    /// TLS KeyUpdates the queue started (`--tls-key-update-ms`).
+    pub tls_key_updates: u64,
 }
 
 impl QueueStats {
@@ -97,6 +101,8 @@ impl QueueStats {
             error_samples: Vec::new(),
             main_start: None,
             main_end: None,
+            tls: false,
+            tls_key_updates: 0,
         }
     }
 
@@ -170,6 +176,8 @@ pub struct Summary {
     pub verified_reads: u64,
     pub cores: Vec<CoreCpu>,
     pub error_samples: Vec<String>,
+    /// KeyUpdates the queues started, when any queue ran over TLS.
+    pub tls_key_updates: Option<u64>,
 }
 
 impl Summary {
@@ -178,6 +186,7 @@ impl Summary {
         let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("bounds");
         let (mut reads, mut writes, mut rb, mut wb, mut errors, mut verrs, mut vreads) = (0, 0, 0, 0, 0, 0, 0);
         let mut samples = Vec::new();
+        let mut tls_key_updates: Option<u64> = None;
         // The timed window: from the first queue's start to the last queue's end.
         let mut start = u64::MAX;
         let mut end = 0u64;
@@ -190,6 +199,9 @@ impl Summary {
             errors += q.io_errors;
             verrs += q.verify_errors;
             vreads += q.verified_reads;
+            if q.tls {
+                *tls_key_updates.get_or_insert(0) += q.tls_key_updates;
+            }
             for s in &q.error_samples {
                 if samples.len() < 4 * ERROR_SAMPLES_MAX {
                     samples.push(format!("I/O queue {}: {s}", q.queue + 1));
@@ -232,13 +244,14 @@ impl Summary {
             verified_reads: vreads,
             cores: core_cpu(queues, pinned),
             error_samples: samples,
+            tls_key_updates,
         }
     }
 
     pub fn to_json(&self, config: Value) -> Value {
         let l = &self.latency_us;
         let r2 = |v: f64| (v * 100.0).round() / 100.0;
-        json!({
+        let mut v = json!({
             "iops": r2(self.iops),
             "mib_per_s": r2(self.mib_per_s),
             "read_mib_per_s": r2(self.read_mib_per_s),
@@ -260,7 +273,11 @@ impl Summary {
             })).collect::<Vec<_>>(),
             "error_samples": self.error_samples,
             "config": config,
-        })
+        });
+        if let Some(n) = self.tls_key_updates {
+            v["tls_key_updates"] = json!(n);
+        }
+        v
     }
 
     /// Human-readable report (several lines, no trailing newline).
@@ -289,6 +306,9 @@ impl Summary {
             self.verify_errors,
             self.verified_reads
         );
+        if let Some(n) = self.tls_key_updates {
+            s.push_str(&format!("\n  TLS key updates {n}"));
+        }
         for c in &self.cores {
             let pin = c.cpu.map(|c| format!(" (cpu {c})")).unwrap_or_default();
             s.push_str(&format!(
@@ -378,6 +398,19 @@ mod tests {
             assert!(j["latency_us"].get(k).is_some(), "missing latency_us.{k}");
         }
         assert!(s.to_text("x").contains("verify errors 1"));
+        assert!(j.get("tls_key_updates").is_none(), "no TLS: no tls_key_updates");
+    }
+
+    #[test]
+    fn tls_key_updates_summed_over_tls_queues() {
+        let mut a = q(0, 0, &[10_000], 0, 1_000_000_000, (0, 1));
+        let mut b = q(1, 0, &[10_000], 0, 1_000_000_000, (0, 1));
+        (a.tls, a.tls_key_updates) = (true, 3);
+        (b.tls, b.tls_key_updates) = (true, 0);
+        let s = Summary::merge(&[a, b], &[]);
+        assert_eq!(s.tls_key_updates, Some(3));
+        assert_eq!(s.to_json(Value::Null)["tls_key_updates"], json!(3));
+        assert!(s.to_text("x").contains("TLS key updates 3"));
     }
 
     #[test]
