@@ -256,7 +256,7 @@ pub use crate::rx::{RX_BURST_IDLE_MS, RX_CALM_RECVS_MAX};
 pub use crate::stats::CoreStats;
 pub use crate::tls::{
     session_limits as tls_session_limits, ListenerTls, TlsInfo, TLS_INBOUND_BYTES_MAX, TLS_LAND_BYTES,
-    TLS_OUTBOUND_BYTES_MAX,
+    TLS_LAND_ESTABLISHED_BYTES, TLS_OUTBOUND_BYTES_MAX,
 };
 pub use crate::tx::{TX_RETAIN_BYTES, TX_TRIM_IDLE_MS};
 /// The TLS crate the engine speaks (sessions for [`Engine::connect_tls`],

@@ -40,6 +40,10 @@ pub const TLS_LAND_BYTES: usize = MAX_RECORD_LEN;
 /// connection, authenticated or not; the plaintext goes on to the receive
 /// buffer as fast as the handler consumes it.
 pub const TLS_INBOUND_BYTES_MAX: usize = 2 * MAX_RECORD_LEN;
+/// Landing buffer once the handshake finished, bytes: the peer has proven
+/// it holds the PSK, and one receive of several records costs one syscall
+/// or ring operation instead of one per 16 KiB record.
+pub const TLS_LAND_ESTABLISHED_BYTES: usize = 8 * MAX_RECORD_LEN;
 /// Ciphertext produced but not yet taken, bytes (the engine takes it at
 /// every send, so this only bounds one encryption step).
 pub const TLS_OUTBOUND_BYTES_MAX: usize = 256 * 1024;
@@ -156,7 +160,8 @@ impl TlsConn {
         let free = self.land.capacity() - self.land.len();
         // Ciphertext beyond what the session can take soon stays in the
         // socket: the peer sees a full window, not a growing buffer here.
-        if free == 0 || inbound + self.land.len() >= TLS_INBOUND_BYTES_MAX {
+        let held_max = if self.info.is_some() { TLS_LAND_ESTABLISHED_BYTES } else { TLS_INBOUND_BYTES_MAX };
+        if free == 0 || inbound + self.land.len() >= held_max {
             return None;
         }
         // SAFETY: len <= capacity; the spare capacity is ours.
@@ -167,6 +172,14 @@ impl TlsConn {
         assert!(n <= self.land.capacity() - self.land.len(), "receive beyond the TLS landing buffer");
         // SAFETY: the receive initialised these n bytes of the spare capacity.
         unsafe { self.land.set_len(self.land.len() + n) };
+    }
+    /// Once established, grow `land` to [`TLS_LAND_ESTABLISHED_BYTES`].
+    /// Only between receives (a receive in flight writes into its spare
+    /// capacity, which a reallocation would move).
+    pub(crate) fn land_grow_if_established(&mut self) {
+        if self.info.is_some() && self.land.capacity() < TLS_LAND_ESTABLISHED_BYTES {
+            self.land.reserve_exact(TLS_LAND_ESTABLISHED_BYTES - self.land.len());
+        }
     }
     /// Feed what `land` holds to the session (as much as it takes).
     pub(crate) fn feed_land(&mut self) -> Result<(), TlsError> {

@@ -353,7 +353,8 @@ impl Core {
                         }
                         // SAFETY: the landing buffer's spare capacity is not
                         // touched (nor the Vec reallocated) until the recv
-                        // completes: it only grows through land_commit.
+                        // completes: it only changes through land_commit and
+                        // land_grow_if_established, both on completion.
                         let e = opcode::Recv::new(types::Fd(c.fd.as_raw_fd()), p, len as u32)
                             .build()
                             .user_data(ud(K_RECV, slot));

@@ -75,6 +75,11 @@ impl Core {
         let Some(t) = c.tls.as_mut() else { return };
         t.land_commit(n);
         Self::tls_deliver(ctx, c, idx);
+        // The receive has completed and the next is not armed yet.
+        debug_assert!(!c.recv_fly, "a landing receive in flight while its buffer may grow");
+        if let Some(t) = c.tls.as_mut() {
+            t.land_grow_if_established();
+        }
     }
 
     /// Feed landed ciphertext to the session and decrypt into the receive
@@ -277,16 +282,22 @@ fn put(s: &mut TlsSession, gather: &mut Vec<u8>, data: &[u8], out: &mut Vec<u8>)
     Ok(())
 }
 
+/// Encrypt `data`. The ciphertext stays in the session (taken once per
+/// batch by the caller, with no copy when the batch fits its outbound
+/// bound) unless that bound is reached first.
 fn write_all(s: &mut TlsSession, data: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
     let mut off = 0;
     while off < data.len() {
         let n = s.write_plaintext(&data[off..])?;
-        s.take_ciphertext(out);
-        if n == 0 {
-            // Only possible with ciphertext left untaken, and we take it all.
-            return Err(TlsError::Protocol("the session took no plaintext".into()));
-        }
         off += n;
+        if off < data.len() {
+            // The outbound bound was reached: make room. Taking nothing and
+            // having nothing to take would never progress.
+            if n == 0 && !s.wants_write() {
+                return Err(TlsError::Protocol("the session took no plaintext".into()));
+            }
+            s.take_ciphertext(out);
+        }
     }
     Ok(())
 }
