@@ -72,7 +72,7 @@ CASES=(
     "host-perf-verify-digest|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format,--hdr-digest,--data-digest|240|c_host_perf_digest"
     "mp-host-ktarget|host|perf:--paths,--iopolicy,--verify,--output-format|200|c_mp_host_ktarget"
     "host-auth|host|identify:--dhchap-secret,--dhchap-ctrl-secret gen-dhchap-key check-dhchap-key perf:--dhchap-secret|200|c_host_auth"
-    "host-tls|host|identify:--tls,--tls-key,--tls-key-compat,--tls-identity-version,--tls-sha256-suite discover:--tls-key gen-tls-key check-tls-key|300|c_host_tls"
+    "host-tls|host|identify:--tls,--tls-key,--tls-key-compat,--tls-identity-version,--tls-sha256-suite discover:--tls-key gen-tls-key check-tls-key perf:--tls-key|400|c_host_tls"
     "host-reconnect|host|perf:--rw,--bs,--iodepth,--nr-io-queues,--runtime,--verify,--size,--output-format|260|c_host_reconnect"
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify

@@ -164,6 +164,8 @@ c_host_tls() {
             step "TLS and DH-HMAC-CHAP" &&
             tls_ok "tls+dhchap" -q "$KT_HOST_TLS_AUTH" --tls-key "$k1" --tls-key-compat -S "$dk" &&
             tls_dhchap_without_key "$k1" &&
+            step "perf --verify randrw over TLS with header and data digests (${PERF_RUNTIME}s, 2 I/O queues)" &&
+            tls_perf "$k1" &&
             step "refusals" &&
             tls_refused "wrong PSK, known v0 identity" "TLS" -q "$KT_HOST_TLS" --tls-key "$kx" --tls-key-compat \
                 --tls-identity-version 0 &&
@@ -174,6 +176,16 @@ c_host_tls() {
     step "remove the TLS port, subsystem, hosts and keys"
     kt_tls_teardown
     return $rc
+}
+
+# tls_perf KEY: perf --verify over TLS (every I/O queue its own handshake), digests on
+tls_perf() {
+    local out=$STATE/perf-tls-$RANDOM.json
+    nv $((PERF_RUNTIME + 150)) perf -a 127.0.0.1 -s "$H3" -n "$KT_NQN_TLS" -q "$KT_HOST_TLS" \
+        --tls-key "$1" --tls-key-compat -g -G --rw randrw --bs 4k --iodepth 32 --nr-io-queues 2 \
+        --runtime "$PERF_RUNTIME" --verify --size 16MiB --output-format json >"$out" || { cat "$out"; return 1; }
+    cat "$out"
+    perf_check "$out"
 }
 
 # tls_discover KEY: discovery log over TLS shows the TLS subsystem, treq and sectype
