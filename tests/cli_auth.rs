@@ -136,3 +136,34 @@ fn dhchap_against_nvmf_target_cli() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
 }
+
+#[test]
+fn concat_against_nvmf_target_cli() {
+    // Secure channel concatenation: a host key, a listener that allows TLS.
+    let spec = format!("{HOSTNQN}:dhchap={HOST_KEY}");
+    let t = start_target(&["--tls", "allowed", "--host", &spec]);
+    let o = host(&t, "identify", &["-S", HOST_KEY, "--concat", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(NQN));
+
+    let dir = std::env::temp_dir().join(format!("nvmf-cli-concat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, dst) = (dir.join("in"), dir.join("out"));
+    let data: Vec<u8> = (0..32 * 512u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let io = ["--start-block", "8", "--block-count", "32", "-S", HOST_KEY, "--concat"];
+    let o = host(&t, "write", &[&io[..], &["-d", src.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = host(&t, "read", &[&io[..], &["-d", dst.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&dst).unwrap() == data, "read back differs");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A wrong key fails cleanly; perf refuses --concat.
+    let o = host(&t, "identify", &["-S", OTHER_KEY, "--concat"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("authentication failed: qid 0"), "{}", stderr(&o));
+    let o = host(&t, "perf", &["--runtime", "1", "-S", HOST_KEY, "--concat"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not supported by this command"), "{}", stderr(&o));
+}

@@ -223,7 +223,8 @@ fn connecting_commands_refuse_bad_secrets_and_tls_before_connecting() {
         (&["--tls-key", &bad_tls], "--tls-key: not a usable TLS PSK"),
         (&["--tls-key", LIBNVME_KEY_01, "--tls-identity-version", "2"], "must be 0 or 1"),
         (&["--tls-key", LIBNVME_KEY_01, "--keyring", ".nvme"], "--keyring: kernel keyrings are not used"),
-        (&["--concat"], "secure channel concatenation is not supported yet"),
+        (&["--concat"], "--concat (secure channel concatenation) needs --dhchap-secret"),
+        (&["--concat", "-S", DOC_KEY, "--tls-key", LIBNVME_KEY_01], "--concat generates the TLS PSK: drop --tls-key"),
     ] {
         let e = run(with(args), body(LIBNVME_KEY_01));
         assert!(e.contains(want), "{args:?}: {e}");
@@ -233,6 +234,8 @@ fn connecting_commands_refuse_bad_secrets_and_tls_before_connecting() {
     assert!(e.contains("connect to"), "a good key gets as far as the connection: {e}");
     let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "-S", &bad_crc], body(&bad_crc));
     assert!(e.contains("--dhchap-secret"), "{e}");
+    let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "-S", DOC_KEY, "--concat"], body(DOC_KEY));
+    assert!(e.contains("--concat: secure channel concatenation is not supported by this command"), "{e}");
     let e = fails(&["discover", "-a", "127.0.0.1", "-s", "1", "--tls"], "");
     assert!(e.contains("--tls needs --tls-key"), "{e}");
     let e = fails(&["perf", "-n", nqn, "-s", "1", "--runtime", "1", "--tls-key", LIBNVME_KEY_01], body(LIBNVME_KEY_01));

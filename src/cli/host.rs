@@ -104,21 +104,42 @@ pub struct AuthArgs {
     /// targets whose tlshd runs on GnuTLS before 3.8.10 (SHA-256 binders only), e.g. Debian 13.
     #[arg(long)]
     pub tls_sha256_suite: bool,
+    /// Secure channel concatenation (NVMe/TCP TLS keyed by DH-HMAC-CHAP): authenticate the admin
+    /// queue in clear, then reconnect every queue over TLS with the generated PSK. Needs
+    /// --dhchap-secret and a DH group; no --tls flags.
+    #[arg(long)]
+    pub concat: bool,
     // nvme-cli flags accepted so such command lines get a clear answer.
     #[arg(long, hide = true)]
     pub keyring: Option<String>,
-    #[arg(long, hide = true)]
-    pub concat: bool,
 }
 
+/// Host secret, controller secret, --concat.
+pub type DhchapSecrets = (Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>, bool);
+
 impl AuthArgs {
-    /// The DH-HMAC-CHAP secrets (host, controller). --keyring and --concat are refused.
+    /// The DH-HMAC-CHAP secrets (host, controller), for commands without
+    /// secure channel concatenation: --keyring and --concat are refused.
     pub fn dhchap_secrets(&self) -> Result<(Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>)> {
+        if self.concat {
+            bail!("--concat: secure channel concatenation is not supported by this command");
+        }
+        self.dhchap_secrets_concat().map(|(host, ctrl, _)| (host, ctrl))
+    }
+
+    /// The DH-HMAC-CHAP secrets and whether to concatenate (--concat needs
+    /// --dhchap-secret and refuses the TLS flags). --keyring is refused.
+    pub fn dhchap_secrets_concat(&self) -> Result<DhchapSecrets> {
         if self.keyring.is_some() {
             bail!("--keyring: kernel keyrings are not used; give the TLS PSK with --tls-key");
         }
         if self.concat {
-            bail!("--concat: secure channel concatenation is not supported yet");
+            if self.dhchap_secret.is_none() {
+                bail!("--concat (secure channel concatenation) needs --dhchap-secret");
+            }
+            if let Some(flag) = self.tls_flag() {
+                bail!("--concat generates the TLS PSK: drop {flag}");
+            }
         }
         let host = self.dhchap_secret.as_ref().map(|t| parse_dhchap_secret("--dhchap-secret", t)).transpose()?;
         let ctrl =
@@ -126,7 +147,7 @@ impl AuthArgs {
         if ctrl.is_some() && host.is_none() {
             bail!("--dhchap-ctrl-secret needs --dhchap-secret too");
         }
-        Ok((host, ctrl))
+        Ok((host, ctrl, self.concat))
     }
 
     /// The first TLS flag given, if any.
@@ -193,7 +214,7 @@ impl ConnArgs {
         o.kato_s = self.keep_alive_tmo.unwrap_or(default_kato_s);
         o.reconnect_delay_s = self.reconnect_delay;
         o.ctrl_loss_tmo_s = self.ctrl_loss_tmo;
-        (o.dhchap_secret, o.dhchap_ctrl_secret) = self.auth.dhchap_secrets()?;
+        (o.dhchap_secret, o.dhchap_ctrl_secret, o.concat) = self.auth.dhchap_secrets_concat()?;
         o.tls = self.auth.tls_options()?;
         o.validate().map_err(anyhow::Error::msg)?;
         Ok(o)

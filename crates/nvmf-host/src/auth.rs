@@ -31,8 +31,15 @@
 //!
 //! # Our choices
 //!
-//! - ATR set and no host secret: error (Linux: `-ENOKEY`). ASCR: error
-//!   (secure channel concatenation needs TLS, which we do not do).
+//! - ATR set and no host secret: error (Linux: `-ENOKEY`). ASCR without
+//!   `concat`: error (as Linux); with `concat` the admin queue authenticates
+//!   whatever the Connect response says.
+//! - Secure channel concatenation ([`ConnectOptions::concat`](crate::ConnectOptions::concat),
+//!   Linux 6.15): the admin queue's Negotiate carries SC_C NEWTLSPSK (plain
+//!   queue) or REPLACETLSPSK (queue over TLS); after Success the exchange
+//!   yields the generated TLS PSK and its `NVMe1G…` identity
+//!   ([`QueueAuth::take_generated_psk`]). The null DH group or a SHA-512 hash
+//!   leave none: the exchange fails ([`AuthFailure::Concat`]).
 //! - ATR clear and a host secret only: no authentication (as Linux).
 //! - ATR clear and a controller secret: we authenticate anyway. The user
 //!   asked that the controller prove its key; a controller that does not ask
@@ -44,9 +51,11 @@
 
 use std::fmt;
 
+use nvmf_proto::auth::messages::SC_C_NONE;
+use nvmf_proto::auth::tls_psk::{self, DerivedPsk};
 use nvmf_proto::auth::{
-    DhGroup, DhchapKey, FailureReason, HashId, HostAuth, HostConfig, HostStep, AUTH_MESSAGE_LEN_MAX, SECP_DHCHAP,
-    SPSP0_DHCHAP, SPSP1_DHCHAP,
+    Authenticated, DhGroup, DhchapKey, FailureReason, HashId, HostAuth, HostConfig, HostStep, AUTH_MESSAGE_LEN_MAX,
+    SECP_DHCHAP, SPSP0_DHCHAP, SPSP1_DHCHAP,
 };
 use nvmf_proto::opcodes::{admin, fctype};
 use nvmf_proto::{Sqe, Status};
@@ -186,7 +195,15 @@ pub enum AuthFailure {
     /// The exchange did not end within its deadline.
     #[error("qid {qid}: no answer within {timeout_ms} ms")]
     Timeout { qid: u16, timeout_ms: u64 },
+    /// Secure channel concatenation cannot go on.
+    #[error("qid {qid}: {why}")]
+    Concat { qid: u16, why: &'static str },
 }
+
+/// Why a concatenation gave no TLS PSK when the controller chose the null group.
+pub const CONCAT_NEEDS_DH_GROUP: &str =
+    "secure channel concatenation needs a DH group (the controller chose the null group: set a dhchap_dhgroup \
+     other than null for this host)";
 
 fn controller_hint(reason: FailureReason) -> &'static str {
     match reason {
@@ -240,6 +257,8 @@ pub struct QueueAuth {
     deadline_ms: u64,
     /// CID of the command in flight.
     cid: Option<u16>,
+    /// The generated TLS PSK of a secure channel concatenation that succeeded.
+    generated: Option<DerivedPsk>,
 }
 
 impl fmt::Debug for QueueAuth {
@@ -257,11 +276,30 @@ impl QueueAuth {
 
     /// With a prepared state machine (injected randomness in tests).
     pub fn with_auth(qid: u16, auth: HostAuth, timeout_ms: u64) -> QueueAuth {
-        QueueAuth { qid, auth, state: State::Idle, timeout_ms, deadline_ms: u64::MAX, cid: None }
+        QueueAuth { qid, auth, state: State::Idle, timeout_ms, deadline_ms: u64::MAX, cid: None, generated: None }
     }
 
     pub fn qid(&self) -> u16 {
         self.qid
+    }
+
+    /// The generated TLS PSK and identity, once a secure channel
+    /// concatenation succeeded (taken once).
+    pub fn take_generated_psk(&mut self) -> Option<DerivedPsk> {
+        self.generated.take()
+    }
+
+    /// The generated PSK of a concatenation (`Ok(None)` without one).
+    fn derive_generated(&self, outcome: &Authenticated) -> Result<Option<DerivedPsk>, AuthFailure> {
+        let config = self.auth.config();
+        if config.sc_c == SC_C_NONE {
+            return Ok(None);
+        }
+        let concat = |why| AuthFailure::Concat { qid: self.qid, why };
+        let generated = outcome.generated_psk().ok_or(concat(CONCAT_NEEDS_DH_GROUP))?;
+        tls_psk::derive_generated(outcome.hash, &generated, &config.host_nqn, &config.subsys_nqn)
+            .map(Some)
+            .map_err(|_| concat("secure channel concatenation cannot use the SHA-512 hash (no TLS suite)"))
     }
 
     /// CID of the authentication command in flight, if any.
@@ -323,6 +361,10 @@ impl QueueAuth {
         match self.auth.on_message(message) {
             HostStep::Send(reply) => self.send(queue, reply, AfterSend::Receive, now_ms),
             HostStep::Done { send, outcome } => {
+                match self.derive_generated(&outcome) {
+                    Ok(generated) => self.generated = generated,
+                    Err(failure) => return self.finish_failed(failure),
+                }
                 let summary = AuthSummary {
                     qid: self.qid,
                     hash: outcome.hash,
@@ -341,7 +383,11 @@ impl QueueAuth {
                 self.finish_failed(AuthFailure::RejectedByController { qid: self.qid, reason })
             }
             HostStep::Failed { send: Some(failure2), reason } => {
-                let failure = AuthFailure::RejectedByHost { qid: self.qid, reason };
+                let failure = if self.auth.concat_without_dh() {
+                    AuthFailure::Concat { qid: self.qid, why: CONCAT_NEEDS_DH_GROUP }
+                } else {
+                    AuthFailure::RejectedByHost { qid: self.qid, reason }
+                };
                 self.send(queue, failure2, AfterSend::Fail(failure), now_ms)
             }
         }

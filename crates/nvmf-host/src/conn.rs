@@ -5,11 +5,15 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::auth::{auth_required, AuthProgress, AuthSummary, QueueAuth};
+use nvmf_proto::auth::messages::{SC_C_NEW_TLS_PSK, SC_C_REPLACE_TLS_PSK};
+use nvmf_proto::auth::HashId;
+
+use crate::auth::{auth_required, AuthFailure, AuthProgress, AuthSummary, QueueAuth};
 use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
 use crate::queue::{Completion, HostQueue, QueueConfig, Request, SubmitError};
 use crate::tls::{Rx, TlsLink, TlsPsk};
+use nvmf_tls::TlsHash;
 
 /// How long one blocking read waits before the driver checks command timeouts.
 const POLL_SLICE_MS: u64 = 100;
@@ -254,6 +258,34 @@ impl QueueConn {
     /// failure the queue is failed and its socket closed: a queue that did
     /// not authenticate is not used.
     pub fn authenticate(&mut self, mut auth: QueueAuth) -> Result<AuthSummary> {
+        self.run_auth(&mut auth)
+    }
+
+    /// Secure channel concatenation on this (admin) queue: authenticate with
+    /// SC_C NEWTLSPSK (plain queue) or REPLACETLSPSK (over TLS), whatever the
+    /// Connect response said, and return the generated TLS PSK.
+    pub fn authenticate_concat(&mut self, opts: &ConnectOptions, transaction_id: u16) -> Result<TlsPsk> {
+        let qid = self.q.qid();
+        let Some(mut config) = opts.dhchap_config(transaction_id) else {
+            self.close("authentication failed");
+            return Err(Error::Invalid("concat (secure channel concatenation) needs dhchap_secret".into()));
+        };
+        config.sc_c = if self.is_tls() { SC_C_REPLACE_TLS_PSK } else { SC_C_NEW_TLS_PSK };
+        let mut auth = QueueAuth::new(qid, config, 0);
+        let summary = self.run_auth(&mut auth)?;
+        let Some(derived) = auth.take_generated_psk() else {
+            self.close("authentication failed");
+            return Err(Error::Auth(AuthFailure::Concat { qid, why: crate::auth::CONCAT_NEEDS_DH_GROUP }));
+        };
+        let hash = match summary.hash {
+            HashId::Sha384 => TlsHash::Sha384,
+            _ => TlsHash::Sha256,
+        };
+        tracing::debug!(qid, identity = %derived.identity, "secure channel concatenation: TLS PSK generated");
+        Ok(TlsPsk { identity: derived.identity, psk: derived.tls_psk, hash })
+    }
+
+    fn run_auth(&mut self, auth: &mut QueueAuth) -> Result<AuthSummary> {
         let now = self.now_ms();
         let mut progress = auth.start(&mut self.q, now);
         loop {

@@ -760,18 +760,36 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
         ..QueueConfig::admin()
     };
     // TLS: every queue does its own handshake with the same identity and PSK.
-    let tls = opts.tls_psk().map_err(Error::Invalid)?;
-    let conn = QueueConn::connect_tls(addr, acfg, timeout, tls.as_ref())?;
+    let mut tls = opts.tls_psk().map_err(Error::Invalid)?;
+    if opts.concat && tls.is_some() {
+        return Err(Error::Invalid("concat (secure channel concatenation) generates its TLS PSK: drop tls".into()));
+    }
+    let conn = QueueConn::connect_tls(addr, acfg.clone(), timeout, tls.as_ref())?;
     let mut a = Admin { conn, events, last_keep_alive: Instant::now(), aer_armed: false };
 
     // Admin Connect. Linux sends KATO on the admin Connect only.
     let kato_ms = opts.kato_s.saturating_mul(1000);
     let sqe = ConnectCmd { recfmt: 0, qid: 0, sqsize: ADMIN_QUEUE_DEPTH - 1, cattr: 0, kato_ms }.to_sqe(0);
     let c = a.execute("Connect", Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)))?;
-    let cntlid = c.cqe.dw0 as u16;
+    let mut cntlid = c.cqe.dw0 as u16;
     // DH-HMAC-CHAP: one transaction per queue, T_IDs counted per controller (as Linux).
     let mut transaction_id = 0u16;
-    a.conn.authenticate_after_connect(opts, c.cqe.dw0, transaction_id)?;
+    if opts.concat {
+        // Secure channel concatenation (Linux 6.15 nvme_tcp_setup_ctrl):
+        // authenticate in clear for a generated PSK, then reset the admin
+        // connection: the plain queue (and its controller) goes, the admin
+        // queue comes back over TLS with that PSK, connects a new controller
+        // and authenticates again, replacing the PSK the I/O queues then use.
+        let generated = a.conn.authenticate_concat(opts, transaction_id)?;
+        a.conn.close("secure channel concatenation: reconnecting over TLS");
+        a.conn = QueueConn::connect_tls(addr, acfg, timeout, Some(&generated))?;
+        let c = a.execute("Connect", Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)))?;
+        cntlid = c.cqe.dw0 as u16;
+        transaction_id = transaction_id.wrapping_add(1);
+        tls = Some(a.conn.authenticate_concat(opts, transaction_id)?);
+    } else {
+        a.conn.authenticate_after_connect(opts, c.cqe.dw0, transaction_id)?;
+    }
 
     let prop_get = |a: &mut Admin, off: u32, size8: bool| -> Result<u64> {
         Ok(a.execute("Property Get", Request::new(PropertyCmd::get_sqe(0, off, size8)))?.cqe.result64())
@@ -839,7 +857,11 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
             let data = connect_data(opts, cntlid);
             let done = check("Connect I/O queue", c.execute(Request::write(sqe, data))?)?;
             transaction_id = transaction_id.wrapping_add(1);
-            c.authenticate_after_connect(opts, done.cqe.dw0, transaction_id)?;
+            // Concatenation: the I/O queues are not authenticated (Linux:
+            // admin queue only), unless the controller asks all the same.
+            if !opts.concat || done.cqe.dw0 & crate::auth::CONNECT_DW0_ATR != 0 {
+                c.authenticate_after_connect(opts, done.cqe.dw0, transaction_id)?;
+            }
             io.push(c);
         }
     }

@@ -17,6 +17,7 @@
 //! | `transfer_len_max_bytes` | 1 MiB, further capped by MDTS | 4 KiB..=64 MiB | |
 //! | `dhchap_secret` | none | `DHHC-1:hh:...:` | `-S/--dhchap-secret` |
 //! | `dhchap_ctrl_secret` | none (needs `dhchap_secret`) | `DHHC-1:hh:...:` | `-C/--dhchap-ctrl-secret` |
+//! | `concat` | false | needs `dhchap_secret`, excludes `tls` | `--concat` |
 //! | `tls` | none (plain TCP) | [`TlsOptions`]: `NVMeTLSkey-1:hh:...:`, identity v0/v1, layout, identity | `--tls --tls-key`, `--tls-key-identity`, `--tls-key-compat`, `--tls-identity-version` |
 //!
 //! The secrets are [`DhchapKey`]s and [`TlsOptions`]: their `Debug` output is
@@ -120,6 +121,12 @@ pub struct ConnectOptions {
     /// identity derived from the key, `hostnqn` and `subnqn` (see
     /// [`crate::tls`]). Default none: plain TCP.
     pub tls: Option<TlsOptions>,
+    /// Secure channel concatenation (Linux / nvme-cli `concat`): the admin
+    /// queue authenticates in clear (SC_C NEWTLSPSK), is reconnected over TLS
+    /// with the generated PSK and authenticates again (REPLACETLSPSK); the
+    /// I/O queues use the latest generated PSK and do not authenticate. Needs
+    /// `dhchap_secret` and a DH group; excludes `tls`. Default false.
+    pub concat: bool,
 }
 
 impl Default for ConnectOptions {
@@ -145,6 +152,7 @@ impl Default for ConnectOptions {
             dhchap_secret: None,
             dhchap_ctrl_secret: None,
             tls: None,
+            concat: false,
         }
     }
 }
@@ -181,6 +189,12 @@ impl ConnectOptions {
         }
         if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
             return Err("dhchap_ctrl_secret (bidirectional authentication) needs dhchap_secret too".into());
+        }
+        if self.concat && self.dhchap_secret.is_none() {
+            return Err("concat (secure channel concatenation) needs dhchap_secret".into());
+        }
+        if self.concat && self.tls.is_some() {
+            return Err("concat (secure channel concatenation) generates its TLS PSK: drop tls".into());
         }
         self.tls_psk()?;
         Ok(())

@@ -17,16 +17,27 @@
 //!
 //! An unauthenticated queue is on the engine's probation (evictable), and it
 //! has `connect_timeout_ms` from accept to finish ([`crate::keepalive`]).
+//!
+//! Secure channel concatenation (Linux 6.15 nvmet): an admin queue accepts
+//! SC_C NEWTLSPSK when it runs without TLS and REPLACETLSPSK when it runs over
+//! TLS; I/O queues accept neither (AUTH_Failure1 "concatenation mismatch").
+//! After Success the generated TLS PSK goes into the target's
+//! [`GeneratedPsks`] (before the Success1 leaves), replacing the host's
+//! previous one for that subsystem; I/O queues that connect over TLS with it
+//! do not authenticate ([`crate::fabrics::connect`]).
 
 use std::sync::Arc;
 
+use nvmf_proto::auth::messages::{SC_C_NEW_TLS_PSK, SC_C_NONE, SC_C_REPLACE_TLS_PSK};
 use nvmf_proto::auth::{
-    CtrlAuth, CtrlConfig, CtrlStatus, AUTH_MESSAGE_LEN_MAX, SECP_DHCHAP, SPSP0_DHCHAP, SPSP1_DHCHAP,
+    tls_psk, Authenticated, CtrlAuth, CtrlConfig, CtrlStatus, AUTH_MESSAGE_LEN_MAX, SECP_DHCHAP, SPSP0_DHCHAP,
+    SPSP1_DHCHAP,
 };
 use nvmf_proto::status::{cmd, generic, sct};
 use nvmf_proto::{Sqe, Status};
 
 use crate::action::Action;
+use crate::generated_psk::GeneratedPsks;
 use crate::slots::Work;
 use crate::subsys::DhchapPolicy;
 use crate::tcp::{c2h_sgl_ok, host_data, st, HostData, Phase, Queue};
@@ -40,6 +51,8 @@ pub(crate) struct QueueAuth {
     tx: Option<CtrlAuth>,
     /// A transaction succeeded on this queue.
     pub authenticated: bool,
+    /// Admin queue: where generated PSKs go, and the SC_C it accepts.
+    concat: Option<(Arc<GeneratedPsks>, u8)>,
 }
 
 impl QueueAuth {
@@ -50,7 +63,29 @@ impl QueueAuth {
             subsys_nqn: subsys_nqn.to_string(),
             tx: None,
             authenticated: false,
+            concat: None,
         }
+    }
+
+    /// Allow secure channel concatenation (admin queue: `psks` set) with the
+    /// SC_C a queue with (`tls`) or without TLS takes.
+    pub fn with_concat(mut self, psks: Option<Arc<GeneratedPsks>>, tls: bool) -> QueueAuth {
+        let sc_c = if tls { SC_C_REPLACE_TLS_PSK } else { SC_C_NEW_TLS_PSK };
+        self.concat = psks.map(|p| (p, sc_c));
+        self
+    }
+
+    /// Keep the generated TLS PSK of a concatenation that succeeded.
+    fn keep_generated_psk(&self, outcome: &Authenticated) -> Result<String, &'static str> {
+        let Some((psks, _)) = &self.concat else { return Err("not an admin queue") };
+        let generated = outcome.generated_psk().ok_or("no generated PSK (null DH group, or no C2)")?;
+        let derived = tls_psk::derive_generated(outcome.hash, &generated, &self.host_nqn, &self.subsys_nqn)
+            .map_err(|_| "the DH-HMAC-CHAP hash has no TLS suite (SHA-512)")?;
+        let identity = derived.identity.clone();
+        if !psks.insert(&self.host_nqn, &self.subsys_nqn, outcome.hash, derived) {
+            return Err("the DH-HMAC-CHAP hash has no TLS suite (SHA-512)");
+        }
+        Ok(identity)
     }
 
     fn new_transaction(&self) -> CtrlAuth {
@@ -59,6 +94,7 @@ impl QueueAuth {
         c.ctrl_key = p.ctrl_key.clone();
         c.hashes = p.hashes.clone();
         c.dh_groups = p.dh_groups.clone();
+        c.concat_sc_c = self.concat.as_ref().map_or(SC_C_NONE, |(_, sc_c)| *sc_c);
         CtrlAuth::new(c)
     }
 }
@@ -146,10 +182,29 @@ impl Queue {
         let Some(c) = self.conn.as_mut() else { return };
         let Some(a) = c.auth.as_mut() else { return };
         match status {
-            CtrlStatus::Authenticated if !a.authenticated => {
-                a.authenticated = true;
-                tracing::info!("ctrl {} queue {}: host {} authenticated", c.ctrl.cntlid, c.qid, a.host_nqn);
-                self.actions.push(Action::Established);
+            CtrlStatus::Authenticated => {
+                a.policy.authenticated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let outcome = a.tx.as_ref().and_then(|t| t.authenticated());
+                if let Some(o) = outcome.filter(|o| o.sc_c != SC_C_NONE) {
+                    match a.keep_generated_psk(o) {
+                        Ok(identity) => tracing::info!(
+                            "ctrl {} queue {}: secure channel concatenation: generated TLS PSK for {identity:?}",
+                            c.ctrl.cntlid,
+                            c.qid
+                        ),
+                        Err(why) => tracing::warn!(
+                            "ctrl {} queue {}: secure channel concatenation of host {}: {why}",
+                            c.ctrl.cntlid,
+                            c.qid,
+                            a.host_nqn
+                        ),
+                    }
+                }
+                if !a.authenticated {
+                    a.authenticated = true;
+                    tracing::info!("ctrl {} queue {}: host {} authenticated", c.ctrl.cntlid, c.qid, a.host_nqn);
+                    self.actions.push(Action::Established);
+                }
             }
             CtrlStatus::Failed(reason) => {
                 crate::peer_warn!(

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use nvmf_proto::auth::messages::{SC_C_NEW_TLS_PSK, SC_C_NONE, SC_C_REPLACE_TLS_PSK};
 use nvmf_proto::auth::{DhGroup, DhchapKey, HashId, HostAuth, HostConfig as HostAuthConfig, HostStep};
 use nvmf_proto::fabrics::{cc, prop, ConnectCmd, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL};
 use nvmf_proto::opcodes::{admin as adm, fctype, io as iop};
@@ -80,7 +81,15 @@ fn result(out: &[u8]) -> ((u8, u8), u32, Vec<u8>) {
 }
 
 fn connect(t: &Arc<Target>, qid: u16, cntlid: u16) -> (Driven, u32) {
+    connect_tls(t, qid, cntlid, None)
+}
+
+/// [`connect`] as if over TLS with `identity` (the handshake is not run).
+fn connect_tls(t: &Arc<Target>, qid: u16, cntlid: u16, identity: Option<&str>) -> (Driven, u32) {
     let mut d = Driven::new(t.clone());
+    if let Some(identity) = identity {
+        d.q.set_tls_identity(identity);
+    }
     let mut b = Vec::new();
     encode_ic_req(&mut b, &IcReq::default());
     d.recv(&b);
@@ -108,8 +117,14 @@ fn auth_sqe(cid: u16, send: bool, len: u32) -> Sqe {
 /// Run the host side of one transaction over the queue; returns the host's
 /// verdict (Ok: authenticated).
 fn authenticate(d: &mut Driven, host_key: &DhchapKey, ctrl_key: Option<&DhchapKey>) -> Result<(), String> {
+    authenticate_sc(d, host_key, ctrl_key, SC_C_NONE)
+}
+
+/// [`authenticate`] asking for secure channel concatenation `sc_c`.
+fn authenticate_sc(d: &mut Driven, host_key: &DhchapKey, ctrl_key: Option<&DhchapKey>, sc_c: u8) -> Result<(), String> {
     let mut cfg = HostAuthConfig::new(HOST, NQN, host_key.clone());
     cfg.ctrl_key = ctrl_key.cloned();
+    cfg.sc_c = sc_c;
     let mut host = HostAuth::new(cfg);
     let mut msg = host.start();
     let mut cid = 10;
@@ -226,4 +241,53 @@ fn hosts_without_a_key_and_other_protocols() {
     a.recv(&capsule(&s, &[0; 8]));
     assert_eq!(result(&a.take_out()).0, (sct::GENERIC, nvmf_proto::status::generic::INVALID_FIELD));
     let _ = DhGroup::Null;
+}
+
+#[test]
+fn concatenation_on_admin_queues_only_and_io_queues_over_the_generated_psk() {
+    let k = key(11);
+    let t = target(&k, None, Some("ffdhe2048"));
+    // A plain admin queue takes NEWTLSPSK, not REPLACETLSPSK.
+    let (mut a, _) = connect(&t, 0, 0xffff);
+    assert_eq!(authenticate_sc(&mut a, &k, None, SC_C_REPLACE_TLS_PSK).unwrap_err(), "ConcatMismatch");
+    assert!(t.generated_psks.is_empty());
+    let (mut a, dw0) = connect(&t, 0, 0xffff);
+    authenticate_sc(&mut a, &k, None, SC_C_NEW_TLS_PSK).unwrap();
+    assert!(a.established);
+    let first = t.generated_psks.identity(HOST, NQN).expect("generated");
+    // An admin queue over TLS takes REPLACETLSPSK, not NEWTLSPSK.
+    let (mut b, _) = connect_tls(&t, 0, 0xffff, Some(&first));
+    assert_eq!(authenticate_sc(&mut b, &k, None, SC_C_NEW_TLS_PSK).unwrap_err(), "ConcatMismatch");
+    let (mut b, _) = connect_tls(&t, 0, 0xffff, Some(&first));
+    authenticate_sc(&mut b, &k, None, SC_C_REPLACE_TLS_PSK).unwrap();
+    let second = t.generated_psks.identity(HOST, NQN).unwrap();
+    assert_ne!(first, second, "replaced");
+    assert_eq!(t.generated_psks.len(), 1);
+
+    a.recv(&capsule(&PropertyCmd::set_sqe(51, prop::CC, false, cc::LINUX_ENABLE as u64), &[]));
+    let cntlid = (dw0 & 0xffff) as u16;
+    // I/O queues: no concatenation; over TLS with a generated PSK, no ATR.
+    let (mut io, dw0) = connect(&t, 1, cntlid);
+    assert_ne!(dw0 & nvmf_proto::fabrics::CONNECT_DW0_AUTH_REQUIRED, 0);
+    assert_eq!(authenticate_sc(&mut io, &k, None, SC_C_NEW_TLS_PSK).unwrap_err(), "ConcatMismatch");
+    let (mut io, dw0) = connect_tls(&t, 2, cntlid, Some(&second));
+    assert_eq!(dw0 & nvmf_proto::fabrics::CONNECT_DW0_AUTH_REQUIRED, 0);
+    assert!(io.established);
+    let mut r = Sqe::rw(iop::READ, 60, 1, 0, 1);
+    r.sgl1 = Sgl::transport(512);
+    io.recv(&capsule(&r, &[]));
+    assert_eq!(result(&io.take_out()).0, (0, 0));
+    // Over TLS with a retained (configured) PSK identity: authenticates.
+    let retained = second.replacen("NVMe1G", "NVMe1R", 1);
+    let (_, dw0) = connect_tls(&t, 3, cntlid, Some(&retained));
+    assert_ne!(dw0 & nvmf_proto::fabrics::CONNECT_DW0_AUTH_REQUIRED, 0);
+}
+
+#[test]
+fn concatenation_with_the_null_group_keeps_no_psk() {
+    let k = key(12);
+    let t = target(&k, None, Some("null"));
+    let (mut a, _) = connect(&t, 0, 0xffff);
+    assert_eq!(authenticate_sc(&mut a, &k, None, SC_C_NEW_TLS_PSK).unwrap_err(), "DhGroupUnusable");
+    assert!(t.generated_psks.is_empty());
 }

@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use nvmf_proto::auth::tls_psk::{self, PskOrigin};
 use nvmf_proto::fabrics::{
     cc, connect_data_off, connect_invalid_param_dw0, connect_sqe_off, csts, prop, Cap, ConnectCmd, ConnectData,
     PropertyCmd, CATTR_DISABLE_SQ_FLOW_CONTROL, CNTLID_DYNAMIC, CONNECT_DATA_LEN, CONNECT_DW0_AUTH_REQUIRED,
@@ -42,6 +43,9 @@ pub struct Connected {
     pub sq_flow_control_disabled: bool,
     /// The host must authenticate this queue (DH-HMAC-CHAP) before anything else.
     pub dhchap: Option<Arc<DhchapPolicy>>,
+    /// Admin queue with `dhchap`: where a secure channel concatenation
+    /// keeps its generated TLS PSK.
+    pub generated_psks: Option<Arc<crate::generated_psk::GeneratedPsks>>,
 }
 
 /// Failed Connect: status and the completion DW0 (IATTR/IPO for Invalid Parameters).
@@ -112,8 +116,18 @@ pub fn connect(
     }
     let dhchap = sub.dhchap_policy(&d.hostnqn);
     if c.qid == 0 {
-        return admin_connect(target, port, &c, &d, Some(sub), flow_off).map(|ok| Connected { dhchap, ..ok });
+        let generated_psks = dhchap.as_ref().map(|_| target.generated_psks.clone());
+        return admin_connect(target, port, &c, &d, Some(sub), flow_off).map(|ok| Connected {
+            dhchap,
+            generated_psks,
+            ..ok
+        });
     }
+    // Secure channel concatenation: an I/O queue over TLS with a generated
+    // PSK proved the admin queue's DH-HMAC-CHAP exchange; it does not
+    // authenticate again (Linux 6.15 nvmet: no ATR on I/O queues then).
+    let generated = tls_identity.and_then(tls_psk::parse_identity).is_some_and(|p| p.origin == PskOrigin::Generated);
+    let dhchap = if generated { None } else { dhchap };
     // I/O queue: find the controller created by this host's admin Connect.
     let Some(ctrl) = target.find_controller(&sub, d.cntlid, &d.hostnqn) else {
         return Err(invalid_param(true, connect_data_off::CNTLID));
@@ -132,7 +146,14 @@ pub fn connect(
         Err(true) => return Err(invalid_param(false, connect_sqe_off::QID)),
         Err(false) => return Err(sequence_error()),
     }
-    Ok(Connected { ctrl, qid: c.qid, sqsize: c.sqsize, sq_flow_control_disabled: flow_off, dhchap })
+    Ok(Connected {
+        ctrl,
+        qid: c.qid,
+        sqsize: c.sqsize,
+        sq_flow_control_disabled: flow_off,
+        dhchap,
+        generated_psks: None,
+    })
 }
 
 fn admin_connect(
@@ -156,7 +177,14 @@ fn admin_connect(
         return Err(status_only(Status::new(sct::COMMAND_SPECIFIC, cmd::CONNECT_CTRL_BUSY)));
     };
     ctrl.kato_ms.store(kato_ms, Ordering::Relaxed);
-    Ok(Connected { ctrl, qid: 0, sqsize: c.sqsize, sq_flow_control_disabled: flow_off, dhchap: None })
+    Ok(Connected {
+        ctrl,
+        qid: 0,
+        sqsize: c.sqsize,
+        sq_flow_control_disabled: flow_off,
+        dhchap: None,
+        generated_psks: None,
+    })
 }
 
 /// Controller registers kept by the admin queue.
@@ -347,7 +375,10 @@ impl Queue {
         let counters = (ok.qid != 0).then(|| self.counters.clone());
         self.actions.push(Action::Bound { ctrl: ctrl.clone(), qid: ok.qid, counters });
         // A host that must authenticate stays on probation until it has.
-        let auth = ok.dhchap.map(|p| crate::auth::QueueAuth::new(p, &ctrl.hostnqn, ctrl.nqn()));
+        let tls = self.tls_identity.is_some();
+        let auth = ok.dhchap.map(|p| {
+            crate::auth::QueueAuth::new(p, &ctrl.hostnqn, ctrl.nqn()).with_concat(ok.generated_psks.clone(), tls)
+        });
         let dw0_auth = if auth.is_some() { CONNECT_DW0_AUTH_REQUIRED } else { 0 };
         if auth.is_none() {
             self.actions.push(Action::Established);

@@ -32,6 +32,7 @@ pub mod ctrl;
 pub mod discovery;
 pub mod driver;
 pub mod fabrics;
+pub mod generated_psk;
 pub mod io_cmd;
 pub mod io_cmd_fd;
 pub mod io_cmd_mem;

@@ -17,8 +17,9 @@
 //! At Connect ([`check_connect`]) the host and subsystem NQNs must be the
 //! identity's, and a host with a TLS key must use TLS.
 //!
-//! Generated PSKs (`NVMe1G…`, secure channel concatenation) are not served
-//! yet: their ClientHello is refused like an unknown identity.
+//! Generated PSKs (`NVMe1G…`, secure channel concatenation) come from the
+//! target's [`GeneratedPsks`](crate::generated_psk::GeneratedPsks) table,
+//! filled by DH-HMAC-CHAP on admin queues: an identity not in it is refused.
 
 use std::sync::{Arc, Weak};
 
@@ -106,6 +107,12 @@ fn psk_lookup(target: &Weak<Target>, identity: &[u8]) -> Result<(Zeroizing<Vec<u
     let text = std::str::from_utf8(identity).map_err(|_| "not UTF-8")?;
     let parsed = tls_psk::parse_identity(text).ok_or("not an NVMe PSK identity")?;
     let target = target.upgrade().ok_or("the target is shutting down")?;
+    if parsed.origin == PskOrigin::Generated {
+        return target.generated_psks.lookup(text).ok_or(
+            "no generated PSK for this identity (secure channel concatenation: the host authenticates on a plain \
+             admin queue first)",
+        );
+    }
     let key = target
         .tls_key(parsed.host_nqn, parsed.subsys_nqn)
         .ok_or("no TLS key for this host and subsystem (tls_key in its [[subsystem.host]] table)")?;

@@ -18,8 +18,10 @@
 //! and SPDK (`lib/nvmf/auth.c`):
 //! - The first of our allowed hashes (and groups) that the host offers wins, so
 //!   list them most preferred first (SPDK prefers the strongest).
-//! - SC_C ≠ 0: secure channel concatenation mismatch (0x03), as Linux 6.12 and
-//!   SPDK's target; no DH-HMAC-CHAP descriptor: not usable (0x02); no common
+//! - SC_C ≠ 0 and not [`CtrlConfig::concat_sc_c`] (the one value this queue
+//!   accepts: Linux 6.15 nvmet takes NEWTLSPSK on an admin queue without TLS,
+//!   REPLACETLSPSK on one with TLS, nothing on I/O queues): secure channel
+//!   concatenation mismatch (0x03); no DH-HMAC-CHAP descriptor: not usable (0x02); no common
 //!   hash: 0x04; no common group: 0x05; halen/dhlen above 30: incorrect
 //!   payload (0x06, from the decoder).
 //! - Reply: other T_ID, other `hl`, a DH value of the wrong size or with the
@@ -35,6 +37,7 @@
 
 use super::dh::DhKeyPair;
 use super::messages::{AuthMessage, Challenge, Failure, Negotiate, Reply, Success1, AUTH_PROTOCOL_DHCHAP, SC_C_NONE};
+
 use super::{
     chap, os_random, random_seqnum, AuthError, Authenticated, DhGroup, DhchapKey, FailureReason, HashId, RandomFill,
     Secret,
@@ -54,6 +57,9 @@ pub struct CtrlConfig {
     pub hashes: Vec<HashId>,
     /// Allowed DH groups, most preferred first.
     pub dh_groups: Vec<DhGroup>,
+    /// The SC_C ≠ 0 a Negotiate may carry on this queue ([`SC_C_NONE`]:
+    /// secure channel concatenation refused).
+    pub concat_sc_c: u8,
 }
 
 impl CtrlConfig {
@@ -66,6 +72,7 @@ impl CtrlConfig {
             ctrl_key: None,
             hashes: HashId::ALL.iter().rev().copied().collect(),
             dh_groups: DhGroup::ALL.iter().rev().copied().collect(),
+            concat_sc_c: SC_C_NONE,
         }
     }
 }
@@ -84,6 +91,7 @@ struct Selected {
     t_id: u16,
     hash: HashId,
     group: DhGroup,
+    sc_c: u8,
 }
 
 enum State {
@@ -207,7 +215,7 @@ impl CtrlAuth {
     }
 
     fn select(&self, n: &Negotiate) -> Result<Selected, FailureReason> {
-        if n.sc_c != SC_C_NONE {
+        if n.sc_c != SC_C_NONE && n.sc_c != self.config.concat_sc_c {
             return Err(FailureReason::ConcatMismatch);
         }
         let desc = n.protocols.iter().find(|p| p.auth_id == AUTH_PROTOCOL_DHCHAP).ok_or(FailureReason::NotUsable)?;
@@ -217,7 +225,7 @@ impl CtrlAuth {
         let group = (self.config.dh_groups.iter().copied())
             .find(|g| desc.dh_group_ids.contains(&g.id()))
             .ok_or(FailureReason::DhGroupUnusable)?;
-        Ok(Selected { t_id: n.t_id, hash, group })
+        Ok(Selected { t_id: n.t_id, hash, group, sc_c: n.sc_c })
     }
 
     fn challenge(&mut self, selected: Selected) -> Result<(AuthMessage, State), FailureReason> {
@@ -247,7 +255,7 @@ impl CtrlAuth {
         s1: u32,
         pair: Option<&DhKeyPair>,
     ) -> Result<(Authenticated, Option<Vec<u8>>), FailureReason> {
-        let Selected { t_id, hash, group } = selected;
+        let Selected { t_id, hash, group, sc_c } = selected;
         if r.t_id != t_id || r.response.len() != hash.digest_len() {
             return Err(FailureReason::IncorrectPayload);
         }
@@ -267,7 +275,7 @@ impl CtrlAuth {
             session_key: session_key.as_ref(),
             seqnum: s1,
             transaction_id: t_id,
-            sc_c: SC_C_NONE,
+            sc_c,
             host_nqn: &config.host_nqn,
             subsys_nqn: &config.subsys_nqn,
         };
@@ -292,6 +300,7 @@ impl CtrlAuth {
             session_key,
             c1,
             c2: r.challenge.clone(),
+            sc_c,
         };
         Ok((outcome, r2))
     }

@@ -23,9 +23,13 @@
 //!   protocol message (0x07) (Linux sends nothing then; SPDK sends Failure2);
 //! - a wrong controller response R2: failed (0x01).
 //!
-//! The host never asks for secure channel concatenation (SC_C = 0), as Linux
-//! 6.12. S2 is a random nonzero number per transaction (Linux: a global counter
-//! from a random start).
+//! Secure channel concatenation ([`HostConfig::sc_c`] ≠ 0, Linux 6.15
+//! `nvme_auth_set_dhchap_reply_data`): the host always sends C2 (it feeds the
+//! generated PSK) with S2 = 0, so the controller does not authenticate itself
+//! even with a controller key; a Challenge with the null DH group is refused
+//! with DH group not usable (0x05): without Ks there is no generated PSK.
+//! Otherwise S2 is a random nonzero number per transaction (Linux: a global
+//! counter from a random start).
 
 use super::dh::DhKeyPair;
 use super::messages::{
@@ -52,6 +56,9 @@ pub struct HostConfig {
     pub dh_groups: Vec<DhGroup>,
     /// T_ID of this transaction (Linux counts per controller).
     pub transaction_id: u16,
+    /// SC_C of the Negotiate: [`SC_C_NONE`], or `SC_C_NEW_TLS_PSK` /
+    /// `SC_C_REPLACE_TLS_PSK` for secure channel concatenation (admin queue).
+    pub sc_c: u8,
 }
 
 impl HostConfig {
@@ -65,6 +72,7 @@ impl HostConfig {
             hashes: HashId::ALL.to_vec(),
             dh_groups: DhGroup::ALL.to_vec(),
             transaction_id: 0,
+            sc_c: SC_C_NONE,
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct HostAuth {
     config: HostConfig,
     fill: RandomFill,
     state: State,
+    /// The controller chose the null group for a concatenation.
+    concat_without_dh: bool,
 }
 
 impl HostAuth {
@@ -110,19 +120,26 @@ impl HostAuth {
 
     /// A transaction with injected randomness (tests, fuzzing).
     pub fn with_rng(config: HostConfig, fill: RandomFill) -> HostAuth {
-        HostAuth { config, fill, state: State::Idle }
+        HostAuth { config, fill, state: State::Idle, concat_without_dh: false }
     }
 
     pub fn config(&self) -> &HostConfig {
         &self.config
     }
 
+    /// The transaction failed because the controller chose the null DH group
+    /// while the host asked for secure channel concatenation.
+    pub fn concat_without_dh(&self) -> bool {
+        self.concat_without_dh
+    }
+
     /// The AUTH_Negotiate payload; (re)starts the transaction.
     pub fn start(&mut self) -> Vec<u8> {
         self.state = State::AwaitChallenge;
+        self.concat_without_dh = false;
         AuthMessage::Negotiate(Negotiate {
             t_id: self.config.transaction_id,
-            sc_c: SC_C_NONE,
+            sc_c: self.config.sc_c,
             protocols: vec![ProtocolDescriptor::dhchap(&self.config.hashes, &self.config.dh_groups)],
         })
         .to_bytes()
@@ -159,6 +176,11 @@ impl HostAuth {
         let group = DhGroup::from_id(c.dh_group_id)
             .filter(|g| config.dh_groups.contains(g))
             .ok_or(FailureReason::DhGroupUnusable)?;
+        let concat = config.sc_c != SC_C_NONE;
+        if concat && group == DhGroup::Null {
+            self.concat_without_dh = true;
+            return Err(FailureReason::DhGroupUnusable);
+        }
         let (dh_value, session_key) = match group {
             DhGroup::Null if !c.dh_value.is_empty() => return Err(FailureReason::IncorrectPayload),
             DhGroup::Null => (Vec::new(), None),
@@ -175,15 +197,21 @@ impl HostAuth {
             session_key: session_key.as_ref(),
             seqnum: c.seqnum,
             transaction_id: config.transaction_id,
-            sc_c: SC_C_NONE,
+            sc_c: config.sc_c,
             host_nqn: &config.host_nqn,
             subsys_nqn: &config.subsys_nqn,
         };
         let response = chap::host_response(&config.host_key.transform(&config.host_nqn), &input);
-        let (c2, ctrl_seqnum) = if config.ctrl_key.is_some() {
+        let new_c2 = |fill: &mut RandomFill| {
             let mut c2 = vec![0u8; hash.digest_len()];
-            (self.fill)(&mut c2);
-            (Some(c2), Some(random_seqnum(&mut self.fill)))
+            fill(&mut c2);
+            c2
+        };
+        let (c2, ctrl_seqnum) = if concat {
+            // C2 feeds the generated PSK; S2 = 0: no controller response.
+            (Some(new_c2(&mut self.fill)), None)
+        } else if config.ctrl_key.is_some() {
+            (Some(new_c2(&mut self.fill)), Some(random_seqnum(&mut self.fill)))
         } else {
             (None, None)
         };
@@ -201,6 +229,7 @@ impl HostAuth {
             session_key,
             c1: c.challenge.clone(),
             c2,
+            sc_c: config.sc_c,
         };
         Ok((reply.to_bytes(), Pending { outcome, ctrl_seqnum }))
     }
@@ -222,7 +251,7 @@ impl HostAuth {
             session_key: outcome.session_key.as_ref(),
             seqnum,
             transaction_id: self.config.transaction_id,
-            sc_c: SC_C_NONE,
+            sc_c: self.config.sc_c,
             host_nqn: &self.config.host_nqn,
             subsys_nqn: &self.config.subsys_nqn,
         };

@@ -30,10 +30,15 @@ pub const DESCRIPTOR_LEN: usize = 64;
 /// Slots for hash ids, and separately for DH group ids, in a descriptor.
 pub const DESCRIPTOR_ID_SLOTS: usize = 30;
 
-/// SC_C values of the Negotiate message.
+/// SC_C values of the Negotiate message (Linux `NVME_AUTH_SECP_*`).
+/// No secure channel concatenation (NOSC).
 pub const SC_C_NONE: u8 = 0x00;
-pub const SC_C_NEW_TLS_PSK: u8 = 0x01;
-pub const SC_C_REPLACE_TLS_PSK: u8 = 0x02;
+/// Secure channel already set up (SC); no host asks for it.
+pub const SC_C_SC: u8 = 0x01;
+/// Generate a TLS PSK on a queue without TLS (NEWTLSPSK).
+pub const SC_C_NEW_TLS_PSK: u8 = 0x02;
+/// Replace the generated TLS PSK on a queue running over TLS (REPLACETLSPSK).
+pub const SC_C_REPLACE_TLS_PSK: u8 = 0x03;
 
 const NEGOTIATE_FIXED_LEN: usize = 8;
 const DHCHAP_FIXED_LEN: usize = 16;

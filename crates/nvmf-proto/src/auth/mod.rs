@@ -48,7 +48,9 @@
 //! (30 slots). The Linux host offers one descriptor: hashes 1, 2, 3 and groups
 //! 0..=5, so its Negotiate is 72 bytes.
 //!
-//! SC_C (secure channel concatenation): 0 none, 1 new TLS PSK, 2 replace TLS PSK.
+//! SC_C (secure channel concatenation): 0 none (NOSC), 1 secure channel (SC),
+//! 2 new TLS PSK (NEWTLSPSK), 3 replace TLS PSK (REPLACETLSPSK); the value is
+//! part of both responses' hash input.
 //!
 //! Hash ids: [`HashId`] (SHA-256 = 1, SHA-384 = 2, SHA-512 = 3; `hl` = 32, 48,
 //! 64). DH group ids: [`DhGroup`] (null = 0, ffdhe2048 = 1 … ffdhe8192 = 5; a
@@ -361,6 +363,8 @@ pub struct Authenticated {
     pub c1: Vec<u8>,
     /// C2, the host's challenge, when the host sent one.
     pub c2: Option<Vec<u8>>,
+    /// The SC_C of the Negotiate (0: no secure channel concatenation).
+    pub sc_c: u8,
 }
 
 impl Authenticated {
