@@ -14,8 +14,9 @@
 KT_NQN_AUTH=nqn.2026-12.io.nvmf:kernel-target:auth
 KT_HOST_AUTH1=nqn.2026-12.io.nvmf:host:kt-auth1
 KT_HOST_AUTH2=nqn.2026-12.io.nvmf:host:kt-auth2
+KT_HOST_AUTH3=nqn.2026-12.io.nvmf:host:kt-auth3
 
-# kt_auth_setup KEY1 KEY2 CTRLKEY2: the subsystem, its namespace and host entries
+# kt_auth_setup KEY1 KEY2 CTRLKEY2 KEY3: the subsystem, its namespace and host entries
 kt_auth_setup() {
     gsh host 60 <<EOF
 . /usr/share/lab/nvmet.sh
@@ -32,9 +33,13 @@ mkdir -p "\$h"
 echo "$2" >"\$h/dhchap_key"; echo "$3" >"\$h/dhchap_ctrl_key"
 echo "hmac(sha512)" >"\$h/dhchap_hash"; echo ffdhe4096 >"\$h/dhchap_dhgroup"
 ln -s "\$h" \$NVMET/subsystems/$KT_NQN_AUTH/allowed_hosts/$KT_HOST_AUTH2
+h=\$NVMET/hosts/$KT_HOST_AUTH3
+mkdir -p "\$h"
+echo "$4" >"\$h/dhchap_key"; echo "hmac(sha384)" >"\$h/dhchap_hash"; echo null >"\$h/dhchap_dhgroup"
+ln -s "\$h" \$NVMET/subsystems/$KT_NQN_AUTH/allowed_hosts/$KT_HOST_AUTH3
 nvmet_link 1 $KT_NQN_AUTH
 echo "subsystem $KT_NQN_AUTH on \$dev: hosts \$(ls \$NVMET/subsystems/$KT_NQN_AUTH/allowed_hosts | tr '\n' ' ')"
-for x in $KT_HOST_AUTH1 $KT_HOST_AUTH2; do
+for x in $KT_HOST_AUTH1 $KT_HOST_AUTH2 $KT_HOST_AUTH3; do
     echo "  \$x: \$(cat \$NVMET/hosts/\$x/dhchap_hash) \$(cat \$NVMET/hosts/\$x/dhchap_dhgroup)"
 done
 EOF
@@ -45,7 +50,7 @@ kt_auth_teardown() {
 rm -f \$NVMET/ports/*/subsystems/$KT_NQN_AUTH
 rm -f \$NVMET/subsystems/$KT_NQN_AUTH/allowed_hosts/*
 [ -d \$NVMET/subsystems/$KT_NQN_AUTH/namespaces/1 ] && { echo 0 >\$NVMET/subsystems/$KT_NQN_AUTH/namespaces/1/enable; rmdir \$NVMET/subsystems/$KT_NQN_AUTH/namespaces/1; }
-rmdir \$NVMET/subsystems/$KT_NQN_AUTH \$NVMET/hosts/$KT_HOST_AUTH1 \$NVMET/hosts/$KT_HOST_AUTH2 2>/dev/null
+rmdir \$NVMET/subsystems/$KT_NQN_AUTH \$NVMET/hosts/$KT_HOST_AUTH1 \$NVMET/hosts/$KT_HOST_AUTH2 \$NVMET/hosts/$KT_HOST_AUTH3 2>/dev/null
 echo "auth subsystem removed: \$([ -d \$NVMET/subsystems/$KT_NQN_AUTH ] && echo no || echo yes)"
 dmesg | grep -iE 'nvmet.*(auth|dhchap|ctrl)' | tail -n 8
 EOF
@@ -83,21 +88,24 @@ auth_ok() {
 
 c_host_auth() {
     henv
-    local k1 k2 ck2 kx ckx rc=0
+    local k1 k2 ck2 k3 kx ckx rc=0
     # keys from our own tool, transformed with the host NQN as nvme-cli does (hh != 00)
     k1=$(nv 10 gen-dhchap-key -m 1 -n "$KT_HOST_AUTH1") &&
         k2=$(nv 10 gen-dhchap-key -m 3 -n "$KT_HOST_AUTH2") &&
         ck2=$(nv 10 gen-dhchap-key -m 2 -n "$KT_HOST_AUTH2") &&
         kx=$(nv 10 gen-dhchap-key -m 1 -n "$KT_HOST_AUTH1") &&
-        ckx=$(nv 10 gen-dhchap-key -m 2 -n "$KT_HOST_AUTH2") || return 1
+        ckx=$(nv 10 gen-dhchap-key -m 2 -n "$KT_HOST_AUTH2") &&
+        k3=$(nv 10 gen-dhchap-key -m 2 -n "$KT_HOST_AUTH3") || return 1
     nv 10 check-dhchap-key -k "$k2" || return 1
-    step "kernel target: subsystem $KT_NQN_AUTH with two DH-HMAC-CHAP hosts"
-    kt_auth_setup "$k1" "$k2" "$ck2" || { kt_auth_teardown; return 1; }
+    step "kernel target: subsystem $KT_NQN_AUTH with three DH-HMAC-CHAP hosts"
+    kt_auth_setup "$k1" "$k2" "$ck2" "$k3" || { kt_auth_teardown; return 1; }
     {
         step "unidirectional, SHA-256 / ffdhe2048"
         auth_ok "unidirectional" "$KT_HOST_AUTH1" -S "$k1" &&
             step "bidirectional, SHA-512 / ffdhe4096" &&
             auth_ok "bidirectional" "$KT_HOST_AUTH2" -S "$k2" -C "$ck2" &&
+            step "unidirectional, SHA-384 / null group" &&
+            auth_ok "null group" "$KT_HOST_AUTH3" -S "$k3" &&
             step "refusals" &&
             auth_refused "wrong host key" -q "$KT_HOST_AUTH1" -S "$kx" &&
             auth_refused "no key" -q "$KT_HOST_AUTH1" &&
