@@ -3,63 +3,22 @@
 //! stderr or the JSON reports; with the target side of DH-HMAC-CHAP, identify,
 //! read, write and perf authenticate, and wrong or missing keys fail.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod cli_util;
 
-const NVMF: &str = env!("CARGO_BIN_EXE_nvmf");
+use std::process::{Command, Output};
+
 const NQN: &str = "nqn.2026-11.io.nvmf:cli-auth";
+
+use cli_util::{body, Target, NVMF};
+
+/// `nvmf target` serving NQN (16 MiB RAM) with `extra` flags.
+fn start_target(extra: &[&str]) -> Target {
+    cli_util::start_target(&[&["--subsystem", NQN, "--namespace", "ram:16MiB"], extra].concat())
+}
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000cc";
 const HOST_KEY: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
 const CTRL_KEY: &str = "DHHC-1:02:QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5voBXMjQ==:";
 const OTHER_KEY: &str = "DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:";
-
-struct Target {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start `nvmf target` with `extra` flags on a kernel-chosen port.
-fn start_target(extra: &[&str]) -> Target {
-    let mut child = Command::new(NVMF)
-        .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
-        .args(["--subsystem", NQN, "--namespace", "ram:16MiB"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nvmf target");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        // "nvmf target: serving 1 subsystem on 127.0.0.1:PORT (...)"
-        if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
-            let port: u16 = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in out.lines() {});
-            return Target { child, port };
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nvmf target did not report its address (last line {line:?})");
-}
-
-/// The base64 body of a key: the secret part.
-fn body(key: &str) -> &str {
-    key.splitn(3, ':').nth(2).unwrap().trim_end_matches(':')
-}
 
 /// Run a host command against `t` as HOSTNQN; check no key text in its output.
 fn host(t: &Target, cmd: &str, args: &[&str]) -> Output {

@@ -1,53 +1,17 @@
 //! `nvmf perf` against `nvmf target` (both the real binary): JSON report
 //! keys, verify with zero errors, exit codes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod cli_util;
 
-const NVMF: &str = env!("CARGO_BIN_EXE_nvmf");
+use std::process::Command;
+
 const NQN: &str = "nqn.2026-11.io.nvmf:default";
 
-struct Target {
-    child: Child,
-    port: u16,
-}
+use cli_util::{Target, NVMF};
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start `nvmf target` on a kernel-chosen port and read the port from its summary line.
+/// `nvmf target` serving `namespace` in its default subsystem.
 fn start_target(namespace: &str) -> Target {
-    let mut child = Command::new(NVMF)
-        .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
-        .args(["--namespace", namespace])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nvmf target");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        // "nvmf target: serving 1 subsystem on 127.0.0.1:PORT (...)"
-        if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
-            let port: u16 = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-            // Keep draining stdout so the target never blocks on a full pipe.
-            std::thread::spawn(move || for _ in out.lines() {});
-            return Target { child, port };
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nvmf target did not report its address (last line {line:?})");
+    cli_util::start_target(&["--namespace", namespace])
 }
 
 fn perf(t: &Target, args: &[&str]) -> (i32, serde_json::Value, String) {

@@ -5,12 +5,21 @@
 //! TLS together with DH-HMAC-CHAP, and the refusals (wrong key, plain host)
 //! ending with a clean error, never a hang. No key text reaches the output.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+mod cli_util;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const NVMF: &str = env!("CARGO_BIN_EXE_nvmf");
 const NQN: &str = "nqn.2026-11.io.nvmf:cli-tls";
+
+use cli_util::{body, Target, NVMF};
+
+/// `nvmf target --tls required` serving NQN (16 MiB RAM) with `extra` flags.
+fn start_target(extra: &[&str]) -> Target {
+    let base = ["--rpc-socket", "none", "--tls", "required", "--subsystem", NQN, "--namespace", "ram:16MiB"];
+    cli_util::start_target(&[&base[..], extra].concat())
+}
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000dd";
 /// libnvme's test key (SHA-256) and its SHA-384 sibling.
 const KEY_01: &str = "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:";
@@ -20,54 +29,6 @@ const OTHER_KEY: &str = "NVMeTLSkey-1:01:/b9tVz2OXJVISnoFgrPAygyS86XYJWkAapQeULn
 const CHAP_KEY: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
 /// Longest any host command here may take (perf: 3 s run + verify phases).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Target {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start `nvmf target --tls required` with `extra` flags on a kernel-chosen port.
-fn start_target(extra: &[&str]) -> Target {
-    let mut child = Command::new(NVMF)
-        .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
-        .args(["--rpc-socket", "none", "--tls", "required"])
-        .args(["--subsystem", NQN, "--namespace", "ram:16MiB"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nvmf target");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        // "nvmf target: serving 1 subsystem on 127.0.0.1:PORT (...)"
-        if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
-            let port: u16 = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in out.lines() {});
-            return Target { child, port };
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nvmf target did not report its address (last line {line:?})");
-}
-
-/// The base64 body of a key: the secret part.
-fn body(key: &str) -> &str {
-    key.splitn(3, ':').nth(2).unwrap().trim_end_matches(':')
-}
 
 struct Run {
     ok: bool,
