@@ -6,6 +6,8 @@
 //!   log lines a second at most.
 //! - 2,000 connections holding a partial PDU do not lock a host out either,
 //!   before Connect (refused at the header) or after (taken piece by piece).
+//! - 2,000 connections that stop halfway through a TLS ClientHello do not
+//!   lock a TLS host out of a `tls = "required"` listener.
 //! - Memory: RSS under the flood stays small and comes back within 10 % (or
 //!   16 MiB) of the baseline within 10 s once the sockets close.
 //!
@@ -70,6 +72,11 @@ impl Drop for Target {
 
 impl Target {
     fn start(limits: &str) -> Target {
+        Target::start_with(limits, "", "")
+    }
+
+    /// With `listener` and `subsystem` lines added to those tables.
+    fn start_with(limits: &str, listener: &str, subsystem: &str) -> Target {
         let (io_port, disc_port, metrics_port) = (free_port(), free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("nvmf-hostile-{}-{io_port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -77,8 +84,8 @@ impl Target {
         std::fs::write(
             &cfg,
             format!(
-                "[engine]\nmode = \"interrupt\"\n\n[limits]\n{limits}\n\n[[listener]]\naddr = \"127.0.0.1:{io_port}\"\n\n\
-                 [discovery]\nlisten = [\"127.0.0.1:{disc_port}\"]\n\n[[subsystem]]\nnqn = \"{NQN}\"\n\n\
+                "[engine]\nmode = \"interrupt\"\n\n[limits]\n{limits}\n\n[[listener]]\naddr = \"127.0.0.1:{io_port}\"\n{listener}\n\n\
+                 [discovery]\nlisten = [\"127.0.0.1:{disc_port}\"]\n\n[[subsystem]]\nnqn = \"{NQN}\"\n{subsystem}\n\n\
                  [[subsystem.namespace]]\nkind = \"ram\"\nsize = \"64MiB\"\n"
             ),
         )
@@ -138,9 +145,15 @@ impl Target {
 
     /// Connect a real host (admin queue, Identify) and time it.
     fn host_connects(&self) -> Duration {
+        self.host_connects_with(None)
+    }
+
+    /// [`host_connects`](Self::host_connects), over TLS with `tls`.
+    fn host_connects_with(&self, tls: Option<nvmf_host::TlsOptions>) -> Duration {
         let t = Instant::now();
         let mut o = ConnectOptions::new(NQN);
         o.hostnqn = HOST.to_string();
+        o.tls = tls;
         let mut c = Controller::connect(self.io, o).expect("a real host connects");
         let id = c.identify_controller().expect("identify");
         assert!(id.subnqn.starts_with(NQN));
@@ -318,5 +331,70 @@ fn partial_pdus_do_not_lock_out_real_hosts_before_or_after_connect() {
     drop(held);
     let (rss_after, took) = rss_returns(&t, baseline, Duration::from_secs(10));
     eprintln!("HOSTILE partial PDUs: RSS {rss_after} KiB {took:?} after the sockets closed");
+    assert!(rss_after <= baseline + (baseline / 10).max(16 * 1024));
+}
+
+/// A TLS key for HOST (fixed bytes: a test key).
+fn tls_key() -> nvmf_proto::auth::tls_psk::ConfiguredPsk {
+    nvmf_proto::auth::tls_psk::ConfiguredPsk::from_bytes(Some(nvmf_proto::auth::HashId::Sha256), &[0x3c; 32]).unwrap()
+}
+
+#[test]
+fn partial_tls_handshakes_do_not_lock_out_real_hosts() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let key = tls_key().format().to_string();
+    let t = Target::start_with(
+        "",
+        "tls = \"required\"",
+        &format!("[[subsystem.host]]\nnqn = \"{HOST}\"\ntls_key = \"{key}\""),
+    );
+    let tls = || Some(nvmf_host::TlsOptions::new(tls_key()));
+    t.host_connects_with(tls());
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = t.rss_kib();
+
+    // 2,000 connections that start a TLS handshake and stop: half a
+    // ClientHello each, so every one is known to be TLS (landing buffer and
+    // session allocated) and waits for the rest.
+    let mut hello = Vec::new();
+    let mut s = nvmf_engine::nvmf_tls::TlsSession::client(
+        "NVMe0R01 nqn.2014-08.org.nvmexpress:uuid:x nqn.2026-12.io.nvmf:hostile",
+        &[1; 32],
+        nvmf_engine::nvmf_tls::TlsHash::Sha256,
+        Default::default(),
+    )
+    .unwrap();
+    s.take_ciphertext(&mut hello);
+    assert!(hello.len() > 100 && hello[0] == 0x16, "a ClientHello record");
+    let half = &hello[..hello.len() / 2];
+    let held: Vec<TcpStream> = (0..2000)
+        .map(|_| {
+            let mut c = TcpStream::connect(t.io).unwrap();
+            c.write_all(half).unwrap();
+            c
+        })
+        .collect();
+    let during = t.host_connects_with(tls());
+    let rss_held = t.rss_kib();
+    eprintln!(
+        "HOSTILE 2000 half TLS ClientHellos: a TLS host connected in {during:?}; \
+         RSS baseline {baseline} KiB, while held {rss_held} KiB"
+    );
+    assert!(during < CONNECT_BOUND, "a real TLS host took {during:?} under 2,000 stalled handshakes");
+    // A plain host is refused by the TLS-required listener, and the
+    // refusal is counted.
+    let mut o = ConnectOptions::new(NQN);
+    o.hostnqn = HOST.to_string();
+    assert!(Controller::connect(t.io, o).is_err(), "plain NVMe/TCP is refused");
+    // Core counters reach the metrics with the core's next stats snapshot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.metric("nvmf_core_tls_refused_plain_total") < 1 {
+        assert!(Instant::now() < deadline, "the plain refusal is counted in metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+    let (rss_after, took) = rss_returns(&t, baseline, Duration::from_secs(10));
+    eprintln!("HOSTILE stalled TLS handshakes: RSS {rss_after} KiB {took:?} after the sockets closed");
     assert!(rss_after <= baseline + (baseline / 10).max(16 * 1024));
 }
