@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nvmf_proto::auth::messages::{SC_C_NEW_TLS_PSK, SC_C_REPLACE_TLS_PSK};
-use nvmf_proto::auth::HashId;
 
 use crate::auth::{auth_required, AuthFailure, AuthProgress, AuthSummary, QueueAuth};
 use crate::error::{Error, Result};
@@ -277,10 +276,8 @@ impl QueueConn {
             self.close("authentication failed");
             return Err(Error::Auth(AuthFailure::Concat { qid, why: crate::auth::CONCAT_NEEDS_DH_GROUP }));
         };
-        let hash = match summary.hash {
-            HashId::Sha384 => TlsHash::Sha384,
-            _ => TlsHash::Sha256,
-        };
+        // A generated PSK exists only for SHA-256 and SHA-384 (derive_generated).
+        let hash = TlsHash::from_psk_len(summary.hash.digest_len()).unwrap_or(TlsHash::Sha256);
         tracing::debug!(qid, identity = %derived.identity, "secure channel concatenation: TLS PSK generated");
         Ok(TlsPsk { identity: derived.identity, psk: derived.tls_psk, hash })
     }

@@ -125,11 +125,7 @@ impl TlsOptions {
 }
 
 fn tls_hash(h: HashId) -> std::result::Result<TlsHash, String> {
-    match h {
-        HashId::Sha256 => Ok(TlsHash::Sha256),
-        HashId::Sha384 => Ok(TlsHash::Sha384),
-        HashId::Sha512 => Err("SHA-512 has no NVMe/TCP TLS cipher suite".into()),
-    }
+    TlsHash::from_psk_len(h.digest_len()).ok_or_else(|| "SHA-512 has no NVMe/TCP TLS cipher suite".into())
 }
 
 /// What one controller's queues offer: the identity and the TLS PSK.

@@ -65,11 +65,7 @@ impl GeneratedPsks {
     /// `subsys_nqn`, replacing the pair's previous entry. `false` when the
     /// hash has no TLS suite (SHA-512: nothing is kept).
     pub fn insert(&self, host_nqn: &str, subsys_nqn: &str, hash: HashId, derived: DerivedPsk) -> bool {
-        let hash = match hash {
-            HashId::Sha256 => TlsHash::Sha256,
-            HashId::Sha384 => TlsHash::Sha384,
-            _ => return false,
-        };
+        let Some(hash) = TlsHash::from_psk_len(hash.digest_len()) else { return false };
         let mut entries = self.entries.lock().unwrap();
         entries.retain(|e| e.host_nqn != host_nqn || e.subsys_nqn != subsys_nqn);
         while entries.len() >= GENERATED_PSKS_MAX {

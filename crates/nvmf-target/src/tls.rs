@@ -26,7 +26,7 @@ use std::sync::{Arc, Weak};
 use nvmf_engine::nvmf_tls::{ServerConfig, TlsError, TlsHash};
 use nvmf_engine::ListenerTls;
 use nvmf_proto::auth::tls_psk::{self, ConfiguredPsk, HkdfLabelLayout, ParsedIdentity, PskOrigin};
-use nvmf_proto::auth::{AuthError, HashId};
+use nvmf_proto::auth::AuthError;
 use nvmf_proto::DISCOVERY_NQN;
 use zeroize::Zeroizing;
 
@@ -67,10 +67,8 @@ impl TlsHostKey {
         if derived.identity != text {
             return None;
         }
-        let hash = match self.configured.tls_hash() {
-            HashId::Sha384 => TlsHash::Sha384,
-            _ => TlsHash::Sha256,
-        };
+        // tls_hash() is SHA-256 or SHA-384, the TLS hash of that PSK length.
+        let hash = TlsHash::from_psk_len(self.configured.tls_hash().digest_len()).unwrap_or(TlsHash::Sha256);
         Some((Zeroizing::new(derived.tls_psk.as_bytes().to_vec()), hash))
     }
 }
@@ -171,6 +169,7 @@ pub fn check_connect(
 mod tests {
     use super::*;
     use nvmf_proto::auth::tls_psk::IdentityVersion;
+    use nvmf_proto::auth::HashId;
 
     const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
     const SUB: &str = "nqn.2026-12.io.nvmf:tls";
