@@ -3,29 +3,20 @@
 //! responses, C2 always sent with S2 = 0, the controller accepting only the
 //! value its queue allows, the generated PSK and TLS PSK both sides derive.
 
+mod auth_util;
+
+use auth_util::rng;
 use nvmf_proto::auth::messages::{
     AuthMessage, AUTH_ID_REPLY, SC_C_NEW_TLS_PSK, SC_C_NONE, SC_C_REPLACE_TLS_PSK, SC_C_SC,
 };
 use nvmf_proto::auth::tls_psk;
 use nvmf_proto::auth::{
     Authenticated, CtrlAuth, CtrlConfig, CtrlStatus, DhGroup, DhchapKey, FailureReason, HashId, HostAuth, HostConfig,
-    HostStep, RandomFill,
+    HostStep,
 };
 
 const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:8ae2b12c-3d28-4458-83e3-658e571ed4b8";
 const SUBSYS_NQN: &str = "nqn.2026-12.io.nvmf:concat-test";
-
-fn rng(seed: u64) -> RandomFill {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Box::new(move |buf: &mut [u8]| {
-        for b in buf {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            *b = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
-        }
-    })
-}
 
 fn key(fill: u8) -> DhchapKey {
     DhchapKey::from_secret(Some(HashId::Sha256), &[fill; 32]).unwrap()

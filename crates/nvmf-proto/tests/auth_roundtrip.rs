@@ -6,28 +6,18 @@
 //! `every_hash_and_group_both_directions` (ignored; run it with `--ignored`,
 //! preferably `--release`) runs the whole matrix.
 
+mod auth_util;
+
+use auth_util::rng;
 use nvmf_proto::auth::dh;
 use nvmf_proto::auth::messages::{AuthMessage, Challenge, Reply, Success1};
 use nvmf_proto::auth::{
     Authenticated, CtrlAuth, CtrlConfig, CtrlStatus, DhGroup, DhchapKey, FailureReason, HashId, HostAuth, HostConfig,
-    HostStep, RandomFill,
+    HostStep,
 };
 
 const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:8ae2b12c-3d28-4458-83e3-658e571ed4b8";
 const SUBSYS_NQN: &str = "nqn.2026-11.io.nvmf:auth-test";
-
-/// Deterministic bytes (xorshift64*), different per seed.
-fn rng(seed: u64) -> RandomFill {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Box::new(move |buf: &mut [u8]| {
-        for b in buf {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            *b = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
-        }
-    })
-}
 
 fn key(hash: Option<HashId>, len: usize, fill: u8) -> DhchapKey {
     DhchapKey::from_secret(hash, &vec![fill; len]).unwrap()
