@@ -2,12 +2,15 @@
 //! user-space record layer on the core that owns the connection.
 //!
 //! The handler never sees ciphertext. With TLS on a connection:
-//! * receives land in a ciphertext buffer of the connection (`land`), are fed
-//!   to the [`TlsSession`], and the plaintext is decrypted straight into the
-//!   connection's receive buffer ([`crate::ConnIo::rx`]), with the same
-//!   large-buffer reservations and parking as plain connections;
+//! * receives land in a ciphertext buffer of the connection (`land`);
+//!   during the handshake its records are fed to the [`TlsSession`]
+//!   (OpenSSL); afterwards the session's record layer decrypts them in place
+//!   in `land` and copies the plaintext once into the connection's receive
+//!   buffer ([`crate::ConnIo::rx`]), with the same large-buffer reservations
+//!   and parking as plain connections;
 //! * everything the handler queues ([`crate::ConnIo::tx`] and borrowed
-//!   segments) is encrypted when its batch is taken for sending; borrowed
+//!   segments) is encrypted when its batch is taken for sending: copied
+//!   once into records of up to 16 KiB and sealed in place; borrowed
 //!   segments are reported through [`crate::Handler::on_sent`] as soon as
 //!   they are encrypted (the ciphertext is a copy);
 //! * the session's own records (handshake flights, KeyUpdate answers,
@@ -47,9 +50,6 @@ pub const TLS_LAND_ESTABLISHED_BYTES: usize = 8 * MAX_RECORD_LEN;
 /// Ciphertext produced but not yet taken, bytes (the engine takes it at
 /// every send, so this only bounds one encryption step).
 pub const TLS_OUTBOUND_BYTES_MAX: usize = 256 * 1024;
-/// Plaintext pieces below this size are gathered into one record instead of
-/// a record each (a 4 KiB read answer is header + data + response).
-pub(crate) const TLS_COALESCE_BYTES: usize = nvmf_tls::MAX_PLAINTEXT;
 
 /// The session limits the engine uses on both sides.
 pub fn session_limits() -> Limits {
@@ -100,10 +100,14 @@ pub(crate) enum Phase {
 /// The TLS state of one connection (boxed in [`crate::conn::Conn`]).
 pub(crate) struct TlsConn {
     pub(crate) phase: Phase,
-    /// Received ciphertext not yet fed; `Vec` length = bytes held, capacity
-    /// [`TLS_LAND_BYTES`]. Receives land in its spare capacity, so it is
-    /// never reallocated while one is in flight.
+    /// Received ciphertext; `Vec` length = bytes held, capacity
+    /// [`TLS_LAND_BYTES`] ([`TLS_LAND_ESTABLISHED_BYTES`] once established).
+    /// Receives land in its spare capacity, so it is never reallocated nor
+    /// its bytes moved while one is in flight: done-with bytes are only
+    /// skipped (`land_pos`) and dropped in [`TlsConn::land_tail`].
     pub(crate) land: Vec<u8>,
+    /// `land[..land_pos]` is done with (fed, or opened and delivered).
+    pub(crate) land_pos: usize,
     /// Set once the handshake finished.
     pub(crate) info: Option<TlsInfo>,
     /// Decrypted data may be waiting in the session (the last delivery
@@ -111,8 +115,6 @@ pub(crate) struct TlsConn {
     pub(crate) plain_pending: bool,
     /// close_notify queued (once).
     pub(crate) close_sent: bool,
-    /// Scratch for gathering small plaintext pieces into one record.
-    pub(crate) gather: Vec<u8>,
     /// Tokens of borrowed segments encrypted in the last batch (reported
     /// through `on_sent` after the batch is made).
     pub(crate) sent_tokens: Vec<u64>,
@@ -131,10 +133,10 @@ impl TlsConn {
         TlsConn {
             phase,
             land: Vec::new(),
+            land_pos: 0,
             info: None,
             plain_pending: false,
             close_sent: false,
-            gather: Vec::new(),
             sent_tokens: Vec::new(),
         }
     }
@@ -152,16 +154,23 @@ impl TlsConn {
     }
     /// Where the next receive lands and how much it may take, if there is
     /// room: the spare capacity of `land`, while the session can take it.
+    /// Only when no receive is in flight: it drops the done-with bytes.
     pub(crate) fn land_tail(&mut self) -> Option<(*mut u8, usize)> {
         let inbound = match &self.phase {
             Phase::Session(s) => s.inbound_pending(),
             Phase::Detect { .. } => return None,
         };
+        if self.land_pos > 0 {
+            // The bytes after land_pos move to the front unchanged (a partly
+            // delivered record among them, as the session's contract allows).
+            self.land.drain(..self.land_pos);
+            self.land_pos = 0;
+        }
         let free = self.land.capacity() - self.land.len();
         // Ciphertext beyond what the session can take soon stays in the
         // socket: the peer sees a full window, not a growing buffer here.
         let held_max = if self.info.is_some() { TLS_LAND_ESTABLISHED_BYTES } else { TLS_INBOUND_BYTES_MAX };
-        if free == 0 || inbound + self.land.len() >= held_max {
+        if free == 0 || inbound + self.land_held() >= held_max {
             return None;
         }
         // SAFETY: len <= capacity; the spare capacity is ours.
@@ -172,6 +181,7 @@ impl TlsConn {
         assert!(n <= self.land.capacity() - self.land.len(), "receive beyond the TLS landing buffer");
         // SAFETY: the receive initialised these n bytes of the spare capacity.
         unsafe { self.land.set_len(self.land.len() + n) };
+        self.plain_pending = true;
     }
     /// Once established, grow `land` to [`TLS_LAND_ESTABLISHED_BYTES`].
     /// Only between receives (a receive in flight writes into its spare
@@ -181,18 +191,33 @@ impl TlsConn {
             self.land.reserve_exact(TLS_LAND_ESTABLISHED_BYTES - self.land.len());
         }
     }
-    /// Feed what `land` holds to the session (as much as it takes).
+    /// During the handshake: feed what `land` holds to the session (as much
+    /// as it takes; it stops after the handshake's last record, and what
+    /// follows is the record layer's, see [`TlsConn::open_land`]).
     pub(crate) fn feed_land(&mut self) -> Result<(), TlsError> {
         let Phase::Session(s) = &mut self.phase else { return Ok(()) };
-        if self.land.is_empty() {
+        if self.land_pos == self.land.len() || s.handshake_done() {
             return Ok(());
         }
-        let n = s.feed(&self.land)?;
-        self.land.drain(..n);
+        let n = s.feed(&self.land[self.land_pos..])?;
+        self.land_pos += n;
         if n > 0 {
             self.plain_pending = true;
         }
         Ok(())
+    }
+    /// After the handshake: open the landed records into `out`; returns the
+    /// plaintext bytes written.
+    pub(crate) fn open_land(&mut self, out: &mut [u8]) -> Result<usize, TlsError> {
+        let Phase::Session(s) = &mut self.phase else { return Ok(0) };
+        let (consumed, produced) = s.open_into(&mut self.land[self.land_pos..], out)?;
+        self.land_pos += consumed;
+        debug_assert!(self.land_pos <= self.land.len());
+        Ok(produced)
+    }
+    /// Landed bytes not done with.
+    pub(crate) fn land_held(&self) -> usize {
+        self.land.len() - self.land_pos
     }
     /// The handshake just finished: record what the handler may ask.
     pub(crate) fn note_established(&mut self) -> bool {

@@ -229,8 +229,14 @@ impl TlsLink {
 
     /// Feed what the session takes of the ciphertext read so far.
     fn feed_pending(&mut self) -> std::result::Result<(), TlsError> {
-        if self.ct_pos < self.ct_len {
-            self.ct_pos += self.session.feed(&self.ct[self.ct_pos..self.ct_len])?;
+        // Again after a partial take: the session stops at the handshake's
+        // last record, and the record layer takes what follows.
+        while self.ct_pos < self.ct_len {
+            let n = self.session.feed(&self.ct[self.ct_pos..self.ct_len])?;
+            if n == 0 {
+                break;
+            }
+            self.ct_pos += n;
         }
         if self.ct_pos == self.ct_len {
             (self.ct_pos, self.ct_len) = (0, 0);

@@ -48,18 +48,12 @@ extern "C" {
     fn SSL_SESSION_set_cipher(sess: *mut SSL_SESSION, cipher: *const SSL_CIPHER) -> c_int;
     fn SSL_SESSION_set_protocol_version(sess: *mut SSL_SESSION, version: c_int) -> c_int;
     fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const c_uchar) -> *const SSL_CIPHER;
-    fn SSL_key_update(ssl: *mut SSL, updatetype: c_int) -> c_int;
-    fn SSL_get_key_update_type(ssl: *const SSL) -> c_int;
 }
 
 /// `SSL_OP_ALLOW_NO_DHE_KEX` (ssl.h: `SSL_OP_BIT(10)`), not in `openssl-sys`:
 /// lets TLS 1.3 use psk_ke (no (EC)DHE). Client: also offer psk_ke; server:
 /// accept a client that offers only psk_ke.
 pub(crate) const SSL_OP_ALLOW_NO_DHE_KEX: u64 = 1 << 10;
-/// `SSL_KEY_UPDATE_NONE` / `_NOT_REQUESTED` / `_REQUESTED` (ssl.h).
-const SSL_KEY_UPDATE_NONE: c_int = -1;
-const SSL_KEY_UPDATE_NOT_REQUESTED: c_int = 0;
-const SSL_KEY_UPDATE_REQUESTED: c_int = 1;
 /// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h; `SSL_get_negotiated_group` is a macro).
 const SSL_CTRL_GET_NEGOTIATED_GROUP: c_int = 134;
 
@@ -107,25 +101,6 @@ pub(crate) unsafe fn psk_session(ssl: *mut SSL, key: &[u8], code: [u8; 2]) -> Op
         unsafe { openssl_sys::SSL_SESSION_free(sess) };
         None
     }
-}
-
-/// Schedule a KeyUpdate (sent by the next write or handshake step).
-pub(crate) fn key_update(ssl: &openssl::ssl::SslRef, request_peer: bool) -> bool {
-    use foreign_types_shared::ForeignTypeRef;
-    let kind = if request_peer { SSL_KEY_UPDATE_REQUESTED } else { SSL_KEY_UPDATE_NOT_REQUESTED };
-    // SAFETY: `ssl` is a live SSL borrowed from the session; SSL_key_update
-    // only checks state and sets a flag (returns 0 before the handshake ends).
-    unsafe { SSL_key_update(ssl.as_ptr(), kind) == 1 }
-}
-
-/// Whether a KeyUpdate is scheduled but not sent. After the peer's
-/// update_requested, OpenSSL 3.0 schedules the answer but sends it only with
-/// the next SSL_write; the session then calls [`key_update`] (which also
-/// enters the state machine) and `SSL_do_handshake` to send it at once.
-pub(crate) fn key_update_pending(ssl: &openssl::ssl::SslRef) -> bool {
-    use foreign_types_shared::ForeignTypeRef;
-    // SAFETY: `ssl` is live; this reads one field.
-    unsafe { SSL_get_key_update_type(ssl.as_ptr()) != SSL_KEY_UPDATE_NONE }
 }
 
 /// The (EC)DHE group NID the handshake used, 0 (NID_undef) for psk_ke.

@@ -6,9 +6,11 @@
 //! ([`TlsSession::take_ciphertext`]). No sockets, no clocks, no threads: the
 //! engine moves the bytes.
 //!
-//! The TLS engine is the system OpenSSL (>= 1.1.1; 3.0 here) through the
-//! `openssl` crate, plus a small FFI (`src/ffi.rs`) for
-//! the TLS 1.3 PSK callbacks the crate does not wrap; README.md says why.
+//! The handshake is the system OpenSSL's (>= 1.1.1; 3.0 here) through the
+//! `openssl` crate, plus a small FFI (`src/ffi.rs`) for the TLS 1.3 PSK
+//! callbacks the crate does not wrap. After it, our record layer
+//! (`src/record.rs`) seals and opens records with aws-lc-rs's AEAD, from
+//! the traffic secrets OpenSSL logs; README.md says why.
 //!
 //! # What is negotiated
 //! - TLS 1.3 only. No certificates, no session tickets (`SSL_OP_NO_TICKET`,
@@ -36,11 +38,13 @@
 //!   `write_plaintext` step (≤ [`Limits::outbound_max`] of plaintext + record
 //!   overhead) + a few small control records (KeyUpdate, alerts);
 //!   [`TlsSession::write_plaintext`] takes only what fits and returns how much.
-//! - OpenSSL's own per-connection buffers: one read and one write record buffer
-//!   (about 17 KiB each, 2^14 + overhead, read-ahead on).
+//! - OpenSSL's own per-connection buffers during the handshake: one read and
+//!   one write record buffer (about 17 KiB each, 2^14 + overhead).
+//! - After the handshake: an incomplete post-handshake message (a
+//!   NewSessionTicket) of at most 72 KiB; anything longer is refused.
 //! - [`TlsSession::read_plaintext`] grows `out` by at most `max`.
-//! - Plaintext is never buffered by this crate: OpenSSL decrypts a record in
-//!   its read buffer and copies it to the caller.
+//! - Plaintext is never buffered by this crate: a record is decrypted in
+//!   place in the input and copied to the caller.
 //!
 //! # Secrets
 //! The PSK lives in a [`Zeroizing`](zeroize::Zeroizing) buffer on our side and
@@ -52,11 +56,12 @@
 //! After any call, [`TlsSession::take_ciphertext`] may have bytes to send
 //! (handshake flights, KeyUpdate answers, alerts — also after an error: send
 //! the alert, then close). A peer's KeyUpdate is processed when its record is
-//! fed (not only when plaintext is read), so a side that only writes or only
-//! reads never leaves it pending.
+//! opened (by reading plaintext, or [`TlsSession::open_into`]), and an
+//! update_requested is answered at once, before any later record of ours.
 
 mod ffi;
 pub mod fuzz;
+mod record;
 mod session;
 
 pub use session::{ClientOptions, Limits, PskLookup, ServerConfig, TlsSession};

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_uchar};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use foreign_types_shared::ForeignTypeRef;
 use openssl::error::ErrorStack;
@@ -21,6 +21,7 @@ use openssl::ssl::{
 use openssl_sys::{EVP_MD, SSL, SSL_SESSION};
 use zeroize::Zeroizing;
 
+use crate::record::{Fatal, Records, Suite, Writer, HEADER_LEN};
 use crate::{ffi, KeyExchange, TlsError, TlsHash, MAX_PLAINTEXT, MAX_RECORD_LEN};
 
 /// The server's PSK lookup: identity bytes → the TLS PSK and its hash, or
@@ -79,6 +80,54 @@ struct ConnState {
     failure: Option<&'static str>,
     /// Server: the PSK went to OpenSSL (so a later failure is the binder's).
     psk_offered: bool,
+    /// The application traffic secrets, from OpenSSL's key log callback;
+    /// taken by the record layer when the handshake ends.
+    traffic: Mutex<TrafficSecrets>,
+}
+
+#[derive(Default)]
+struct TrafficSecrets {
+    client: Option<Zeroizing<Vec<u8>>>,
+    server: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// OpenSSL's key log callback (`SSL_CTX_set_keylog_callback`), the only
+/// interface of OpenSSL 3.0 that hands out the TLS 1.3 traffic secrets (as
+/// it does to its own kTLS code internally). Keeps the two application
+/// traffic secrets in the connection's state; no line is written anywhere.
+/// OpenSSL cleanses the line after the call.
+fn keylog(ssl: &SslRef, line: &str) {
+    let mut words = line.split(' ');
+    let (Some(label), Some(_client_random), Some(hex), None) = (words.next(), words.next(), words.next(), words.next())
+    else {
+        return;
+    };
+    let client = match label {
+        "CLIENT_TRAFFIC_SECRET_0" => true,
+        "SERVER_TRAFFIC_SECRET_0" => false,
+        _ => return,
+    };
+    let Ok(index) = conn_index() else { return };
+    let Some(st) = ssl.ex_data(index) else { return };
+    let Some(secret) = decode_hex(hex) else { return };
+    let Ok(mut t) = st.traffic.lock() else { return };
+    if client {
+        t.client = Some(secret);
+    } else {
+        t.server = Some(secret);
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Zeroizing<Vec<u8>>> {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+    for pair in hex.as_bytes().chunks_exact(2) {
+        out.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    }
+    Some(out)
 }
 
 fn conn_index() -> Result<Index<Ssl, ConnState>, TlsError> {
@@ -149,8 +198,11 @@ fn common_context(ctx: &mut SslContextBuilder) -> Result<(), TlsError> {
     ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
     ctx.set_max_early_data(0).map_err(e("max_early_data"))?;
     ctx.set_verify(SslVerifyMode::NONE);
-    // Read whole records (and whatever follows) per BIO read: fewer calls.
-    ctx.set_read_ahead(true);
+    // No read-ahead: OpenSSL reads exactly the records it is given (the
+    // session feeds it whole handshake records and stops at the end of the
+    // handshake; what follows belongs to our record layer).
+    ctx.set_read_ahead(false);
+    ctx.set_keylog_callback(keylog);
     Ok(())
 }
 
@@ -401,11 +453,18 @@ impl Write for MemIo {
 
 /// One TLS connection, either side. Not `Sync`; `Send`.
 pub struct TlsSession {
+    /// OpenSSL runs the handshake; afterwards it only answers questions
+    /// (identity, suite, group) and `MemIo` holds the record layer's
+    /// buffers for callers of `feed`/`take_ciphertext`.
     stream: SslStream<MemIo>,
     limits: Limits,
     index: Index<Ssl, ConnState>,
     is_server: bool,
     established: bool,
+    /// The record layer, from the end of the handshake on.
+    records: Option<Records>,
+    /// During the handshake: where the fed ciphertext's records end.
+    boundary: RecordBoundary,
     peer_closed: bool,
     closed: bool,
     failed: Option<TlsError>,
@@ -422,6 +481,15 @@ impl std::fmt::Debug for TlsSession {
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the handshake's ciphertext stands in its record framing.
+#[derive(Debug, Default)]
+struct RecordBoundary {
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    /// Bytes of the current record's body still to come (0: a header next).
+    body_left: usize,
 }
 
 fn is_want(e: &openssl::ssl::Error) -> bool {
@@ -486,16 +554,20 @@ impl TlsSession {
             index,
             is_server,
             established: false,
+            records: None,
+            boundary: RecordBoundary::default(),
             peer_closed: false,
             closed: false,
             failed: None,
         })
     }
 
-    /// Give it ciphertext received from the peer; returns how much it took
-    /// (less than `ciphertext.len()` when [`Limits::inbound_max`] is reached:
-    /// read plaintext, then feed the rest). Drives the handshake and processes
-    /// control records (KeyUpdate, alerts, close_notify) right away.
+    /// Give it ciphertext received from the peer; returns how much it took.
+    /// During the handshake it takes whole records and stops right after
+    /// the one that ends the handshake (call again with the rest: from then
+    /// on the record layer takes it); afterwards it takes what fits in
+    /// [`Limits::inbound_max`] (read plaintext, then feed the rest). Control
+    /// records (KeyUpdate, alerts) are handled when plaintext is read.
     pub fn feed(&mut self, ciphertext: &[u8]) -> Result<usize, TlsError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -505,62 +577,114 @@ impl TlsSession {
             io.inbound.drain(..io.in_pos);
             io.in_pos = 0;
         }
-        let room = self.limits.inbound_max.saturating_sub(io.inbound.len());
-        let n = room.min(ciphertext.len());
-        io.inbound.extend_from_slice(&ciphertext[..n]);
-        if !self.established {
-            self.drive_handshake();
+        if self.established {
+            let room = self.limits.inbound_max.saturating_sub(io.inbound.len());
+            let n = room.min(ciphertext.len());
+            io.inbound.extend_from_slice(&ciphertext[..n]);
+            return Ok(n);
         }
-        if self.established && !self.peer_closed && self.failed.is_none() {
-            self.process_control();
+        let mut taken = 0;
+        while taken < ciphertext.len() && !self.established && self.failed.is_none() {
+            // Up to the end of the current record's header or body, so that
+            // OpenSSL never sees a byte past its last handshake record.
+            let io = self.stream.get_mut();
+            let rest = &ciphertext[taken..];
+            let room = self.limits.inbound_max.saturating_sub(io.inbound.len());
+            let b = &mut self.boundary;
+            let in_header = b.body_left == 0;
+            let want = if in_header { HEADER_LEN - b.header_len } else { b.body_left };
+            let n = want.min(rest.len()).min(room);
+            if n == 0 {
+                break;
+            }
+            if in_header {
+                b.header[b.header_len..b.header_len + n].copy_from_slice(&rest[..n]);
+                b.header_len += n;
+                if b.header_len == HEADER_LEN {
+                    b.header_len = 0;
+                    b.body_left = usize::from(u16::from_be_bytes([b.header[3], b.header[4]]));
+                }
+            } else {
+                b.body_left -= n;
+            }
+            io.inbound.extend_from_slice(&rest[..n]);
+            taken += n;
+            self.drive_handshake();
         }
         match &self.failed {
             Some(e) => Err(e.clone()),
-            None => Ok(n),
+            None => Ok(taken),
         }
     }
 
     fn drive_handshake(&mut self) {
         match self.stream.do_handshake() {
-            Ok(()) => self.established = true,
+            Ok(()) => {
+                if let Err(e) = self.start_records() {
+                    self.failed = Some(e);
+                } else {
+                    self.established = true;
+                }
+            }
             Err(e) if is_want(&e) => {}
             Err(e) => self.failed = Some(self.handshake_error(&e)),
         }
     }
 
-    /// Let OpenSSL process records up to the next application data without
-    /// consuming it (SSL_peek), then flush any answer it scheduled.
-    fn process_control(&mut self) {
-        let mut one = [0u8; 1];
-        match self.stream.ssl_peek(&mut one) {
-            Ok(_) => {}
-            Err(e) if is_want(&e) => {}
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => self.peer_closed = true,
-            Err(e) => {
-                self.failed = Some(self.protocol_error(&e));
-                return;
-            }
+    /// The handshake is done: our record layer takes over with the traffic
+    /// secrets OpenSSL logged. OpenSSL must not hold a byte past the
+    /// handshake (it was fed record by record, without read-ahead).
+    fn start_records(&mut self) -> Result<(), TlsError> {
+        let internal = |why: &str| TlsError::Handshake(format!("internal: {why}"));
+        let ssl = self.stream.ssl();
+        let suite =
+            ssl.current_cipher().and_then(|c| Suite::from_name(c.name())).ok_or_else(|| internal("no suite"))?;
+        let st = ssl.ex_data(self.index).ok_or_else(|| internal("no connection state"))?;
+        let (client, server) = {
+            let mut t = st.traffic.lock().map_err(|_| internal("traffic secrets poisoned"))?;
+            (t.client.take(), t.server.take())
+        };
+        let (Some(client), Some(server)) = (client, server) else {
+            return Err(internal("OpenSSL gave no traffic secrets"));
+        };
+        if self.stream.get_ref().in_pending() != 0 {
+            return Err(internal("ciphertext past the handshake reached OpenSSL"));
         }
-        self.answer_key_update();
+        let (ours, theirs) = if self.is_server { (server, client) } else { (client, server) };
+        self.records = Some(Records::new(suite, ours, theirs)?);
+        Ok(())
     }
 
-    /// The peer's update_requested leaves our answer scheduled until the next
-    /// SSL_write; send it now, so a side that only reads answers too (and a
-    /// side that only writes answers before its next record).
-    fn answer_key_update(&mut self) {
-        if !ffi::key_update_pending(self.stream.ssl()) {
-            return;
+    /// After the handshake: open the records at the start of `input`
+    /// (decrypting them in place) and copy their data to `out`. Returns
+    /// (bytes of `input` done with, plaintext bytes written). The caller
+    /// drops the first of those from its buffer and passes the rest,
+    /// unchanged, followed by new ciphertext, next time. Before the handshake
+    /// ends: (0, 0). Answers (KeyUpdate) and alerts go to the ciphertext.
+    pub fn open_into(&mut self, input: &mut [u8], out: &mut [u8]) -> Result<(usize, usize), TlsError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
         }
-        if !ffi::key_update(self.stream.ssl(), false) {
-            let e = ErrorStack::get();
-            self.failed = Some(TlsError::Protocol(format!("KeyUpdate answer refused: {}", reasons(&e))));
-            return;
-        }
-        if let Err(e) = self.stream.do_handshake() {
-            if !is_want(&e) && e.code() != ErrorCode::ZERO_RETURN {
-                self.failed = Some(self.protocol_error(&e));
+        let Some(r) = self.records.as_mut() else { return Ok((0, 0)) };
+        let outbound = &mut self.stream.get_mut().outbound;
+        match r.open(input, out, outbound) {
+            Ok(o) => {
+                self.peer_closed = r.peer_closed();
+                Ok((o.consumed, o.produced))
             }
+            Err(f) => Err(self.fatal(f)),
         }
+    }
+
+    /// A fatal record-layer error: our alert (if any) goes out, the session
+    /// fails.
+    fn fatal(&mut self, f: Fatal) -> TlsError {
+        if let (Some(alert), Some(r)) = (f.alert, self.records.as_mut()) {
+            let _ = r.seal_alert(&mut self.stream.get_mut().outbound, alert);
+        }
+        self.closed = true;
+        self.failed = Some(f.error.clone());
+        f.error
     }
 
     /// Decrypted application data available now, appended to `out` (at most
@@ -618,33 +742,63 @@ impl TlsSession {
         if !self.established || self.peer_closed || buf.is_empty() {
             return Ok(0);
         }
-        let r = self.stream.ssl_read_uninit(buf);
-        if r.as_ref().is_ok() || r.as_ref().is_err_and(is_want) {
-            // SSL_read may have processed a KeyUpdate before or after the data.
-            self.answer_key_update();
-            if let Some(e) = &self.failed {
-                return Err(e.clone());
-            }
+        // SAFETY: the record layer only writes `buf` (copy_from_slice), and
+        // reports how many bytes from its start it wrote; u8 and
+        // MaybeUninit<u8> have the same layout. Writing a u8 into
+        // uninitialised memory through a &mut [u8] is what read(2) wrappers
+        // do; no byte is read before it is written.
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
+        let io = self.stream.get_mut();
+        let mut input = std::mem::take(&mut io.inbound);
+        let pos = io.in_pos;
+        let r = self.open_into(&mut input[pos..], buf);
+        let io = self.stream.get_mut();
+        io.inbound = input;
+        let (consumed, produced) = r?;
+        io.in_pos += consumed;
+        if io.in_pos == io.inbound.len() {
+            io.inbound.clear();
+            io.in_pos = 0;
         }
-        match r {
-            Ok(n) => Ok(n),
-            Err(e) if is_want(&e) => Ok(0),
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                self.peer_closed = true;
-                Ok(0)
-            }
-            Err(e) => {
-                let err = self.protocol_error(&e);
-                self.failed = Some(err.clone());
-                Err(err)
-            }
-        }
+        Ok(produced)
     }
 
     /// Encrypt application data; returns how much was taken (less than
     /// `data.len()` once [`Limits::outbound_max`] bytes of ciphertext wait:
     /// take the ciphertext, then write the rest).
     pub fn write_plaintext(&mut self, data: &[u8]) -> Result<usize, TlsError> {
+        self.writable()?;
+        let pending = self.stream.get_ref().out_pending();
+        if pending >= self.limits.outbound_max {
+            return Ok(0);
+        }
+        let room = (self.limits.outbound_max - pending).max(MAX_PLAINTEXT);
+        let n = room.min(data.len());
+        let r = self.records.as_mut().expect("established");
+        r.seal_app(&mut self.stream.get_mut().outbound, &data[..n]).map_err(|e| self.internal(e))?;
+        Ok(n)
+    }
+
+    /// Encrypt application data given in pieces, gathered into records of
+    /// up to 2^14 bytes (each piece copied once, into the ciphertext
+    /// buffer). All of it is taken: the caller bounds what it writes.
+    pub fn write_gathered<'a>(&mut self, pieces: impl IntoIterator<Item = &'a [u8]>) -> Result<(), TlsError> {
+        self.writable()?;
+        let r = self.records.as_mut().expect("established");
+        let outbound = &mut self.stream.get_mut().outbound;
+        let mut w = Writer::default();
+        let mut result = Ok(());
+        for piece in pieces {
+            result = w.push(r, outbound, piece);
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = result.and_then(|()| w.finish(r, outbound));
+        result.map_err(|e| self.internal(e))
+    }
+
+    fn writable(&self) -> Result<(), TlsError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -654,25 +808,12 @@ impl TlsSession {
         if !self.established {
             return Err(TlsError::NotReady);
         }
-        let mut done = 0;
-        while done < data.len() {
-            let pending = self.stream.get_ref().out_pending();
-            if pending >= self.limits.outbound_max {
-                break;
-            }
-            let room = (self.limits.outbound_max - pending).max(MAX_PLAINTEXT);
-            let chunk = &data[done..data.len().min(done + room)];
-            match self.stream.ssl_write(chunk) {
-                Ok(n) => done += n,
-                Err(e) if is_want(&e) => break,
-                Err(e) => {
-                    let err = self.protocol_error(&e);
-                    self.failed = Some(err.clone());
-                    return Err(err);
-                }
-            }
-        }
-        Ok(done)
+        Ok(())
+    }
+
+    /// An error of our own (a failed seal): fatal, internal_error alert.
+    fn internal(&mut self, e: TlsError) -> TlsError {
+        self.fatal(Fatal { alert: Some(80), error: e })
     }
 
     /// Ciphertext to send now, appended to `out`. When `out` is empty its
@@ -761,31 +902,13 @@ impl TlsSession {
         self.failed.as_ref()
     }
 
-    /// Start a KeyUpdate now (its record is in the ciphertext);
-    /// `request_peer`: ask the peer to update its sending keys too.
+    /// Send a KeyUpdate now (its record is in the ciphertext) and switch
+    /// our sending keys; `request_peer`: ask the peer to update its sending
+    /// keys too.
     pub fn key_update(&mut self, request_peer: bool) -> Result<(), TlsError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        if self.closed {
-            return Err(TlsError::Closed);
-        }
-        if !self.established {
-            return Err(TlsError::NotReady);
-        }
-        if !ffi::key_update(self.stream.ssl(), request_peer) {
-            let e = ErrorStack::get();
-            return Err(TlsError::Protocol(format!("KeyUpdate refused: {}", reasons(&e))));
-        }
-        match self.stream.do_handshake() {
-            Ok(()) => Ok(()),
-            Err(e) if is_want(&e) => Ok(()),
-            Err(e) => {
-                let err = self.protocol_error(&e);
-                self.failed = Some(err.clone());
-                Err(err)
-            }
-        }
+        self.writable()?;
+        let r = self.records.as_mut().expect("established");
+        r.key_update(&mut self.stream.get_mut().outbound, request_peer).map_err(|e| self.internal(e))
     }
 
     /// Send close_notify (in the ciphertext); no more writes afterwards.
@@ -794,8 +917,14 @@ impl TlsSession {
             return;
         }
         self.closed = true;
-        if self.established {
-            let _ = self.stream.shutdown();
+        match self.records.as_mut() {
+            Some(r) => {
+                let _ = r.seal_alert(&mut self.stream.get_mut().outbound, 0);
+            }
+            // During the handshake OpenSSL sends its own close_notify.
+            None => {
+                let _ = self.stream.shutdown();
+            }
         }
     }
 
@@ -834,10 +963,6 @@ impl TlsSession {
             Some(s) if ours.is_some() || !text.contains(&s) => TlsError::Handshake(format!("{text} [openssl: {s}]")),
             _ => TlsError::Handshake(text),
         }
-    }
-
-    fn protocol_error(&self, e: &openssl::ssl::Error) -> TlsError {
-        TlsError::Protocol(describe(e))
     }
 }
 

@@ -3,13 +3,13 @@
 //! output → ciphertext out.
 
 use nvmf_proto::limited;
-use nvmf_tls::{TlsError, TlsSession, MAX_PLAINTEXT};
+use nvmf_tls::TlsError;
 
 use super::Core;
 use crate::conn::{Conn, State};
 use crate::ctx::CoreCtx;
 use crate::rx::RxReady;
-use crate::tls::{detect, Detected, Phase, TLS_COALESCE_BYTES, TLS_LAND_BYTES};
+use crate::tls::{detect, Detected, Phase, TLS_LAND_BYTES};
 use crate::tx::ExtSeg;
 use crate::CloseReason;
 
@@ -91,12 +91,10 @@ impl Core {
                 return;
             }
             let Some(t) = c.tls.as_mut() else { return };
-            let before = t.land.len();
             if let Err(e) = t.feed_land() {
                 Self::tls_fail(ctx, c, idx, &e);
                 return;
             }
-            let fed = t.land.len() < before;
             let Some(s) = t.session() else { return };
             if !s.handshake_done() {
                 // The handshake's answer goes out at flush.
@@ -107,6 +105,47 @@ impl Core {
             }
             if !t.plain_pending {
                 return;
+            }
+            // As a plain receive: with nothing unparsed in rx, the handler
+            // may want the next bytes in a buffer of its own (a payload), or
+            // only so many in rx (a header first). Decrypted data goes there
+            // directly.
+            let mut len_max = usize::MAX;
+            if c.rx.data().is_empty() {
+                match c.sink() {
+                    Ok((Some((ptr, len)), _)) => {
+                        // SAFETY: the handler's sink stays valid and untouched
+                        // until on_sink_recv (no handler call between).
+                        let sink = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                        let t = c.tls.as_mut().expect("checked above");
+                        let n = match t.open_land(sink) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                Self::tls_fail(ctx, c, idx, &e);
+                                return;
+                            }
+                        };
+                        if n < len {
+                            t.plain_pending = false;
+                        }
+                        if n == 0 {
+                            if t.session().is_some_and(|s| s.peer_closed()) {
+                                c.hard_close(ctx, idx, CloseReason::PeerClosed);
+                            }
+                            return;
+                        }
+                        ctx.stats.tls_bytes_decrypted += n as u64;
+                        ctx.stats.sink_recv_ops += 1;
+                        let f = c.call(ctx, idx, |h, io| h.on_sink_recv(io, n));
+                        c.apply(ctx, idx, f);
+                        continue;
+                    }
+                    Ok((None, hint)) => len_max = hint.max(1),
+                    Err(()) => {
+                        c.apply(ctx, idx, crate::handler::Flow::CloseNow);
+                        return;
+                    }
+                }
             }
             match ctx.rx_pool.prepare(&mut c.rx, idx, c.id, ctx.clock.now_ms) {
                 RxReady::Ready => {}
@@ -128,31 +167,26 @@ impl Core {
             let (ptr, free) = c.rx.tail();
             // SAFETY: the rx tail is ours: receives of a TLS connection land
             // in its landing buffer, never in the receive buffer.
+            let free = free.min(len_max);
             let tail = unsafe { std::slice::from_raw_parts_mut(ptr, free) };
             let t = c.tls.as_mut().expect("checked above");
-            let s = t.session().expect("checked above");
-            let n = match s.read_plaintext_into(tail) {
+            let n = match t.open_land(tail) {
                 Ok(n) => n,
                 Err(e) => {
                     Self::tls_fail(ctx, c, idx, &e);
                     return;
                 }
             };
-            let peer_closed = s.peer_closed();
-            if n == 0 {
+            let peer_closed = t.session().is_some_and(|s| s.peer_closed());
+            if n < free {
+                // Every complete record landed so far is opened.
                 t.plain_pending = false;
+            }
+            if n == 0 {
                 if peer_closed {
                     c.hard_close(ctx, idx, CloseReason::PeerClosed);
-                    return;
-                }
-                if fed && !t.land.is_empty() {
-                    continue;
                 }
                 return;
-            }
-            if n < free {
-                // Drained what the session had; more only if landed bytes wait.
-                t.plain_pending = !t.land.is_empty();
             }
             ctx.stats.tls_bytes_decrypted += n as u64;
             c.rx.commit_decrypted(n);
@@ -162,10 +196,12 @@ impl Core {
         }
     }
 
-    /// The previous batch is sent: make the next one, all ciphertext: the
-    /// handler's output (once the handshake finished), then the session's
-    /// own records. Borrowed segments are returned through `on_sent` right
-    /// after encryption. Returns true if those callbacks queued more output.
+    /// The previous batch is sent: make the next one, all ciphertext, in the
+    /// order it was sealed: the session's own records (handshake flights,
+    /// KeyUpdate answers) and the handler's output (once the handshake
+    /// finished), gathered into records. Borrowed segments are returned
+    /// through `on_sent` right after encryption. Returns true if those
+    /// callbacks queued more output.
     pub(super) fn tls_fill_tx(ctx: &mut CoreCtx, c: &mut Conn, idx: u32) -> bool {
         c.tx_fly.clear();
         c.ext_fly.clear();
@@ -185,7 +221,7 @@ impl Core {
             let acc = std::mem::take(&mut c.tx_acc);
             let ext = std::mem::take(&mut c.ext_acc);
             let plain = acc.len() + ext.iter().map(|e| e.len).sum::<usize>();
-            match encrypt_batch(s, &mut t.gather, &acc, &ext, &mut c.tx_fly) {
+            match s.write_gathered(pieces(&acc, &ext)) {
                 Ok(()) => ctx.stats.tls_bytes_encrypted += plain as u64,
                 Err(e) => failed = Some(e),
             }
@@ -238,66 +274,34 @@ impl Core {
     }
 }
 
-/// Encrypt the handler's output: the bytes of `acc` with the borrowed
-/// segments spliced in at their positions. Small pieces are gathered into
-/// records of up to [`MAX_PLAINTEXT`]; large ones are written as they are.
-fn encrypt_batch(
-    s: &mut TlsSession,
-    gather: &mut Vec<u8>,
-    acc: &[u8],
-    ext: &[ExtSeg],
-    out: &mut Vec<u8>,
-) -> Result<(), TlsError> {
-    gather.clear();
+/// The handler's output in order: the bytes of `acc` with the borrowed
+/// segments spliced in at their positions.
+fn pieces<'a>(acc: &'a [u8], ext: &'a [ExtSeg]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut pos = 0;
-    for e in ext {
-        assert!(e.at >= pos && e.at <= acc.len(), "borrowed segment out of order");
-        put(s, gather, &acc[pos..e.at], out)?;
-        // SAFETY: the handler keeps a borrowed segment valid and unmodified
-        // until on_sent (send_borrowed's contract), which comes after this.
-        let seg = unsafe { std::slice::from_raw_parts(e.ptr, e.len) };
-        put(s, gather, seg, out)?;
-        pos = e.at;
-    }
-    put(s, gather, &acc[pos..], out)?;
-    write_all(s, gather, out)?;
-    gather.clear();
-    Ok(())
-}
-
-fn put(s: &mut TlsSession, gather: &mut Vec<u8>, data: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    if data.len() >= TLS_COALESCE_BYTES {
-        write_all(s, gather, out)?;
-        gather.clear();
-        return write_all(s, data, out);
-    }
-    if gather.len() + data.len() > MAX_PLAINTEXT {
-        write_all(s, gather, out)?;
-        gather.clear();
-    }
-    gather.extend_from_slice(data);
-    Ok(())
-}
-
-/// Encrypt `data`. The ciphertext stays in the session (taken once per
-/// batch by the caller, with no copy when the batch fits its outbound
-/// bound) unless that bound is reached first.
-fn write_all(s: &mut TlsSession, data: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
-    let mut off = 0;
-    while off < data.len() {
-        let n = s.write_plaintext(&data[off..])?;
-        off += n;
-        if off < data.len() {
-            // The outbound bound was reached: make room. Taking nothing and
-            // having nothing to take would never progress.
-            if n == 0 && !s.wants_write() {
-                return Err(TlsError::Protocol("the session took no plaintext".into()));
-            }
-            s.take_ciphertext(out);
+    let mut next = 0;
+    let mut segment_due = false;
+    std::iter::from_fn(move || {
+        if segment_due {
+            segment_due = false;
+            let e = &ext[next];
+            next += 1;
+            // SAFETY: the handler keeps a borrowed segment valid and
+            // unmodified until on_sent (send_borrowed's contract), which
+            // comes after the batch is encrypted.
+            return Some(unsafe { std::slice::from_raw_parts(e.ptr, e.len) });
         }
-    }
-    Ok(())
+        if let Some(e) = ext.get(next) {
+            assert!(e.at >= pos && e.at <= acc.len(), "borrowed segment out of order");
+            let before = &acc[pos..e.at];
+            pos = e.at;
+            segment_due = true;
+            return Some(before);
+        }
+        if pos <= acc.len() {
+            let rest = &acc[pos..];
+            pos = acc.len() + 1;
+            return Some(rest);
+        }
+        None
+    })
 }
