@@ -184,6 +184,18 @@ fn internal(error: TlsError) -> Fatal {
     Fatal { alert: Some(ALERT_INTERNAL_ERROR), error }
 }
 
+/// TLSInnerPlaintext (content, content type, zero padding): the content
+/// type and the content's length.
+fn inner_type(plain: &[u8]) -> Result<(u8, usize), Fatal> {
+    let Some(type_at) = plain.iter().rposition(|&b| b != 0) else {
+        return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "a record with no content type"));
+    };
+    if type_at > MAX_PLAINTEXT {
+        return Err(fatal(ALERT_RECORD_OVERFLOW, "a record with more than 2^14 bytes of plaintext"));
+    }
+    Ok((plain[type_at], type_at))
+}
+
 /// A decrypted application-data record at the start of the input, partly
 /// delivered: offsets within the record.
 #[derive(Debug, Clone, Copy)]
@@ -278,37 +290,49 @@ impl Records {
             let (header, body) = rest[..record_len].split_at_mut(HEADER_LEN);
             let nonce = self.read.next_nonce().map_err(internal)?;
             let aad = Aad::from([header[0], header[1], header[2], header[3], header[4]]);
-            let plain = self
-                .read
-                .aead
-                .open_in_place(nonce, aad, body)
-                .map_err(|_| fatal(ALERT_BAD_RECORD_MAC, "a record does not decrypt (bad_record_mac)"))?;
-            // TLSInnerPlaintext: content, content type, zero padding.
-            let Some(type_at) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "a record with no content type"));
-            };
-            if type_at > MAX_PLAINTEXT {
-                return Err(fatal(ALERT_RECORD_OVERFLOW, "a record with more than 2^14 bytes of plaintext"));
+            let bad_mac = || fatal(ALERT_BAD_RECORD_MAC, "a record does not decrypt (bad_record_mac)");
+            let room = out.len() - done.produced;
+            let (ciphertext, tag) = body.split_at_mut(len - TAG_LEN);
+            if room >= ciphertext.len() {
+                // Room for the whole inner plaintext: decrypt straight into
+                // `out` (its padding, if any, lands past what is reported).
+                let dst = &mut out[done.produced..done.produced + ciphertext.len()];
+                self.read.aead.open_separate_gather(nonce, aad, ciphertext, tag, dst).map_err(|_| bad_mac())?;
+                let (content_type, content_len) = inner_type(dst)?;
+                done.consumed += record_len;
+                if content_type == CT_APPLICATION_DATA {
+                    self.no_fragment_pending()?;
+                    done.produced += content_len;
+                } else {
+                    self.control(content_type, &dst[..content_len], outbound)?;
+                }
+                continue;
             }
-            let content_type = plain[type_at];
-            match content_type {
-                CT_APPLICATION_DATA => {
-                    if !self.handshake.is_empty() {
-                        return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "data inside a fragmented handshake message"));
-                    }
-                    self.front = Some(Front { record_len, next: HEADER_LEN, end: HEADER_LEN + type_at });
-                }
-                CT_ALERT => {
-                    self.on_alert(&plain[..type_at])?;
-                    done.consumed += record_len;
-                }
-                CT_HANDSHAKE => {
-                    let body = plain[..type_at].to_vec();
-                    done.consumed += record_len;
-                    self.on_handshake(&body, outbound)?;
-                }
-                _ => return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "a record of an unexpected content type")),
+            let plain = self.read.aead.open_in_place(nonce, aad, body).map_err(|_| bad_mac())?;
+            let (content_type, content_len) = inner_type(plain)?;
+            if content_type == CT_APPLICATION_DATA {
+                self.no_fragment_pending()?;
+                self.front = Some(Front { record_len, next: HEADER_LEN, end: HEADER_LEN + content_len });
+            } else {
+                done.consumed += record_len;
+                self.control(content_type, &plain[..content_len], outbound)?;
             }
+        }
+    }
+
+    fn no_fragment_pending(&self) -> Result<(), Fatal> {
+        if self.handshake.is_empty() {
+            Ok(())
+        } else {
+            Err(fatal(ALERT_UNEXPECTED_MESSAGE, "data inside a fragmented handshake message"))
+        }
+    }
+
+    fn control(&mut self, content_type: u8, body: &[u8], outbound: &mut Vec<u8>) -> Result<(), Fatal> {
+        match content_type {
+            CT_ALERT => self.on_alert(body),
+            CT_HANDSHAKE => self.on_handshake(body, outbound),
+            _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "a record of an unexpected content type")),
         }
     }
 
@@ -485,7 +509,15 @@ mod tests {
 
     #[test]
     fn round_trip_every_suite_and_partial_delivery() {
-        for suite in [Suite::Aes128GcmSha256, Suite::Aes256GcmSha384, Suite::Chacha20Poly1305Sha256] {
+        // 1000-byte outputs: records decrypted in place and delivered in
+        // parts; 1 MiB: decrypted straight into the output.
+        for (suite, out_chunk) in [
+            (Suite::Aes128GcmSha256, 1000),
+            (Suite::Aes256GcmSha384, 1000),
+            (Suite::Chacha20Poly1305Sha256, 1000),
+            (Suite::Aes128GcmSha256, 1 << 20),
+            (Suite::Chacha20Poly1305Sha256, 1 << 20),
+        ] {
             let (mut c, mut s) = pair(suite);
             let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
             let mut wire = Vec::new();
@@ -493,7 +525,7 @@ mod tests {
             // 7 records: 6 full and one of 100000 - 6 * 16384.
             assert_eq!(wire.len(), data.len() + 7 * (HEADER_LEN + 1 + TAG_LEN));
             let mut back = Vec::new();
-            assert_eq!(open_all(&mut s, &mut wire, 1000, &mut back), data);
+            assert_eq!(open_all(&mut s, &mut wire, out_chunk, &mut back), data);
             assert!(wire.is_empty() && back.is_empty());
         }
     }
@@ -549,6 +581,13 @@ mod tests {
         let o = s.open(&mut wire, &mut out, &mut back).unwrap();
         assert_eq!(&out[..o.produced], b"x");
         assert!(s.peer_closed());
+        // A tampered record straight into the output fails too.
+        let (mut c, mut s) = pair(Suite::Aes128GcmSha256);
+        let mut wire = Vec::new();
+        c.seal_app(&mut wire, b"data").unwrap();
+        wire[7] ^= 0x80;
+        let e = s.open(&mut wire, &mut [0; 64], &mut Vec::new()).unwrap_err();
+        assert_eq!(e.alert, Some(ALERT_BAD_RECORD_MAC));
     }
 
     #[test]
