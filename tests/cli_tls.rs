@@ -168,6 +168,49 @@ fn perf_verify_over_tls_with_key_updates() {
     assert!(updates >= 10, "tls_key_updates {updates}: {j}");
 }
 
+/// Secure channel concatenation under `perf --verify`, with KeyUpdates in
+/// the middle of the run: the admin queue authenticates in clear, comes back
+/// over TLS with the generated PSK, and both I/O queues use it.
+#[test]
+fn perf_verify_with_concatenation_and_key_updates() {
+    let chap_host = format!("{HOSTNQN}:dhchap={CHAP_KEY}");
+    let base = ["--rpc-socket", "none", "--tls", "allowed", "--subsystem", NQN, "--namespace", "ram:16MiB"];
+    let t = cli_util::start_target(&[&base[..], &["--host", &chap_host]].concat());
+    let args = [
+        "--verify",
+        "--rw",
+        "randrw",
+        "--runtime",
+        "2",
+        "--iodepth",
+        "8",
+        "--nr-io-queues",
+        "2",
+        "--size",
+        "4m",
+        "--output-format",
+        "json",
+        "-S",
+        CHAP_KEY,
+        "--concat",
+        "--tls-key-update-ms",
+        "50",
+    ];
+    let r = host(&t, "perf", &args);
+    assert!(r.ok, "perf: {}\n{}", r.stdout, r.stderr);
+    let j = json(&r);
+    assert_eq!((j["config"]["concat"].as_bool(), j["config"]["tls"].as_bool()), (Some(true), Some(true)), "{j}");
+    assert_eq!((j["errors"].as_u64(), j["verify_errors"].as_u64()), (Some(0), Some(0)), "{j}");
+    assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["tls_key_updates"].as_u64().unwrap() >= 5, "{j}");
+    // Concatenation generates the PSK: a TLS key besides it is refused, and
+    // so is --concat without a DH-HMAC-CHAP secret.
+    let r = host(&t, "perf", &["--runtime", "1", "-S", CHAP_KEY, "--concat", "--tls-key", KEY_01]);
+    assert!(!r.ok && r.stderr.contains("--concat"), "{}", r.stderr);
+    let r = host(&t, "perf", &["--runtime", "1", "--concat"]);
+    assert!(!r.ok && r.stderr.contains("--dhchap-secret"), "{}", r.stderr);
+}
+
 #[test]
 fn refusals_end_cleanly() {
     let t = start_target(&["--host", &tls_host(KEY_01)]);

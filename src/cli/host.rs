@@ -118,15 +118,6 @@ pub struct AuthArgs {
 pub type DhchapSecrets = (Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>, bool);
 
 impl AuthArgs {
-    /// The DH-HMAC-CHAP secrets (host, controller), for commands without
-    /// secure channel concatenation: --keyring and --concat are refused.
-    pub fn dhchap_secrets(&self) -> Result<(Option<nvmf_host::DhchapKey>, Option<nvmf_host::DhchapKey>)> {
-        if self.concat {
-            bail!("--concat: secure channel concatenation is not supported by this command");
-        }
-        self.dhchap_secrets_concat().map(|(host, ctrl, _)| (host, ctrl))
-    }
-
     /// The DH-HMAC-CHAP secrets and whether to concatenate (--concat needs
     /// --dhchap-secret and refuses the TLS flags). --keyring is refused.
     pub fn dhchap_secrets_concat(&self) -> Result<DhchapSecrets> {

@@ -129,10 +129,11 @@ pub fn config_from_args(a: &PerfArgs) -> anyhow::Result<PerfConfig> {
         dhchap_secret: None,
         dhchap_ctrl_secret: None,
         tls: None,
+        concat: false,
         tls_key_update_ms: a.tls_key_update_ms,
     };
     let mut cfg = cfg;
-    (cfg.dhchap_secret, cfg.dhchap_ctrl_secret) = a.auth.dhchap_secrets()?;
+    (cfg.dhchap_secret, cfg.dhchap_ctrl_secret, cfg.concat) = a.auth.dhchap_secrets_concat()?;
     cfg.tls = a.auth.tls_options()?;
     cfg.validate().map_err(anyhow::Error::msg)?;
     if !matches!(a.output_format.as_str(), "normal" | "json") {
@@ -150,7 +151,8 @@ fn config_json(a: &PerfArgs, cfg: &PerfConfig) -> serde_json::Value {
         "verify": cfg.verify, "size": cfg.size_bytes, "offset": cfg.offset_bytes,
         "hdr_digest": cfg.header_digest, "data_digest": cfg.data_digest,
         "sq_flow_control": cfg.sq_flow_control,
-        "tls": cfg.tls.is_some(),
+        "tls": cfg.tls.is_some() || cfg.concat,
+        "concat": cfg.concat,
     })
 }
 

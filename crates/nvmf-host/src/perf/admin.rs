@@ -20,10 +20,14 @@ use nvmf_proto::Sqe;
 
 use super::config::PerfConfig;
 use super::run::ControllerFacts;
-use crate::auth::{auth_required, host_config, AuthProgress, AuthSummary, QueueAuth};
+use crate::auth::{
+    auth_required, host_config, AuthFailure, AuthProgress, AuthSummary, QueueAuth, CONCAT_NEEDS_DH_GROUP,
+};
 use crate::options::{default_hostid, default_hostnqn, KATO_DEFAULT_S};
 use crate::queue::{Completion, HostQueue, QueueConfig, Request};
-use crate::tls::{Rx, TlsLink};
+use crate::tls::{Rx, TlsLink, TlsPsk};
+use nvmf_proto::auth::messages::{SC_C_NEW_TLS_PSK, SC_C_REPLACE_TLS_PSK};
+use nvmf_tls::TlsHash;
 
 /// Keep Alives perf sends per KATO.
 const KEEP_ALIVES_PER_KATO: u32 = 3;
@@ -88,7 +92,6 @@ impl AdminSession {
         cfg: &PerfConfig,
     ) -> Result<AdminSession, String> {
         let (nsid, io_queues) = (cfg.namespace_id, cfg.io_queues);
-        let (hdr_digest, data_digest) = (cfg.header_digest, cfg.data_digest);
         // Same identity as the other host tools (/etc/nvme/hostid and hostnqn).
         let hostid = default_hostid();
         let hostnqn = match hostnqn {
@@ -97,71 +100,35 @@ impl AdminSession {
         };
         nvmf_proto::validate_nqn(&hostnqn).map_err(|e| format!("host NQN {hostnqn:?}: {e}"))?;
         nvmf_proto::validate_nqn(subnqn).map_err(|e| format!("subsystem NQN {subnqn:?}: {e}"))?;
+        // With --concat the first admin connection is plain; its
+        // authentication generates the PSK of the TLS connections after it.
         let psk = match &cfg.tls {
-            Some(t) => Some(t.psk(&hostnqn, subnqn)?),
-            None => None,
+            Some(t) if !cfg.concat => Some(t.psk(&hostnqn, subnqn)?),
+            _ => None,
         };
-        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_millis(ADMIN_IO_TIMEOUT_MS))
-            .map_err(|e| format!("connect: {e}"))?;
-        sock.set_nodelay(true).map_err(|e| e.to_string())?;
-        let tls = match &psk {
-            Some(psk) => {
-                let deadline = Instant::now() + Duration::from_millis(ADMIN_IO_TIMEOUT_MS);
-                Some(Box::new(TlsLink::handshake(&mut sock, 0, psk, deadline).map_err(|e| match e {
-                    crate::Error::Tls { error, .. } => error.to_string(),
-                    e => format!("TLS handshake: {e}"),
-                })?))
-            }
-            None => None,
-        };
-        sock.set_read_timeout(Some(Duration::from_millis(ADMIN_IO_TIMEOUT_MS))).map_err(|e| e.to_string())?;
-        let mut qc = QueueConfig::admin();
-        qc.hdr_digest = hdr_digest;
-        qc.data_digest = data_digest;
-        qc.transfer_len_max_bytes = IDENTIFY_LEN as u32;
-        let mut s = AdminSession {
-            sock,
-            queue: HostQueue::new(qc),
-            rx: vec![0; ADMIN_RX_BYTES],
-            rx_len: 0,
-            epoch: Instant::now(),
-            facts: ControllerFacts {
-                cntlid: 0,
-                hostid,
-                hostnqn: hostnqn.clone(),
-                subnqn: subnqn.to_string(),
-                lba_bytes: 0,
-                nsze: 0,
-                in_capsule_data_bytes: 0,
-                mdts_bytes: None,
-                queue_entries_max: 0,
-                io_queues_granted: 0,
-            },
-            tls,
-        };
-        // IC exchange.
-        s.flush()?;
-        while !s.queue.is_ready() {
-            s.read_some()?;
-        }
-        // Connect (admin queue, dynamic controller).
-        let sqsize = s.queue.config().queue_depth - 1;
-        let cmd = ConnectCmd { recfmt: 0, qid: 0, sqsize, cattr: 0, kato_ms: KATO_MS };
-        let data = ConnectData {
-            hostid,
-            cntlid: fabrics::CNTLID_DYNAMIC,
-            subnqn: subnqn.to_string(),
-            hostnqn: hostnqn.clone(),
-        };
-        let c = s.command(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
-        s.facts.cntlid = c.cqe.dw0 as u16;
+        let mut s = AdminSession::transport(addr, hostid, &hostnqn, subnqn, psk.as_ref(), cfg)?;
+        let dw0 = s.connect_admin()?;
         let (host_key, ctrl_key) = (cfg.dhchap_secret.as_ref(), cfg.dhchap_ctrl_secret.as_ref());
-        let needed =
-            auth_required(0, c.cqe.dw0, host_key, ctrl_key).map_err(|f| format!("authentication failed: {f}"))?;
-        if let (true, Some(host_key)) = (needed, host_key) {
-            // T_ID 0 here; I/O queue N uses N (one transaction per queue).
-            let config = host_config(&hostnqn, subnqn, host_key, ctrl_key, 0);
-            s.authenticate(QueueAuth::new(0, config, ADMIN_IO_TIMEOUT_MS))?;
+        if cfg.concat {
+            // Secure channel concatenation, as the library's Controller (and
+            // Linux 6.15) does it: NEWTLSPSK on the plain admin queue, which
+            // then goes (with its controller); the admin queue comes back over
+            // TLS with the generated PSK, connects a new controller and
+            // replaces the PSK (REPLACETLSPSK). The I/O queues use that last
+            // PSK and do not authenticate.
+            let generated = s.authenticate_concat(cfg, 0)?;
+            s.close_quietly();
+            s = AdminSession::transport(addr, hostid, &hostnqn, subnqn, Some(&generated), cfg)?;
+            s.connect_admin()?;
+            s.facts.concat_psk = Some(s.authenticate_concat(cfg, 1)?);
+        } else {
+            let needed =
+                auth_required(0, dw0, host_key, ctrl_key).map_err(|f| format!("authentication failed: {f}"))?;
+            if let (true, Some(host_key)) = (needed, host_key) {
+                // T_ID 0 here; I/O queue N uses N (one transaction per queue).
+                let config = host_config(&hostnqn, subnqn, host_key, ctrl_key, 0);
+                s.authenticate(&mut QueueAuth::new(0, config, ADMIN_IO_TIMEOUT_MS))?;
+            }
         }
         // Properties: CAP, enable, wait for ready.
         let c = s.command(Request::new(PropertyCmd::get_sqe(0, prop::CAP, true)))?;
@@ -203,6 +170,102 @@ impl AdminSession {
         let (nsq, ncq) = num_queues_from(c.cqe.dw0);
         s.facts.io_queues_granted = nsq.min(ncq);
         Ok(s)
+    }
+
+    /// TCP connect, the TLS handshake with `psk` (if any) and the IC exchange.
+    fn transport(
+        addr: SocketAddr,
+        hostid: [u8; 16],
+        hostnqn: &str,
+        subnqn: &str,
+        psk: Option<&TlsPsk>,
+        cfg: &PerfConfig,
+    ) -> Result<AdminSession, String> {
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_millis(ADMIN_IO_TIMEOUT_MS))
+            .map_err(|e| format!("connect: {e}"))?;
+        sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tls = match psk {
+            Some(psk) => {
+                let deadline = Instant::now() + Duration::from_millis(ADMIN_IO_TIMEOUT_MS);
+                Some(Box::new(TlsLink::handshake(&mut sock, 0, psk, deadline).map_err(|e| match e {
+                    crate::Error::Tls { error, .. } => error.to_string(),
+                    e => format!("TLS handshake: {e}"),
+                })?))
+            }
+            None => None,
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(ADMIN_IO_TIMEOUT_MS))).map_err(|e| e.to_string())?;
+        let mut qc = QueueConfig::admin();
+        qc.hdr_digest = cfg.header_digest;
+        qc.data_digest = cfg.data_digest;
+        qc.transfer_len_max_bytes = IDENTIFY_LEN as u32;
+        let mut s = AdminSession {
+            sock,
+            queue: HostQueue::new(qc),
+            rx: vec![0; ADMIN_RX_BYTES],
+            rx_len: 0,
+            epoch: Instant::now(),
+            facts: ControllerFacts {
+                cntlid: 0,
+                hostid,
+                hostnqn: hostnqn.to_string(),
+                subnqn: subnqn.to_string(),
+                lba_bytes: 0,
+                nsze: 0,
+                in_capsule_data_bytes: 0,
+                mdts_bytes: None,
+                queue_entries_max: 0,
+                io_queues_granted: 0,
+                concat_psk: None,
+            },
+            tls,
+        };
+        s.flush()?;
+        while !s.queue.is_ready() {
+            s.read_some()?;
+        }
+        Ok(s)
+    }
+
+    /// The admin queue's Connect (dynamic controller); returns its DW0.
+    fn connect_admin(&mut self) -> Result<u32, String> {
+        let sqsize = self.queue.config().queue_depth - 1;
+        let cmd = ConnectCmd { recfmt: 0, qid: 0, sqsize, cattr: 0, kato_ms: KATO_MS };
+        let data = ConnectData {
+            hostid: self.facts.hostid,
+            cntlid: fabrics::CNTLID_DYNAMIC,
+            subnqn: self.facts.subnqn.clone(),
+            hostnqn: self.facts.hostnqn.clone(),
+        };
+        let c = self.command(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
+        self.facts.cntlid = c.cqe.dw0 as u16;
+        Ok(c.cqe.dw0)
+    }
+
+    /// DH-HMAC-CHAP with secure channel concatenation: NEWTLSPSK on a plain
+    /// queue, REPLACETLSPSK over TLS; returns the generated TLS PSK.
+    fn authenticate_concat(&mut self, cfg: &PerfConfig, transaction_id: u16) -> Result<TlsPsk, String> {
+        let host_key = cfg.dhchap_secret.as_ref().ok_or("--concat needs --dhchap-secret")?;
+        let (hostnqn, subnqn) = (&self.facts.hostnqn, &self.facts.subnqn);
+        let mut config = host_config(hostnqn, subnqn, host_key, cfg.dhchap_ctrl_secret.as_ref(), transaction_id);
+        config.sc_c = if self.tls.is_some() { SC_C_REPLACE_TLS_PSK } else { SC_C_NEW_TLS_PSK };
+        let mut auth = QueueAuth::new(0, config, ADMIN_IO_TIMEOUT_MS);
+        let summary = self.authenticate(&mut auth)?;
+        let derived = auth.take_generated_psk().ok_or_else(|| {
+            format!("authentication failed: {}", AuthFailure::Concat { qid: 0, why: CONCAT_NEEDS_DH_GROUP })
+        })?;
+        // A generated PSK exists only for SHA-256 and SHA-384.
+        let hash = TlsHash::from_psk_len(summary.hash.digest_len()).unwrap_or(TlsHash::Sha256);
+        tracing::debug!(identity = %derived.identity, "secure channel concatenation: TLS PSK generated");
+        Ok(TlsPsk { identity: derived.identity, psk: derived.tls_psk, hash })
+    }
+
+    /// Drop the connection without a Disconnect (concatenation replaces it).
+    fn close_quietly(&mut self) {
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.close(&mut self.sock);
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 
     pub fn facts(&self) -> &ControllerFacts {
@@ -296,7 +359,7 @@ impl AdminSession {
     }
 
     /// Run a DH-HMAC-CHAP exchange; on failure the connection is closed.
-    fn authenticate(&mut self, mut auth: QueueAuth) -> Result<AuthSummary, String> {
+    fn authenticate(&mut self, auth: &mut QueueAuth) -> Result<AuthSummary, String> {
         let now = self.now_ms();
         let mut progress = auth.start(&mut self.queue, now);
         loop {

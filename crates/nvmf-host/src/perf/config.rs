@@ -124,6 +124,10 @@ pub struct PerfConfig {
     /// (`ConnectOptions::tls`; identity and PSK from
     /// [`TlsOptions::psk`](crate::TlsOptions::psk)). None: plain TCP.
     pub tls: Option<crate::TlsOptions>,
+    /// Secure channel concatenation: the admin queue's DH-HMAC-CHAP
+    /// generates the TLS PSK of every queue (needs `dhchap_secret` and a DH
+    /// group; refuses `tls`).
+    pub concat: bool,
     /// With TLS: every I/O queue starts a KeyUpdate (asking the controller
     /// to update its keys too) every this many ms while it runs; 0 = never.
     /// For tests and benchmarks (`--tls-key-update-ms`).
@@ -152,6 +156,7 @@ impl Default for PerfConfig {
             dhchap_secret: None,
             dhchap_ctrl_secret: None,
             tls: None,
+            concat: false,
             tls_key_update_ms: 0,
         }
     }
@@ -214,8 +219,14 @@ impl PerfConfig {
         if self.dhchap_ctrl_secret.is_some() && self.dhchap_secret.is_none() {
             return Err("--dhchap-ctrl-secret needs --dhchap-secret too".into());
         }
-        if self.tls_key_update_ms != 0 && self.tls.is_none() {
-            return Err("--tls-key-update-ms needs TLS (--tls-key)".into());
+        if self.concat && self.dhchap_secret.is_none() {
+            return Err("--concat (secure channel concatenation) needs --dhchap-secret".into());
+        }
+        if self.concat && self.tls.is_some() {
+            return Err("--concat generates the TLS PSK: drop the TLS flags".into());
+        }
+        if self.tls_key_update_ms != 0 && self.tls.is_none() && !self.concat {
+            return Err("--tls-key-update-ms needs TLS (--tls-key or --concat)".into());
         }
         Ok(())
     }

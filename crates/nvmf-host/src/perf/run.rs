@@ -33,6 +33,9 @@ pub struct ControllerFacts {
     pub queue_entries_max: u32,
     /// I/O queues the controller granted (Set Features Number of Queues).
     pub io_queues_granted: u32,
+    /// With secure channel concatenation (`--concat`): the TLS PSK the admin
+    /// queue's authentication generated, which every I/O queue offers.
+    pub concat_psk: Option<crate::tls::TlsPsk>,
 }
 
 /// Extra time after the timed phase for queues to drain and report before
@@ -78,9 +81,15 @@ pub fn run(
     };
     let verify_seed = (seed ^ (seed >> 32)) as u32 | 1;
     // The identity and PSK every I/O queue offers (as the admin queue's).
-    let tls_psk = match &cfg.tls {
-        Some(t) => Some(t.psk(&facts.hostnqn, &facts.subnqn)?),
-        None => None,
+    // With --concat: the generated PSK, and no DH-HMAC-CHAP on I/O queues.
+    let tls_psk = match (&facts.concat_psk, &cfg.tls) {
+        (Some(generated), _) => Some(generated.clone()),
+        (None, Some(t)) => Some(t.psk(&facts.hostnqn, &facts.subnqn)?),
+        (None, None) => None,
+    };
+    let (dhchap_secret, dhchap_ctrl_secret) = match facts.concat_psk {
+        Some(_) => (None, None),
+        None => (cfg.dhchap_secret.clone(), cfg.dhchap_ctrl_secret.clone()),
     };
 
     let mut ecfg = EngineConfig {
@@ -126,8 +135,8 @@ pub fn run(
             verify_seed,
             disable_sq_flow_control: !cfg.sq_flow_control,
             runtime_ns: cfg.runtime_s * 1_000_000_000,
-            dhchap_secret: cfg.dhchap_secret.clone(),
-            dhchap_ctrl_secret: cfg.dhchap_ctrl_secret.clone(),
+            dhchap_secret: dhchap_secret.clone(),
+            dhchap_ctrl_secret: dhchap_ctrl_secret.clone(),
             tls: tls_psk.is_some(),
             tls_key_update_ms: cfg.tls_key_update_ms,
         };
