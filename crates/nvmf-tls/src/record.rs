@@ -49,6 +49,7 @@ const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 const ALERT_BAD_RECORD_MAC: u8 = 20;
 const ALERT_RECORD_OVERFLOW: u8 = 22;
 const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_PROTOCOL_VERSION: u8 = 70;
 const ALERT_INTERNAL_ERROR: u8 = 80;
 const ALERT_USER_CANCELED: u8 = 90;
 
@@ -268,7 +269,10 @@ impl Records {
                 self.front = None;
                 done.consumed += f.record_len;
             }
-            if self.peer_closed || done.produced == out.len() {
+            // With `out` full, records go on being opened up to the next
+            // application data (decrypted in place and kept at the front):
+            // control records before it (KeyUpdate, alerts) take effect now.
+            if self.peer_closed {
                 return Ok(done);
             }
             let rest = &mut input[done.consumed..];
@@ -276,6 +280,12 @@ impl Records {
             let (outer_type, len) = (header[0], usize::from(u16::from_be_bytes([header[3], header[4]])));
             if outer_type != CT_APPLICATION_DATA {
                 return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "an unencrypted record after the handshake"));
+            }
+            // legacy_record_version is 0x0303 on every record after the
+            // handshake; OpenSSL and the kernel's kTLS refuse anything else
+            // at once (rather than wait for a body of a garbled length).
+            if header[1..3] != [0x03, 0x03] {
+                return Err(fatal(ALERT_PROTOCOL_VERSION, "a record with a wrong version"));
             }
             if len > CIPHERTEXT_MAX {
                 return Err(fatal(ALERT_RECORD_OVERFLOW, "a record longer than 2^14 + 256 bytes"));
@@ -563,6 +573,9 @@ mod tests {
         let mut long = vec![CT_APPLICATION_DATA, 3, 3, 0x41, 0x01];
         let e = s2.open(&mut long, &mut [0; 64], &mut Vec::new()).unwrap_err();
         assert_eq!(e.alert, Some(ALERT_RECORD_OVERFLOW));
+        let mut version = vec![CT_APPLICATION_DATA, 3, 1, 0x40, 0];
+        let e = s2.open(&mut version, &mut [0; 64], &mut Vec::new()).unwrap_err();
+        assert_eq!(e.alert, Some(ALERT_PROTOCOL_VERSION));
         let mut clear = vec![CT_HANDSHAKE, 3, 3, 0, 4, 1, 2, 3, 4];
         let e = s2.open(&mut clear, &mut [0; 64], &mut Vec::new()).unwrap_err();
         assert_eq!(e.alert, Some(ALERT_UNEXPECTED_MESSAGE));

@@ -581,6 +581,11 @@ impl TlsSession {
             let room = self.limits.inbound_max.saturating_sub(io.inbound.len());
             let n = room.min(ciphertext.len());
             io.inbound.extend_from_slice(&ciphertext[..n]);
+            // Control records (KeyUpdate, alerts) before the next data take
+            // effect now, so a side that only writes answers a KeyUpdate too.
+            if !self.peer_closed {
+                self.open_inbound(&mut [])?;
+            }
             return Ok(n);
         }
         let mut taken = 0;
@@ -742,12 +747,17 @@ impl TlsSession {
         if !self.established || self.peer_closed || buf.is_empty() {
             return Ok(0);
         }
-        // SAFETY: the record layer only writes `buf` (copy_from_slice), and
-        // reports how many bytes from its start it wrote; u8 and
-        // MaybeUninit<u8> have the same layout. Writing a u8 into
-        // uninitialised memory through a &mut [u8] is what read(2) wrappers
-        // do; no byte is read before it is written.
+        // SAFETY: the record layer only writes `buf` (copy_from_slice and
+        // the AEAD's output), and reports how many bytes from its start it
+        // wrote; u8 and MaybeUninit<u8> have the same layout. Writing a u8
+        // into uninitialised memory through a &mut [u8] is what read(2)
+        // wrappers do; no byte is read before it is written.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
+        self.open_inbound(buf)
+    }
+
+    /// Open the fed records into `buf` (see [`TlsSession::open_into`]).
+    fn open_inbound(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
         let io = self.stream.get_mut();
         let mut input = std::mem::take(&mut io.inbound);
         let pos = io.in_pos;
