@@ -55,6 +55,18 @@ fn randrw_verify_against_nvmf_target() {
     assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
 }
 
+/// 512-byte random I/O, the classic IOPS test: the I/O queues' transfer
+/// limit still lets their Connect (1024 bytes of data) through.
+#[test]
+fn bs_512_randrw_verify() {
+    let t = start_target("ram:16MiB");
+    let args: Vec<&str> = "--rw randrw --bs 512 --verify --runtime 1 --iodepth 16 --size 2MiB".split(' ').collect();
+    let (rc, j, err) = perf(&t, &args);
+    assert_eq!(rc, 0, "perf --bs 512 failed: {err}\n{j}");
+    assert_eq!((j["errors"].as_u64(), j["verify_errors"].as_u64()), (Some(0), Some(0)), "{j}");
+    assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
+}
+
 #[test]
 fn large_seq_write_verify_with_digests() {
     // 128 KiB writes go through R2T/H2CData; the readback checks every unit written.

@@ -73,7 +73,11 @@ pub fn run(
         }
     }
     let unit_bytes = geometry.unit_bytes();
-    let transfer_len_max = u32::try_from(unit_bytes).map_err(|_| "--bs too large".to_string())?;
+    // The queue also carries its fabrics commands: Connect (1024 bytes of
+    // data) and DH-HMAC-CHAP messages, more than a 512-byte I/O.
+    let fabrics_bytes_max = nvmf_proto::fabrics::CONNECT_DATA_LEN.max(nvmf_proto::auth::AUTH_MESSAGE_LEN_MAX) as u64;
+    let transfer_len_max =
+        u32::try_from(unit_bytes.max(fabrics_bytes_max)).map_err(|_| "--bs too large".to_string())?;
     let seed = if cfg.seed != 0 {
         cfg.seed
     } else {
