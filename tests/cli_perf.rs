@@ -67,6 +67,30 @@ fn bs_512_randrw_verify() {
     assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
 }
 
+/// Ctrl-C ends the run with the summary so far (JSON says so) and exit 130.
+#[test]
+fn sigint_prints_the_summary_so_far() {
+    let t = start_target("ram:16MiB");
+    let port = t.port.to_string();
+    let child = Command::new(NVMF)
+        .args(["perf", "-a", "127.0.0.1", "-s", &port, "-n", NQN, "--output-format", "json", "--runtime", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvmf perf");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("perf ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value =
+        serde_json::from_str(stdout.lines().find(|l| l.starts_with('{')).expect("JSON")).expect("valid JSON");
+    assert_eq!(j["interrupted"], true, "{j}");
+    assert!(j["runtime_s"].as_f64().unwrap() < 30.0, "{j}");
+    assert!(j["reads"].as_u64().unwrap() > 0, "{j}");
+}
+
 #[test]
 fn large_seq_write_verify_with_digests() {
     // 128 KiB writes go through R2T/H2CData; the readback checks every unit written.

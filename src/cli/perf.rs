@@ -166,6 +166,7 @@ fn resolve(traddr: &str, port: u16) -> anyhow::Result<SocketAddr> {
 
 pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     let cfg = config_from_args(&a)?;
+    nvmf_host::perf::run::stop_on_interrupt();
     if let Some(paths) = &a.paths {
         return run_multipath(&a, &cfg, paths);
     }
@@ -201,6 +202,10 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     if summary.errors > 0 || summary.verify_errors > 0 {
         bail!("{} I/O error(s), {} verify error(s)", summary.errors, summary.verify_errors);
     }
+    if summary.interrupted {
+        // The summary is out; 130 (128 + SIGINT) tells scripts the run was cut.
+        std::process::exit(130);
+    }
     if summary.reads + summary.writes == 0 {
         bail!("no I/O completed");
     }
@@ -216,8 +221,8 @@ fn run_multipath(a: &PerfArgs, cfg: &PerfConfig, paths: &str) -> anyhow::Result<
         hostnqn: a.hostnqn.clone(),
         policy: a.iopolicy.parse().map_err(anyhow::Error::msg)?,
     };
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let r = mp::run_paths(cfg, &setup, &stop).map_err(anyhow::Error::msg)?;
+    let mut r = mp::run_paths(cfg, &setup, &nvmf_host::perf::run::INTERRUPTED).map_err(anyhow::Error::msg)?;
+    r.summary.interrupted = nvmf_host::perf::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
     let s = &r.summary;
     if a.output_format == "json" {
         let mut c = config_json(a, cfg);
@@ -241,6 +246,9 @@ fn run_multipath(a: &PerfArgs, cfg: &PerfConfig, paths: &str) -> anyhow::Result<
             s.verify_errors,
             r.double_completions
         );
+    }
+    if s.interrupted {
+        std::process::exit(130);
     }
     if s.reads + s.writes == 0 {
         bail!("no I/O completed");

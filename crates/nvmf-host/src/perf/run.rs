@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,26 @@ pub struct ControllerFacts {
     /// With secure channel concatenation (`--concat`): the TLS PSK the admin
     /// queue's authentication generated, which every I/O queue offers.
     pub concat_psk: Option<crate::tls::TlsPsk>,
+}
+
+/// Set by SIGINT once [`stop_on_interrupt`] is installed: the run stops
+/// its timed phase and reports what it has (a multipath run polls it too).
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Only async-signal-safe work here: an atomic store, and back to the
+    // default action so that a second Ctrl-C ends the process at once.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
+
+/// Ctrl-C (SIGINT) ends the run early with its summary so far (as fio and
+/// spdk_nvme_perf do); a second Ctrl-C kills the process.
+pub fn stop_on_interrupt() {
+    let handler: extern "C" fn(libc::c_int) = on_interrupt;
+    // SAFETY: the handler only stores an atomic and calls signal(2).
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
 }
 
 /// Extra time after the timed phase for queues to drain and report before
@@ -179,7 +199,12 @@ pub fn run(
     });
     let mut results: Vec<QueueStats> = Vec::with_capacity(cfg.io_queues as usize);
     let mut failure: Option<String> = None;
+    let mut interrupted = false;
     while results.len() < cfg.io_queues as usize {
+        if !interrupted && INTERRUPTED.load(Ordering::Relaxed) {
+            interrupted = true;
+            control.stop.store(true, Ordering::Relaxed);
+        }
         // Poll quickly until the start barrier is lifted, then at a relaxed pace.
         let wait_ms = if control.go.load(Ordering::Relaxed) { 100 } else { 2 };
         match rx.recv_timeout(Duration::from_millis(wait_ms)) {
@@ -257,5 +282,7 @@ pub fn run(
         }
     }
     let pinned: Vec<usize> = cfg.cores.clone();
-    Ok(Summary::merge(&results, &pinned))
+    let mut summary = Summary::merge(&results, &pinned);
+    summary.interrupted = interrupted;
+    Ok(summary)
 }

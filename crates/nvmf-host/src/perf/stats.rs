@@ -178,6 +178,9 @@ pub struct Summary {
     pub error_samples: Vec<String>,
     /// KeyUpdates the queues started, when any queue ran over TLS.
     pub tls_key_updates: Option<u64>,
+    /// The run was cut short by Ctrl-C (SIGINT): the figures are those of
+    /// the run so far.
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -245,6 +248,7 @@ impl Summary {
             cores: core_cpu(queues, pinned),
             error_samples: samples,
             tls_key_updates,
+            interrupted: false,
         }
     }
 
@@ -277,6 +281,9 @@ impl Summary {
         if let Some(n) = self.tls_key_updates {
             v["tls_key_updates"] = json!(n);
         }
+        if self.interrupted {
+            v["interrupted"] = json!(true);
+        }
         v
     }
 
@@ -308,6 +315,9 @@ impl Summary {
         );
         if let Some(n) = self.tls_key_updates {
             s.push_str(&format!("\n  TLS key updates {n}"));
+        }
+        if self.interrupted {
+            s.push_str("\n  interrupted (Ctrl-C): the figures are those of the run so far");
         }
         for c in &self.cores {
             let pin = c.cpu.map(|c| format!(" (cpu {c})")).unwrap_or_default();
