@@ -73,7 +73,7 @@ fn main() {
         Cmd::CheckTlsKey(a) => cli::keys::check_tls_key(a),
     };
     if let Err(e) = result {
-        eprintln!("nvmf: error: {e:#}");
+        eprintln!("nvmf: error: {}", cli::report::error_line(&e));
         std::process::exit(1);
     }
 }

@@ -122,9 +122,20 @@ fn config_errors_exit_nonzero_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"1XB\" is not a size"), "{err}");
 
+    // A missing file is named once, not once per error in the chain.
     let out = Command::new(BIN).args(["target", "--config", "/nonexistent/nvmf.toml"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nvmf.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("/nonexistent/nvmf.toml").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
+    // A file namespace on a missing path says how to create one.
+    let args = ["target", "--namespace", "file:/nonexistent/disk.img", "--rpc-socket", "none"];
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("file:PATH:SIZE"), "{err}");
+    assert_eq!(err.matches("/nonexistent/disk.img").count(), 1, "{err}");
 }
 
 #[test]

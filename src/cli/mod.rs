@@ -4,4 +4,5 @@ pub mod ctl;
 pub mod host;
 pub mod keys;
 pub mod perf;
+pub mod report;
 pub mod target;

@@ -63,6 +63,11 @@ impl FileBackend {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && size_bytes.is_some() => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let hint = "no such file (give a size to create it: --namespace file:PATH:SIZE, or size = \"...\" \
+                            in the namespace's configuration)";
+                return Err(with_path(path, io::Error::new(io::ErrorKind::NotFound, hint)));
+            }
             Err(e) => return Err(with_path(path, e)),
         }
         let create = size_bytes.is_some();
