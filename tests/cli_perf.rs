@@ -67,6 +67,20 @@ fn bs_512_randrw_verify() {
     assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
 }
 
+/// A refused Connect is explained: which subsystem, which host.
+#[test]
+fn connect_refusals_say_what_was_refused() {
+    let t = start_target("ram:16MiB");
+    let port = t.port.to_string();
+    let base = ["-a", "127.0.0.1", "-s", &port];
+    for cmd in ["identify", "perf"] {
+        let out = Command::new(NVMF).arg(cmd).args(base).args(["-n", "nqn.2026-12.io.nvmf:absent"]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("subsystem nqn.2026-12.io.nvmf:absent is not served on this port"), "{cmd}: {err}");
+    }
+}
+
 /// Ctrl-C ends the run with the summary so far (JSON says so) and exit 130.
 #[test]
 fn sigint_prints_the_summary_so_far() {

@@ -107,6 +107,12 @@ impl Admin {
         check(what, c?)
     }
 
+    /// The admin queue's Connect.
+    fn connect(&mut self, req: Request, opts: &ConnectOptions) -> Result<Completion> {
+        let c = self.conn.execute(req.with_tag(TAG_USER))?;
+        check_connect("Connect", c, opts)
+    }
+
     /// Deliver AER completions (re-arming the AER and clearing the event's
     /// log page, as the spec asks before the next event of that type is sent).
     fn drain_events(&mut self) {
@@ -742,6 +748,20 @@ pub(crate) fn get_log_page_with(
     Ok(out)
 }
 
+/// A Connect's completion: success, or the refusal in words.
+fn check_connect(what: &'static str, c: Completion, opts: &ConnectOptions) -> Result<Completion> {
+    let dw0 = c.cqe.dw0;
+    match check(what, c) {
+        Err(Error::Status { what, status }) => {
+            Err(match fabrics::connect_refusal(status, dw0, &opts.subnqn, &opts.hostnqn) {
+                Some(why) => Error::ConnectRefused { what, status, why },
+                None => Error::Status { what, status },
+            })
+        }
+        r => r,
+    }
+}
+
 fn connect_data(opts: &ConnectOptions, cntlid: u16) -> Vec<u8> {
     let d = ConnectData { hostid: opts.hostid, cntlid, subnqn: opts.subnqn.clone(), hostnqn: opts.hostnqn.clone() };
     d.encode().to_vec()
@@ -770,7 +790,7 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
     // Admin Connect. Linux sends KATO on the admin Connect only.
     let kato_ms = opts.kato_s.saturating_mul(1000);
     let sqe = ConnectCmd { recfmt: 0, qid: 0, sqsize: ADMIN_QUEUE_DEPTH - 1, cattr: 0, kato_ms }.to_sqe(0);
-    let c = a.execute("Connect", Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)))?;
+    let c = a.connect(Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)), opts)?;
     let mut cntlid = c.cqe.dw0 as u16;
     // DH-HMAC-CHAP: one transaction per queue, T_IDs counted per controller (as Linux).
     let mut transaction_id = 0u16;
@@ -783,7 +803,7 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
         let generated = a.conn.authenticate_concat(opts, transaction_id)?;
         a.conn.close("secure channel concatenation: reconnecting over TLS");
         a.conn = QueueConn::connect_tls(addr, acfg, timeout, Some(&generated))?;
-        let c = a.execute("Connect", Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)))?;
+        let c = a.connect(Request::write(sqe, connect_data(opts, fabrics::CNTLID_DYNAMIC)), opts)?;
         cntlid = c.cqe.dw0 as u16;
         transaction_id = transaction_id.wrapping_add(1);
         tls = Some(a.conn.authenticate_concat(opts, transaction_id)?);
@@ -855,7 +875,7 @@ fn establish(addr: SocketAddr, opts: &ConnectOptions, events: Sender<AsyncEvent>
             let mut c = QueueConn::connect_tls(addr, cfg, timeout, tls.as_ref())?;
             let sqe = ConnectCmd { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato_ms: 0 }.to_sqe(0);
             let data = connect_data(opts, cntlid);
-            let done = check("Connect I/O queue", c.execute(Request::write(sqe, data))?)?;
+            let done = check_connect("Connect I/O queue", c.execute(Request::write(sqe, data))?, opts)?;
             transaction_id = transaction_id.wrapping_add(1);
             // Concatenation: the I/O queues are not authenticated (Linux:
             // admin queue only), unless the controller asks all the same.

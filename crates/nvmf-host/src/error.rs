@@ -22,6 +22,10 @@ pub enum Error {
     /// The controller completed a command with an error status.
     #[error("{what}: NVMe status {status}")]
     Status { what: &'static str, status: Status },
+    /// The controller refused a Connect; `why` says what it refused
+    /// ([`nvmf_proto::fabrics::connect_refusal`]).
+    #[error("{what} refused: {why} (NVMe status {status})")]
+    ConnectRefused { what: &'static str, status: Status, why: String },
     /// A command was sent but the connection died before its answer: it may
     /// or may not have been executed (a write is not retried automatically).
     #[error("{what}: fate unknown (connection lost after the command was sent)")]
@@ -74,7 +78,7 @@ impl Error {
     /// The NVMe status, when the controller answered with an error.
     pub fn status(&self) -> Option<Status> {
         match self {
-            Error::Status { status, .. } => Some(*status),
+            Error::Status { status, .. } | Error::ConnectRefused { status, .. } => Some(*status),
             _ => None,
         }
     }

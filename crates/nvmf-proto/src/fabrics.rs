@@ -77,6 +77,50 @@ pub fn connect_invalid_param_dw0(in_data: bool, offset: u16) -> u32 {
     ((in_data as u32) << 16) | offset as u32
 }
 
+/// Why a controller refused a Connect, in words, from its status and the
+/// completion's DW0 (IATTR/IPO for Invalid Parameters). None for a status
+/// that is not a Connect refusal.
+pub fn connect_refusal(status: crate::Status, dw0: u32, subnqn: &str, hostnqn: &str) -> Option<String> {
+    use crate::status::{cmd, sct};
+    if status.sct != sct::COMMAND_SPECIFIC {
+        return None;
+    }
+    let why = match status.sc {
+        cmd::CONNECT_INCOMPATIBLE_FORMAT => "the controller does not support this Connect record format".to_string(),
+        cmd::CONNECT_CTRL_BUSY => "the controller is busy (no more controllers or queues for now)".to_string(),
+        cmd::CONNECT_RESTART_DISC => "the discovery controller asks to restart discovery".to_string(),
+        cmd::CONNECT_INVALID_HOST => format!(
+            "host {hostnqn} is not allowed to connect to subsystem {subnqn} (not among its hosts, or it must use \
+             TLS or a different TLS identity)"
+        ),
+        cmd::CONNECT_INVALID_PARAM => {
+            let (in_data, offset) = (dw0 & (1 << 16) != 0, dw0 as u16);
+            match (in_data, offset) {
+                (true, connect_data_off::SUBNQN) => {
+                    format!("subsystem {subnqn} is not served on this port (or does not exist)")
+                }
+                (true, connect_data_off::HOSTNQN) => format!("host NQN {hostnqn} is refused as invalid"),
+                (true, connect_data_off::CNTLID) => {
+                    "the controller ID is unknown (the admin queue's controller is gone)".to_string()
+                }
+                (true, connect_data_off::HOSTID) => "the host ID is refused".to_string(),
+                (false, connect_sqe_off::QID) => "the queue ID is refused (already connected, or too many)".to_string(),
+                (false, connect_sqe_off::SQSIZE) => {
+                    "the queue size is refused (over the controller's limit)".to_string()
+                }
+                (false, connect_sqe_off::KATO) => "the keep-alive timeout is refused".to_string(),
+                (false, connect_sqe_off::CATTR) => "the Connect attributes are refused".to_string(),
+                (in_data, offset) => format!(
+                    "invalid parameter at byte {offset} of the Connect {}",
+                    if in_data { "data" } else { "command" }
+                ),
+            }
+        }
+        _ => return None,
+    };
+    Some(why)
+}
+
 /// The 1024-byte Connect data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectData {
@@ -263,6 +307,15 @@ mod tests {
         assert_eq!(ConnectData::parse(&bytes).unwrap(), d);
         assert!(ConnectData::parse(&bytes[..1000]).is_none());
         assert_eq!(connect_invalid_param_dw0(true, connect_data_off::SUBNQN), 0x0001_0100);
+        let invalid =
+            crate::Status::new(crate::status::sct::COMMAND_SPECIFIC, crate::status::cmd::CONNECT_INVALID_PARAM);
+        let why = connect_refusal(invalid, connect_invalid_param_dw0(true, connect_data_off::SUBNQN), "nqn.x:s", "h");
+        assert_eq!(why.as_deref(), Some("subsystem nqn.x:s is not served on this port (or does not exist)"));
+        let why = connect_refusal(invalid, connect_invalid_param_dw0(false, connect_sqe_off::SQSIZE), "s", "h");
+        assert!(why.unwrap().contains("queue size"));
+        let host = crate::Status::new(crate::status::sct::COMMAND_SPECIFIC, crate::status::cmd::CONNECT_INVALID_HOST);
+        assert!(connect_refusal(host, 0, "s", "nqn.h").unwrap().contains("host nqn.h is not allowed"));
+        assert_eq!(connect_refusal(crate::Status::new(0, 2), 0, "s", "h"), None);
     }
 
     #[test]

@@ -237,7 +237,15 @@ impl AdminSession {
             subnqn: self.facts.subnqn.clone(),
             hostnqn: self.facts.hostnqn.clone(),
         };
-        let c = self.command(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
+        let c = self.command_any(Request::write(cmd.to_sqe(0), data.encode().to_vec()))?;
+        if !c.is_success() {
+            let status = c.status();
+            let why = fabrics::connect_refusal(status, c.cqe.dw0, &self.facts.subnqn, &self.facts.hostnqn);
+            return Err(match why {
+                Some(why) => format!("Connect refused: {why} (NVMe status {status})"),
+                None => format!("Connect failed: {}", status.name()),
+            });
+        }
         self.facts.cntlid = c.cqe.dw0 as u16;
         Ok(c.cqe.dw0)
     }
@@ -395,14 +403,20 @@ impl AdminSession {
     /// Submit one command and wait for it; non-success status is an error.
     fn command(&mut self, req: Request) -> Result<Completion, String> {
         let opcode = req.sqe.opcode;
+        let c = self.command_any(req)?;
+        if !c.is_success() {
+            return Err(format!("admin opcode {opcode:#04x} failed: {}", c.status().name()));
+        }
+        Ok(c)
+    }
+
+    /// Submit one command and wait for its completion, whatever its status.
+    fn command_any(&mut self, req: Request) -> Result<Completion, String> {
         let cid = self.queue.submit(req, self.now_ms()).map_err(|e| format!("submit: {e}"))?;
         self.flush()?;
         loop {
             if let Some(c) = self.queue.pop_completion() {
                 debug_assert_eq!(c.cid, cid, "one admin command at a time");
-                if !c.is_success() {
-                    return Err(format!("admin opcode {opcode:#04x} failed: {}", c.status().name()));
-                }
                 return Ok(c);
             }
             self.read_some()?;
