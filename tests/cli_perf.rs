@@ -67,6 +67,19 @@ fn bs_512_randrw_verify() {
     assert!(j["verified_reads"].as_u64().unwrap() > 0, "{j}");
 }
 
+/// Sizes mean one thing (GB = 10^9, GiB = 2^30) and the JSON reports the
+/// size the run used: --size clamped to the namespace.
+#[test]
+fn json_reports_the_size_used() {
+    let t = start_target("ram:16MiB");
+    let (rc, j, err) = perf(&t, &["--runtime", "1", "--size", "1GiB", "--offset", "1MiB"]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!((j["config"]["size"].as_u64(), j["config"]["offset"].as_u64()), (Some(15 << 20), Some(1 << 20)), "{j}");
+    let (rc, _, err) = perf(&t, &["--runtime", "1", "--size", "10MB"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("10000000 bytes") && err.contains("powers of 1000"), "{err}");
+}
+
 /// A refused Connect is explained: which subsystem, which host.
 #[test]
 fn connect_refusals_say_what_was_refused() {

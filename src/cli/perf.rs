@@ -182,7 +182,13 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         nvmf_host::perf::run::run(&cfg, addr, &facts, interval, &mut keep_alive, true).map_err(anyhow::Error::msg)?;
     admin.disconnect();
     if a.output_format == "json" {
-        println!("{}", summary.to_json(config_json(&a, &cfg)));
+        let mut config = config_json(&a, &cfg);
+        // What the run used: --size clamped to the namespace and whole units.
+        if let Ok(g) = cfg.geometry(facts.lba_bytes, facts.nsze) {
+            config["size"] = json!(g.units * g.unit_bytes());
+            config["offset"] = json!(g.first_lba * g.lba_bytes);
+        }
+        println!("{}", summary.to_json(config));
     } else {
         let title = format!(
             "nvmf perf: {} bs={} iodepth={} queues={} mode={} digests={}/{} verify={} tls={} -> {addr} {}",

@@ -28,6 +28,7 @@ pub mod log;
 pub mod log_limit;
 pub mod opcodes;
 pub mod pdu;
+pub mod size;
 pub mod sqe;
 pub mod status;
 mod wire;

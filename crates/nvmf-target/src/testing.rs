@@ -77,15 +77,7 @@ pub fn test_opener(n: &NamespaceConfig) -> io::Result<Arc<dyn Backend>> {
 }
 
 fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
-        (n, 1 << 20)
-    } else if let Some(n) = s.strip_suffix("KiB") {
-        (n, 1 << 10)
-    } else {
-        (s, 1)
-    };
-    num.trim().parse::<u64>().ok().map(|v| v * mult)
+    nvmf_proto::size::parse_size(s).ok()
 }
 
 /// NQN of the subsystem [`test_target`] creates.

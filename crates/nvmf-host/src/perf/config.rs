@@ -67,25 +67,9 @@ impl fmt::Display for RwPattern {
     }
 }
 
-/// Parse a byte count: plain digits or with a binary suffix `k`/`m`/`g`/`t`
-/// (optionally followed by `iB` or `B`), e.g. `4k`, `128KiB`, `1g`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let body = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b')).unwrap_or(&lower);
-    let (digits, shift) = match body.chars().last() {
-        Some('k') => (&body[..body.len() - 1], 10),
-        Some('m') => (&body[..body.len() - 1], 20),
-        Some('g') => (&body[..body.len() - 1], 30),
-        Some('t') => (&body[..body.len() - 1], 40),
-        _ => (body, 0),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} is not a size (examples: 4096, 4k, 128KiB, 1g)"));
-    }
-    let v: u64 = digits.parse().map_err(|_| format!("{s:?} is too large"))?;
-    v.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
-}
+/// Parse a byte count ([`nvmf_proto::size`]: `4k`, `128KiB`, `1g` are
+/// powers of 1024; `1GB` is 10^9 bytes).
+pub use nvmf_proto::size::parse_size;
 
 /// Everything a perf run needs besides the target's address and identity.
 #[derive(Debug, Clone)]
@@ -240,7 +224,11 @@ impl PerfConfig {
             return Err(format!("--bs {} is not a multiple of the LBA size {lba_bytes}", self.block_size_bytes));
         }
         if !self.offset_bytes.is_multiple_of(lba_bytes) || !self.size_bytes.is_multiple_of(lba_bytes) {
-            return Err(format!("--offset and --size must be multiples of the LBA size {lba_bytes}"));
+            return Err(format!(
+                "--offset ({} bytes) and --size ({} bytes) must be multiples of the LBA size {lba_bytes} (KB, MB, GB \
+                 are powers of 1000; KiB, MiB, GiB of 1024)",
+                self.offset_bytes, self.size_bytes
+            ));
         }
         if self.verify && (lba_bytes as usize) < super::verify::BLOCK_BYTES_MIN {
             return Err("--verify needs LBAs of at least 512 bytes".into());
@@ -286,7 +274,9 @@ mod tests {
         assert_eq!(parse_size("4K"), Ok(4096));
         assert_eq!(parse_size("128KiB"), Ok(128 << 10));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("2TB"), Ok(2 << 40));
+        // One meaning everywhere (nvmf_proto::size): TB is 10^12, TiB 2^40.
+        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
         assert!(parse_size("").is_err());
         assert!(parse_size("k").is_err());
         assert!(parse_size("-4k").is_err());

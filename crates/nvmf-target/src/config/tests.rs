@@ -37,7 +37,7 @@ fn sizes() {
     for bad in ["", "GiB", "1XB", "-1", "1.5GiB", "1 G B", "0x10", "99999999999999999999999"] {
         assert!(parse_size(bad).is_err(), "{bad:?}");
     }
-    assert!(parse_size("1XB").unwrap_err().to_string().contains("\"1XB\" is not a size (use e.g. 512MiB, 1GiB)"));
+    assert!(parse_size("1XB").unwrap_err().to_string().contains("\"1XB\" is not a size (e.g. 4096, 4k, 512MiB"));
     assert!(parse_size("20000000TiB").is_err()); // overflow
     assert_eq!(format_size(512), "512 B");
     assert_eq!(format_size(1 << 30), "1.00 GiB");
@@ -281,7 +281,11 @@ fn bad_size_message_is_exact() {
         "{BASE}[[subsystem]]\nnqn = \"nqn.2026-11.io.nvmf:b\"\n[[subsystem.namespace]]\nkind = \"ram\"\nsize = \"1XB\"\n"
     );
     let e = parse_norm(&input).unwrap_err();
-    assert_eq!(e.to_string(), "subsystem[1].namespace[0].size: \"1XB\" is not a size (use e.g. 512MiB, 1GiB)");
+    assert_eq!(
+        e.to_string(),
+        "subsystem[1].namespace[0].size: \"1XB\" is not a size (e.g. 4096, 4k, 512MiB, 1GiB; KB/MB/GB are powers of \
+         1000)"
+    );
     assert_eq!(e.key(), Some("subsystem[1].namespace[0].size"));
 }
 
