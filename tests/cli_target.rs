@@ -51,7 +51,7 @@ fn serves_prints_how_to_connect_and_stops_on_sigterm() {
     let child = Command::new(BIN)
         .args(["target", "--listen", &format!("127.0.0.1:{io_port}")])
         .args(["--discovery-listen", &format!("127.0.0.1:{disc_port}")])
-        .args(["--namespace", "ram:64MiB"])
+        .args(["--namespace", "ram:64MiB", "--rpc-socket", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -138,13 +138,53 @@ fn config_errors_exit_nonzero_naming_the_key() {
     assert_eq!(err.matches("/nonexistent/disk.img").count(), 1, "{err}");
 }
 
+/// A second target on a management socket that a running target serves
+/// does not start (before, it went on without one and `nvmf ctl` reached
+/// the first target).
+#[test]
+fn second_target_on_a_taken_rpc_socket_fails_with_a_message() {
+    let dir = std::env::temp_dir().join(format!("nvmf-rpc-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("nvmf.sock");
+    let sock = sock.to_str().unwrap();
+    let first = Command::new(BIN)
+        .args(["target", "--listen", "127.0.0.1:0", "--discovery-listen", "none", "--rpc-socket", sock])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(Some(first));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "first target's socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(BIN)
+        .args(["target", "--listen", "127.0.0.1:0", "--discovery-listen", "none", "--rpc-socket", sock])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another nvmf target serves it") && err.contains("--rpc-socket none"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bind_failure_exits_nonzero() {
     // Hold the port so the target cannot bind it.
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let mut child = Command::new(BIN)
-        .args(["target", "--listen", &format!("127.0.0.1:{port}"), "--discovery-listen", "none"])
+        .args([
+            "target",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--discovery-listen",
+            "none",
+            "--rpc-socket",
+            "none",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -170,6 +210,7 @@ fn print_config_round_trips() {
 fn port_zero_prints_bound_ports_and_stops_on_sigint() {
     let mut child = Command::new(BIN)
         .args(["target", "--listen", "127.0.0.1:0", "--discovery-listen", "none", "--namespace", "null:1TiB"])
+        .args(["--rpc-socket", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -387,8 +387,9 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
             Some(p) => Some(p.clone()),
             None => Some(nvmf_target::mgmt::default_socket_path()),
         },
-        // An explicit path must work; the default one is best effort (another target may hold it).
-        socket_required: a.rpc_socket.is_some(),
+        // The default path too: a second target that silently went without
+        // its socket would leave `nvmf ctl` managing the first one.
+        socket_required: true,
         tcp_addr: a.rpc_listen,
         token: token.map(|t| t.trim().to_string()),
         metrics_addr: a.metrics,

@@ -25,6 +25,7 @@ impl Drop for Target {
 pub fn start_target(args: &[&str]) -> Target {
     let mut child = Command::new(NVMF)
         .args(["target", "--mode", "interrupt", "--listen", "127.0.0.1:0", "--discovery-listen", "none"])
+        .args(if args.contains(&"--rpc-socket") { &[][..] } else { &["--rpc-socket", "none"][..] })
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -221,6 +221,9 @@ tstart() {
     # every inherited fd above 2: a forked subshell would keep copies of the caller's
     # pipes (e.g. a CI `| tee`) open for the target's whole life.
     # shellcheck disable=SC2016  # expanded by the inner bash
+    # Each target its own management socket unless the case gives one: the
+    # default path is taken by the first target (and a second one fails).
+    case " $* " in *" --rpc-socket "*) ;; *) set -- "$@" --rpc-socket "$STATE/$name.sock" ;; esac
     bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done
         NO_COLOR=1 "$1" target "${@:4}" </dev/null >>"$2" 2>&1 &
         echo $! >"$3.pid"

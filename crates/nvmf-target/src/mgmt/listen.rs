@@ -163,6 +163,16 @@ impl MgmtListeners {
                 Err(e) if !opts.socket_required => {
                     tracing::warn!("no management socket: {e}");
                 }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "management socket {}: another nvmf target serves it; give this one its own \
+                             (--rpc-socket PATH, and `nvmf ctl --rpc-socket PATH`) or none (--rpc-socket none)",
+                            path.display()
+                        ),
+                    ))
+                }
                 Err(e) => return Err(e),
             }
         }
