@@ -280,6 +280,9 @@ pub enum HostCmd {
         /// Host NQN.
         #[arg(long, value_name = "NQN")]
         host: String,
+        /// Remove the subsystem's last allowed host, after which no host may connect.
+        #[arg(long)]
+        force: bool,
     },
     /// Change a host's DH-HMAC-CHAP secrets, hash or group (for new connections).
     SetKey {
@@ -429,7 +432,13 @@ fn request(cmd: &CtlCmd) -> Result<(&'static str, Value)> {
                 keys.add_to(&mut p);
                 ("host_add", p)
             }
-            HostCmd::Remove { subsystem, host } => ("host_remove", json!({"nqn": subsystem, "host": host})),
+            HostCmd::Remove { subsystem, host, force } => {
+                let mut p = json!({"nqn": subsystem, "host": host});
+                if *force {
+                    p["force"] = json!(true);
+                }
+                ("host_remove", p)
+            }
             HostCmd::SetKey { subsystem, host, keys } => {
                 let mut p = json!({"nqn": subsystem, "host": host});
                 keys.add_to(&mut p);

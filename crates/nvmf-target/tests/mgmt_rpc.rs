@@ -186,7 +186,9 @@ fn every_method_and_bad_requests_change_nothing() {
     // Hosts.
     let h = ok(sock, "host_add", json!({"nqn": B, "host": HOST}));
     assert_eq!((h["allow_any_host"].clone(), h["allowed_hosts"].clone()), (json!(false), json!([HOST])));
-    ok(sock, "host_remove", json!({"nqn": B, "host": HOST}));
+    // The last host of a hosts-only subsystem: refused without force.
+    err(sock, "host_remove", json!({"nqn": B, "host": HOST}), code::CONFLICT, "last allowed host");
+    ok(sock, "host_remove", json!({"nqn": B, "host": HOST, "force": true}));
     ok(sock, "subsystem_allow_any_host", json!({"nqn": B, "allow": true}));
 
     // Listeners, referrals, ANA.
@@ -531,7 +533,7 @@ fn host_tables_with_keys_live_and_saved_without_showing_secrets() {
     assert!(text.contains(&key) && text.contains("dhchap_ctrl_key_file"), "{text}");
     let back = TargetConfig::from_toml_str(&text).unwrap();
     assert_eq!(back.subsystems[0].hosts[0].dhchap_key.as_deref(), Some(key.as_str()));
-    ok(&r.sock, "host_remove", json!({"nqn": A, "host": HOST}));
+    ok(&r.sock, "host_remove", json!({"nqn": A, "host": HOST, "force": true}));
     r.stop();
 }
 

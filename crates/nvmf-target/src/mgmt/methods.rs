@@ -407,8 +407,9 @@ impl Mgmt {
     }
 
     fn host_change(&self, p: &Params, add: bool) -> R {
-        let keys = if add { &HOST_KEY_PARAMS[..] } else { &[] };
+        let keys = if add { &HOST_KEY_PARAMS[..] } else { &["force"][..] };
         p.only(&[&["nqn", "host"][..], keys].concat())?;
+        let force = !add && p.m.contains_key("force") && p.bool("force")?;
         let nqn = p.str("nqn")?;
         let host = p.str("host")?;
         nvmf_proto::validate_nqn(host).map_err(|e| RpcError::param("host", format!("{host:?}: {e}")))?;
@@ -435,6 +436,15 @@ impl Mgmt {
                 }
                 sc.allowed_hosts.retain(|h| h != host);
                 sc.hosts.retain(|h| h.nqn != host);
+                // The last host of a subsystem that allows only its hosts:
+                // nobody could connect any more. Only on purpose.
+                let locked_out = sc.allowed_hosts.is_empty() && sc.hosts.is_empty() && sc.allow_any_host != Some(true);
+                if locked_out && !force {
+                    return Err(RpcError::conflict(format!(
+                        "host {host} is the last allowed host of {nqn}: without it no host may connect (pass \
+                         force to remove it anyway, or allow any host first)"
+                    )));
+                }
             }
             Ok(())
         })
