@@ -80,6 +80,25 @@ fn json_reports_the_size_used() {
     assert!(err.contains("10000000 bytes") && err.contains("powers of 1000"), "{err}");
 }
 
+/// Read and write latency apart, and the histogram on request.
+#[test]
+fn read_write_latency_and_histogram() {
+    let t = start_target("ram:16MiB");
+    let (rc, j, err) = perf(&t, &["--rw", "randrw", "--runtime", "1", "--latency-histogram"]);
+    assert_eq!(rc, 0, "{err}");
+    for k in ["read_latency_us", "write_latency_us"] {
+        assert!(j[k]["p99"].as_f64().unwrap() > 0.0, "{k}: {j}");
+    }
+    for (op, n) in [("read", "reads"), ("write", "writes")] {
+        let buckets = j["latency_histogram"][op].as_array().unwrap_or_else(|| panic!("{j}"));
+        let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, j[n].as_u64().unwrap(), "{op}: {j}");
+        assert!(buckets.windows(2).all(|w| w[0]["le_us"].as_f64() < w[1]["le_us"].as_f64()), "{op}: {j}");
+    }
+    let (_, j, _) = perf(&t, &["--rw", "randread", "--runtime", "1"]);
+    assert!(j.get("latency_histogram").is_none() && j.get("write_latency_us").is_none(), "{j}");
+}
+
 /// A refused Connect is explained: which subsystem, which host.
 #[test]
 fn connect_refusals_say_what_was_refused() {

@@ -76,6 +76,11 @@ pub struct PerfArgs {
     /// normal | json
     #[arg(long, default_value = "normal")]
     pub output_format: String,
+    /// Also report the latency histograms of reads and writes (log-scale
+    /// buckets from 1 us: upper edge, I/Os, cumulative percent), not only
+    /// percentiles; in JSON as latency_histogram.read/write [{le_us, count}].
+    #[arg(long)]
+    pub latency_histogram: bool,
     /// Seed of random offsets and of the verify pattern (default: from the clock).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -178,8 +183,9 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     let interval = admin.keep_alive_interval();
     let mut admin = admin;
     let mut keep_alive = || admin.keep_alive();
-    let summary =
+    let mut summary =
         nvmf_host::perf::run::run(&cfg, addr, &facts, interval, &mut keep_alive, true).map_err(anyhow::Error::msg)?;
+    summary.show_histogram = a.latency_histogram;
     admin.disconnect();
     if a.output_format == "json" {
         let mut config = config_json(&a, &cfg);
@@ -229,6 +235,7 @@ fn run_multipath(a: &PerfArgs, cfg: &PerfConfig, paths: &str) -> anyhow::Result<
     };
     let mut r = mp::run_paths(cfg, &setup, &nvmf_host::perf::run::INTERRUPTED).map_err(anyhow::Error::msg)?;
     r.summary.interrupted = nvmf_host::perf::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+    r.summary.show_histogram = a.latency_histogram;
     let s = &r.summary;
     if a.output_format == "json" {
         let mut c = config_json(a, cfg);

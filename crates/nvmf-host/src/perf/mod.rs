@@ -7,8 +7,9 @@
 //!   verify phases).
 //! - [`verify`]: per-block pattern (header with LBA, generation, run seed,
 //!   CRC32C) and the per-queue generation map.
-//! - [`stats`]: per-queue latency histogram and counters, merged into a
-//!   [`stats::Summary`] (text or JSON).
+//! - [`stats`]: per-queue latency histograms (all, reads, writes) and
+//!   counters, merged into a [`stats::Summary`] (text or JSON);
+//!   [`latency`]: percentiles and log-scale buckets of a histogram.
 //!
 //! Every queue (one TCP connection) lives on one engine core; its statistics
 //! are only touched by that core until the queue finishes and hands them back.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod driver;
+pub mod latency;
 pub mod run;
 pub mod stats;
 pub mod verify;

@@ -2,6 +2,8 @@
 //! goes on), merged into one [`Summary`] at the end, printed as text or JSON.
 
 use hdrhistogram::Histogram;
+
+pub use super::latency::{self, Latency};
 use serde_json::{json, Value};
 
 /// Latencies are recorded in nanoseconds, 1 ns ..= 60 s, 3 significant digits.
@@ -61,8 +63,10 @@ pub struct QueueStats {
     pub queue: u32,
     /// Engine core index of the queue.
     pub core: usize,
-    /// Latency of timed I/Os, nanoseconds.
+    /// Latency of timed I/Os, nanoseconds: all, reads, writes.
     pub latency_ns: Histogram<u64>,
+    pub read_latency_ns: Histogram<u64>,
+    pub write_latency_ns: Histogram<u64>,
     pub reads: u64,
     pub writes: u64,
     pub read_bytes: u64,
@@ -89,7 +93,9 @@ impl QueueStats {
         QueueStats {
             queue,
             core,
-            latency_ns: Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("valid histogram bounds"),
+            latency_ns: new_histogram(),
+            read_latency_ns: new_histogram(),
+            write_latency_ns: new_histogram(),
             reads: 0,
             writes: 0,
             read_bytes: 0,
@@ -110,11 +116,14 @@ impl QueueStats {
     #[inline]
     pub fn record(&mut self, is_read: bool, bytes: u64, latency_ns: u64) {
         // Saturate instead of failing: a > 60 s I/O is still counted.
-        self.latency_ns.saturating_record(latency_ns.max(1));
+        let ns = latency_ns.max(1);
+        self.latency_ns.saturating_record(ns);
         if is_read {
+            self.read_latency_ns.saturating_record(ns);
             self.reads += 1;
             self.read_bytes += bytes;
         } else {
+            self.write_latency_ns.saturating_record(ns);
             self.writes += 1;
             self.write_bytes += bytes;
         }
@@ -147,17 +156,8 @@ pub struct CoreCpu {
     pub system_percent: f64,
 }
 
-/// Latency summary in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Latency {
-    pub avg: f64,
-    pub min: f64,
-    pub max: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-    pub p99_99: f64,
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("valid histogram bounds")
 }
 
 /// The merged result of a run.
@@ -181,12 +181,18 @@ pub struct Summary {
     /// The run was cut short by Ctrl-C (SIGINT): the figures are those of
     /// the run so far.
     pub interrupted: bool,
+    /// Reads' and writes' latency histograms (ns), merged over the queues.
+    pub read_latency_ns: Histogram<u64>,
+    pub write_latency_ns: Histogram<u64>,
+    /// Report the histograms too (`--latency-histogram`), not only percentiles.
+    pub show_histogram: bool,
 }
 
 impl Summary {
     /// Merge queue results. `pinned[i]` is the CPU of engine core `i`.
     pub fn merge(queues: &[QueueStats], pinned: &[usize]) -> Summary {
-        let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("bounds");
+        let mut hist = new_histogram();
+        let (mut read_hist, mut write_hist) = (new_histogram(), new_histogram());
         let (mut reads, mut writes, mut rb, mut wb, mut errors, mut verrs, mut vreads) = (0, 0, 0, 0, 0, 0, 0);
         let mut samples = Vec::new();
         let mut tls_key_updates: Option<u64> = None;
@@ -195,6 +201,8 @@ impl Summary {
         let mut end = 0u64;
         for q in queues {
             hist.add(&q.latency_ns).expect("same bounds");
+            read_hist.add(&q.read_latency_ns).expect("same bounds");
+            write_hist.add(&q.write_latency_ns).expect("same bounds");
             reads += q.reads;
             writes += q.writes;
             rb += q.read_bytes;
@@ -218,21 +226,7 @@ impl Summary {
         let runtime_s = if end > start { (end - start) as f64 / 1e9 } else { 0.0 };
         let per_s = |v: f64| if runtime_s > 0.0 { v / runtime_s } else { 0.0 };
         let ops = (reads + writes) as f64;
-        let us = |ns: f64| ns / 1000.0;
-        let latency_us = if hist.is_empty() {
-            Latency::default()
-        } else {
-            Latency {
-                avg: us(hist.mean()),
-                min: us(hist.min() as f64),
-                max: us(hist.max() as f64),
-                p50: us(hist.value_at_quantile(0.50) as f64),
-                p90: us(hist.value_at_quantile(0.90) as f64),
-                p99: us(hist.value_at_quantile(0.99) as f64),
-                p99_9: us(hist.value_at_quantile(0.999) as f64),
-                p99_99: us(hist.value_at_quantile(0.9999) as f64),
-            }
-        };
+        let latency_us = Latency::of(&hist);
         Summary {
             runtime_s,
             reads,
@@ -249,6 +243,9 @@ impl Summary {
             error_samples: samples,
             tls_key_updates,
             interrupted: false,
+            read_latency_ns: read_hist,
+            write_latency_ns: write_hist,
+            show_histogram: false,
         }
     }
 
@@ -284,6 +281,18 @@ impl Summary {
         if self.interrupted {
             v["interrupted"] = json!(true);
         }
+        if !self.read_latency_ns.is_empty() {
+            v["read_latency_us"] = Latency::of(&self.read_latency_ns).to_json();
+        }
+        if !self.write_latency_ns.is_empty() {
+            v["write_latency_us"] = Latency::of(&self.write_latency_ns).to_json();
+        }
+        if self.show_histogram {
+            v["latency_histogram"] = json!({
+                "read": latency::buckets_json(&self.read_latency_ns),
+                "write": latency::buckets_json(&self.write_latency_ns),
+            });
+        }
         v
     }
 
@@ -315,6 +324,18 @@ impl Summary {
         );
         if let Some(n) = self.tls_key_updates {
             s.push_str(&format!("\n  TLS key updates {n}"));
+        }
+        // Reads and writes apart, when the run did both.
+        if !self.read_latency_ns.is_empty() && !self.write_latency_ns.is_empty() {
+            s.push_str(&format!("\n  {}", Latency::of(&self.read_latency_ns).to_text("read latency us")));
+            s.push_str(&format!("\n  {}", Latency::of(&self.write_latency_ns).to_text("write latency us")));
+        }
+        if self.show_histogram {
+            for (label, h) in [("read", &self.read_latency_ns), ("write", &self.write_latency_ns)] {
+                if !h.is_empty() {
+                    s.push_str(&format!("\n{}", latency::buckets_text(label, h)));
+                }
+            }
         }
         if self.interrupted {
             s.push_str("\n  interrupted (Ctrl-C): the figures are those of the run so far");
