@@ -58,6 +58,7 @@ CASES=(
     "target-auth|target|target:--config|180|c_target_auth"
     "target-tls|target|target:--config,--tls|300|c_target_tls"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
+    "target-ublk|target|target:--config connect:--namespace,--nqn disconnect:--nqn list:--output-format|420|c_target_ublk"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
@@ -269,6 +270,19 @@ log_errors() {
     sed 's/\x1b\[[0-9;]*m//g' "$LOGROOT/$1.log" | grep -nE '(^|[^A-Za-z])ERROR([^A-Za-z]|$)|panicked|RUST_BACKTRACE' || true
 }
 
+# nvmf_guest_files: nvmf itself for cases that run it in the guest (target-ublk),
+# stripped, with the host's libssl/libcrypto/libgcc_s beside it (the guest's glibc is
+# at least the host's; the guest runs it with LD_LIBRARY_PATH=/lab/files/nvmf-lib)
+nvmf_guest_files() {
+    [ -x "$NVMF" ] || return 0
+    mkdir -p "$STATE/files/nvmf-lib"
+    strip -o "$STATE/files/nvmf" "$NVMF" 2>/dev/null || cp "$NVMF" "$STATE/files/nvmf"
+    local l
+    for l in $(ldd "$NVMF" | awk '$3 ~ /^\// { print $3 }' | grep -E 'lib(ssl|crypto|gcc_s)\.'); do
+        cp -L "$l" "$STATE/files/nvmf-lib/"
+    done
+}
+
 # ------------------------------------------------------------------ group: target
 target_setup() {
     local try failed t
@@ -314,6 +328,7 @@ target_config() {
     [ -s "$STATE/files/pat8" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
     [ -s "$STATE/files/pat8b" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8b"
     printf '#!/bin/sh\necho "guest up: $(uname -r), $(nproc) vCPUs"\n' >"$STATE/target.boot.sh"
+    nvmf_guest_files
 
     # TOML for the main target (schema agreed with the target engineers; see README):
     # two subsystems, three namespaces: RAM 512 B, RAM 4 KiB blocks, null 1 TiB.
@@ -465,6 +480,12 @@ c_target_file_backend() {
 c_target_fs() {
     tenv; tneed t1 || return 1
     gexec target 160 fs.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NFILES=24
+}
+c_target_ublk() {
+    tenv; tneed t1 || return 1
+    [ -x "$STATE/files/nvmf" ] || { echo "no nvmf binary for the guest"; return 1; }
+    gexec target $((FIO_RUNTIME + 380)) ublk.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
+        RUNTIME="$FIO_RUNTIME" NFILES=12
 }
 c_target_disconnect_clean() {
     tenv; tneed t1 || return 1

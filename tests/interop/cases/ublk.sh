@@ -1,0 +1,131 @@
+# ublk: the nvmf host in the guest serves t1's namespaces as Linux block devices
+# (`nvmf connect` -> /dev/ublkbN): ext4 survives disconnect + connect (sha256),
+# fio randrw crc32c verify at iodepth 32, blkdiscard reaches the target as Dataset
+# Management (t1's RAM namespaces read deallocated blocks as zeros), a 4 KiB-block
+# namespace, `nvmf list` (text, json), `nvmf disconnect DEV|--nqn`, SIGTERM.
+# env: TADDR PORT NQN NQN4K RUNTIME NFILES
+. /usr/share/lab/case.sh
+set -u
+B=/lab/files
+MNT=/mnt/ublk SUMS=/tmp/ublk.sha256 LOG=/tmp/ublk-connect.log
+# the host's binary with the host's libssl/libcrypto/libgcc_s (guest glibc is newer)
+nvmf() { LD_LIBRARY_PATH=$B/nvmf-lib timeout 60 "$B/nvmf" "$@"; }
+cleanup_all
+: >"$LOG"
+modprobe ublk_drv || fail "modprobe ublk_drv"
+modprobe ext4 || fail "modprobe ext4"
+[ -e /dev/ublk-control ] || fail "no /dev/ublk-control after modprobe ublk_drv"
+
+# uconnect NQN [ARGS]: `nvmf connect` in the background (UPID); waits (60 s, sysfs)
+# for its block device (UDEV) with a non-zero size
+uconnect() {
+    _nqn=$1; shift
+    echo "+ nvmf connect -a $TADDR -s $PORT -n $_nqn $*"
+    LD_LIBRARY_PATH=$B/nvmf-lib "$B/nvmf" connect -a "$TADDR" -s "$PORT" -n "$_nqn" "$@" >>"$LOG" 2>&1 &
+    UPID=$!
+    _i=0
+    while [ $_i -lt 600 ]; do
+        for _d in /sys/block/ublkb*; do
+            [ -e "$_d/size" ] && [ "$(cat "$_d/size")" -gt 0 ] && [ -b "/dev/${_d##*/}" ] &&
+                { UDEV=/dev/${_d##*/}; echo "  $UDEV up after $((_i / 10)).$((_i % 10)) s"; return 0; }
+        done
+        kill -0 $UPID 2>/dev/null || { tail -n 20 "$LOG"; return 1; }
+        sleep 0.1; _i=$((_i + 1))
+    done
+    tail -n 20 "$LOG"; return 1
+}
+# ugone: the connect process ended with status 0 (30 s) and no ublk block device is left
+ugone() {
+    _i=0
+    while kill -0 $UPID 2>/dev/null; do
+        [ $_i -ge 300 ] && { tail -n 20 "$LOG"; return 1; }
+        sleep 0.1; _i=$((_i + 1))
+    done
+    wait $UPID; _rc=$?
+    [ $_rc = 0 ] || { echo "nvmf connect exit status $_rc"; tail -n 20 "$LOG"; return 1; }
+    for _d in /sys/block/ublkb*; do [ -e "$_d" ] && { echo "$_d still there"; return 1; }; done
+    return 0
+}
+
+echo "=== 1: connect, geometry"
+uconnect "$NQN" --namespace 1 || fail "connect"
+b=${UDEV##*/}
+echo "  size $(cat /sys/block/$b/size) sectors, lbs $(cat /sys/block/$b/queue/logical_block_size)," \
+    "max_hw_sectors_kb $(cat /sys/block/$b/queue/max_hw_sectors_kb), nr_requests $(cat /sys/block/$b/queue/nr_requests)," \
+    "discard_max_bytes $(cat /sys/block/$b/queue/discard_max_bytes), write_cache $(cat /sys/block/$b/queue/write_cache)," \
+    "hw queues $(ls /sys/block/$b/mq | wc -l)"
+[ "$(cat /sys/block/$b/size)" = 524288 ] || fail "size: want 524288 sectors (256 MiB)"
+[ "$(cat /sys/block/$b/queue/logical_block_size)" = 512 ] || fail "logical block size"
+[ "$(cat /sys/block/$b/queue/discard_max_bytes)" -gt 0 ] || fail "no discard"
+
+echo "=== 2: nvmf list"
+nvmf list | tee /tmp/list.txt
+grep -q "^$UDEV .*$NQN" /tmp/list.txt || fail "nvmf list: no $UDEV"
+nvmf list --output-format json >/tmp/list.json || fail "list json"
+grep -q "\"device\": \"$UDEV\"" /tmp/list.json && grep -q '"size_bytes": 268435456' /tmp/list.json &&
+    grep -q '"block_size_bytes": 512' /tmp/list.json && grep -q '"nsid": 1' /tmp/list.json ||
+    { cat /tmp/list.json; fail "nvmf list json"; }
+
+echo "=== 3: ext4, $NFILES files, disconnect, connect, checksums"
+mkfs.ext4 -F -q -L ublkfs "$UDEV" || fail "mkfs.ext4"
+mkdir -p "$MNT"
+mount -t ext4 "$UDEV" "$MNT" || fail "mount"
+i=1
+while [ $i -le "$NFILES" ]; do
+    dd if=/dev/urandom of="$MNT/file$i" bs=64k count=$((i % 4 * 4 + 4)) 2>/dev/null || fail "write file$i"
+    i=$((i + 1))
+done
+(cd "$MNT" && sha256sum file*) >"$SUMS"
+echo "  $(wc -l <"$SUMS") files; $(df -k "$MNT" | tail -n1)"
+umount "$MNT" || fail "umount"
+nvmf disconnect "$UDEV" || fail "nvmf disconnect $UDEV"
+ugone || fail "device not removed by nvmf disconnect"
+echo 3 >/proc/sys/vm/drop_caches
+uconnect "$NQN" --namespace 1 || fail "reconnect"
+e2fsck -fn "$UDEV" >/tmp/e2fsck.out 2>&1 || { cat /tmp/e2fsck.out; fail "e2fsck"; }
+mount -t ext4 "$UDEV" "$MNT" || fail "mount after reconnect"
+(cd "$MNT" && sha256sum -c "$SUMS") >/tmp/ublk.check 2>&1 || { grep -v ': OK$' /tmp/ublk.check; fail "checksum mismatch"; }
+echo "  verified: $(grep -c ': OK$' /tmp/ublk.check)/$(wc -l <"$SUMS") files match"
+umount "$MNT" || fail "umount 2"
+
+echo "=== 4: fio randrw verify, bsrange 4k-128k, iodepth 32, ${RUNTIME}s"
+timeout $((RUNTIME + 120)) fio --name=ublk-randrw --filename="$UDEV" --ioengine=libaio --direct=1 \
+    --rw=randrw --rwmixread=50 --bsrange=4k-128k --iodepth=32 --size=128M \
+    --verify=crc32c --verify_fatal=1 --verify_backlog=512 \
+    --runtime="$RUNTIME" --time_based --eta=never --group_reporting >/tmp/fio.out 2>&1
+rc=$?
+grep -vE '^ +(\||lat|clat|slat|bw)' /tmp/fio.out
+[ $rc = 0 ] || fail "fio rc=$rc"
+grep -qiE "verify: bad|verify failed|bad magic|type mismatch|crc32c: " /tmp/fio.out && fail "verify errors"
+grep -q 'err= 0' /tmp/fio.out || fail "fio reports errors"
+# requests the block layer had in flight on the device while fio ran (inflight: reads writes)
+echo "  device inflight now: $(cat /sys/block/$b/inflight)"
+
+echo "=== 5: blkdiscard -> Dataset Management (deallocated blocks read as zeros)"
+dd if=/dev/urandom of=/tmp/rand1m bs=1M count=1 2>/dev/null
+dd if=/dev/zero of=/tmp/zero1m bs=1M count=1 2>/dev/null
+dd if=/tmp/rand1m of="$UDEV" bs=1M seek=200 count=1 conv=fsync 2>/dev/null || fail "write at 200 MiB"
+echo 3 >/proc/sys/vm/drop_caches
+dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/rand1m || fail "pattern not written"
+blkdiscard -o $((200 << 20)) -l $((1 << 20)) "$UDEV" || fail "blkdiscard"
+echo 3 >/proc/sys/vm/drop_caches
+dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/zero1m || fail "discarded range does not read as zeros"
+echo "  1 MiB at 200 MiB: pattern written, discarded, reads as zeros"
+
+echo "=== 6: nvmf disconnect --nqn"
+nvmf disconnect --nqn "$NQN" || fail "nvmf disconnect --nqn"
+ugone || fail "device not removed by nvmf disconnect --nqn"
+[ -z "$(nvmf list --output-format json | grep '"device"')" ] || fail "nvmf list not empty"
+
+echo "=== 7: 4 KiB blocks ($NQN4K namespace 1), SIGTERM"
+uconnect "$NQN4K" --namespace 1 || fail "connect 4k"
+b=${UDEV##*/}
+[ "$(cat /sys/block/$b/queue/logical_block_size)" = 4096 ] || fail "4k: logical block size $(cat /sys/block/$b/queue/logical_block_size)"
+[ "$(cat /sys/block/$b/size)" = 131072 ] || fail "4k: size $(cat /sys/block/$b/size)"
+dd if=/tmp/rand1m of="$UDEV" bs=1M seek=3 count=1 conv=fsync 2>/dev/null || fail "4k: write"
+echo 3 >/proc/sys/vm/drop_caches
+dd if="$UDEV" bs=1M skip=3 count=1 2>/dev/null | cmp - /tmp/rand1m || fail "4k: read back differs"
+kill -TERM $UPID
+ugone || fail "SIGTERM did not remove the device"
+echo "  4 KiB-block device: 1 MiB round trip; SIGTERM removed it"
+echo "ublk: OK"
