@@ -12,7 +12,7 @@
 //! tasks see their fetch commands aborted, `run_target` returns and dropping
 //! the control device deletes it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -133,6 +133,9 @@ struct IoContext {
     qid: u16,
     errors: RefCell<LogLimiter>,
     epoch: Instant,
+    /// Commands sent, by [`NvmeIo::kind_index`], and requests failed.
+    sent: [Cell<u64>; NvmeIo::KINDS],
+    failed: Cell<u64>,
 }
 
 fn queue_thread(qid: u16, dev: &UblkDev, conn: QueueConn, cfg: DeviceConfig) {
@@ -144,8 +147,14 @@ fn queue_thread(qid: u16, dev: &UblkDev, conn: QueueConn, cfg: DeviceConfig) {
         }
     };
     let nq = NvmeQueue::new(conn, dev.dev_info.queue_depth as usize);
-    let ctx =
-        std::rc::Rc::new(IoContext { cfg, qid, errors: RefCell::new(LogLimiter::default()), epoch: Instant::now() });
+    let ctx = std::rc::Rc::new(IoContext {
+        cfg,
+        qid,
+        errors: RefCell::new(LogLimiter::default()),
+        epoch: Instant::now(),
+        sent: Default::default(),
+        failed: Cell::new(0),
+    });
     let exe = std::rc::Rc::new(smol::LocalExecutor::new());
     let mut tasks = Vec::new();
     for tag in q.tags() {
@@ -167,6 +176,19 @@ fn queue_thread(qid: u16, dev: &UblkDev, conn: QueueConn, cfg: DeviceConfig) {
             tracing::error!(qid, "ublk queue loop: {e}");
         }
     }));
+    let n = |k: usize| ctx.sent[k].get();
+    tracing::info!(
+        "ublk queue {qid} (NVMe QID {}): {} read, {} write, {} flush, {} dataset management, {} write zeroes; \
+         {} failed; most commands in flight at once: {}",
+        qid + 1,
+        n(0),
+        n(1),
+        n(2),
+        n(3),
+        n(4),
+        ctx.failed.get(),
+        nq.inflight_max()
+    );
 }
 
 /// One ublk tag: fetch a request, run its NVMe command, commit the result, repeat.
@@ -231,12 +253,15 @@ async fn serve_one(
             Request::new(sqe)
         }
     };
+    let kind = &ctx.sent[io.kind_index()];
+    kind.set(kind.get() + 1);
     let c = match nq.execute(tag, req).await {
         Ok(c) => c,
         Err(back) => {
             if back.capacity() > 0 {
                 *data = back;
             }
+            ctx.failed.set(ctx.failed.get() + 1);
             ctx.log_error(format_args!("{} not sent: the NVMe I/O queue has failed", io.name()));
             return -libc::EIO;
         }
@@ -256,6 +281,7 @@ async fn serve_one(
     if ok {
         return io.ublk_result(geo);
     }
+    ctx.failed.set(ctx.failed.get() + 1);
     match fate {
         Fate::Known => ctx.log_error(format_args!("{} {io:?}: NVMe status {status}", io.name())),
         Fate::Unknown => ctx.log_error(format_args!("{} {io:?}: connection lost, outcome unknown", io.name())),

@@ -220,6 +220,19 @@ impl NvmeIo {
         }
     }
 
+    /// Distinct commands, for per-kind counters indexed by [`kind_index`](Self::kind_index).
+    pub const KINDS: usize = 5;
+    /// Read 0, Write 1, Flush 2, Dataset Management 3, Write Zeroes 4.
+    pub fn kind_index(&self) -> usize {
+        match self {
+            NvmeIo::Read { .. } => 0,
+            NvmeIo::Write { .. } => 1,
+            NvmeIo::Flush => 2,
+            NvmeIo::Deallocate { .. } => 3,
+            NvmeIo::WriteZeroes { .. } => 4,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             NvmeIo::Read { .. } => "Read",

@@ -13,7 +13,7 @@
 //!
 //! [`HostQueue`]: nvmf_host::HostQueue
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -36,13 +36,27 @@ struct Slot {
 pub struct NvmeQueue {
     conn: RefCell<QueueConn>,
     slots: RefCell<Vec<Slot>>,
+    inflight: Cell<usize>,
+    /// Most commands ever in flight at once: shows that a deep ublk queue
+    /// really reaches the NVMe queue (logged when the device stops).
+    inflight_max: Cell<usize>,
 }
 
 impl NvmeQueue {
     /// `tags`: the ublk queue depth (tags are `0..tags`).
     pub fn new(conn: QueueConn, tags: usize) -> Rc<NvmeQueue> {
         let slots = (0..tags).map(|_| Slot::default()).collect();
-        Rc::new(NvmeQueue { conn: RefCell::new(conn), slots: RefCell::new(slots) })
+        Rc::new(NvmeQueue {
+            conn: RefCell::new(conn),
+            slots: RefCell::new(slots),
+            inflight: Cell::new(0),
+            inflight_max: Cell::new(0),
+        })
+    }
+
+    /// Most NVMe commands this queue had in flight at once.
+    pub fn inflight_max(&self) -> usize {
+        self.inflight_max.get()
     }
 
     pub fn depth(&self) -> u16 {
@@ -65,12 +79,16 @@ impl NvmeQueue {
         if let Err(e) = submitted {
             return Err(e.buf);
         }
+        self.inflight.set(self.inflight.get() + 1);
+        self.inflight_max.set(self.inflight_max.get().max(self.inflight.get()));
         if self.failed() {
             // A send failure completed the command inside submit: deliver it
             // here, since the receive task may have stopped already.
             self.dispatch();
         }
-        CompletionWait { q: self, tag }.await
+        let c = CompletionWait { q: self, tag }.await;
+        self.inflight.set(self.inflight.get() - 1);
+        c
     }
 
     /// Move every completion the queue holds to its tag's slot.

@@ -7,19 +7,20 @@
 . /usr/share/lab/case.sh
 set -u
 B=/lab/files
-MNT=/mnt/ublk SUMS=/tmp/ublk.sha256 LOG=/tmp/ublk-connect.log
+MNT=/mnt/ublk SUMS=/tmp/ublk.sha256 SEQ=0
 # the host's binary with the host's libssl/libcrypto/libgcc_s (guest glibc is newer)
 nvmf() { LD_LIBRARY_PATH=$B/nvmf-lib timeout 60 "$B/nvmf" "$@"; }
 cleanup_all
-: >"$LOG"
 modprobe ublk_drv || fail "modprobe ublk_drv"
 modprobe ext4 || fail "modprobe ext4"
 [ -e /dev/ublk-control ] || fail "no /dev/ublk-control after modprobe ublk_drv"
 
-# uconnect NQN [ARGS]: `nvmf connect` in the background (UPID); waits (60 s, sysfs)
-# for its block device (UDEV) with a non-zero size
+# uconnect NQN [ARGS]: `nvmf connect` in the background (UPID, output in LOG); waits
+# (60 s, sysfs) for its block device (UDEV) with a non-zero size
 uconnect() {
     _nqn=$1; shift
+    SEQ=$((SEQ + 1))
+    LOG=/tmp/ublk-connect-$SEQ.log
     echo "+ nvmf connect -a $TADDR -s $PORT -n $_nqn $*"
     LD_LIBRARY_PATH=$B/nvmf-lib "$B/nvmf" connect -a "$TADDR" -s "$PORT" -n "$_nqn" "$@" >>"$LOG" 2>&1 &
     UPID=$!
@@ -115,6 +116,14 @@ echo "  1 MiB at 200 MiB: pattern written, discarded, reads as zeros"
 echo "=== 6: nvmf disconnect --nqn"
 nvmf disconnect --nqn "$NQN" || fail "nvmf disconnect --nqn"
 ugone || fail "device not removed by nvmf disconnect --nqn"
+# what this session's queues sent (one line per ublk queue, logged when it stopped)
+sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep 'most commands in flight' | sed 's/.*INFO [^ ]* //; s/^/  /'
+dsm=$(sed -n 's/.* \([0-9][0-9]*\) dataset management.*/\1/p' "$LOG" | awk '{ s += $1 } END { print s + 0 }')
+qd=$(sed -n 's/.*most commands in flight at once: \([0-9][0-9]*\).*/\1/p' "$LOG" | sort -n | tail -n 1)
+echo "  Dataset Management commands completed: $dsm; most NVMe commands in flight on one queue: ${qd:-?}"
+[ "$dsm" -ge 1 ] || fail "no Dataset Management command was sent"
+[ "${qd:-0}" -gt 1 ] || fail "the NVMe queue never had more than one command in flight"
+grep -qiE 'panicked|ERROR' "$LOG" && { cat "$LOG"; fail "errors in the nvmf connect log"; }
 [ -z "$(nvmf list --output-format json | grep '"device"')" ] || fail "nvmf list not empty"
 
 echo "=== 7: 4 KiB blocks ($NQN4K namespace 1), SIGTERM"
