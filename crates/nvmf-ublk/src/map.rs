@@ -162,7 +162,7 @@ pub fn blocks_of(start_sector: u64, nr_sectors: u32, geo: &Geometry) -> Result<(
     if nr_sectors == 0 {
         return Err(MapError::OutOfRange);
     }
-    if start_sector % per_block != 0 || nr_sectors as u64 % per_block != 0 {
+    if !start_sector.is_multiple_of(per_block) || !(nr_sectors as u64).is_multiple_of(per_block) {
         return Err(MapError::Unaligned);
     }
     let (slba, blocks) = (start_sector / per_block, nr_sectors as u64 / per_block);

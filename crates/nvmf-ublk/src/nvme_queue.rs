@@ -25,6 +25,9 @@ use nvmf_host::QueueConn;
 /// Reads per readiness event at most before polling again: bounds the time
 /// the receive task keeps the thread from the ublk ring under a flood.
 const PUMPS_PER_WAKE_MAX: usize = 16;
+/// Longest wait for the socket before the queue is read and its command
+/// timeouts checked anyway.
+const RECEIVE_TICK_S: u64 = 1;
 
 #[derive(Default)]
 struct Slot {
@@ -111,14 +114,33 @@ impl NvmeQueue {
     }
 
     /// The receive task: until the connection fails, wait for the socket to
-    /// be readable on the ublk queue's ring, then read and dispatch.
+    /// be readable on the ublk queue's ring, then read and dispatch. The wait
+    /// is bounded ([`RECEIVE_TICK_S`]) so that command timeouts are checked
+    /// on a silent connection too, and bytes a TLS session holds beyond what
+    /// one read took are picked up even when the socket has nothing new.
     pub async fn receive_loop(self: Rc<Self>) {
-        use io_uring::{opcode, types};
+        use io_uring::{opcode, squeue, types};
+        use libublk::uring_async::ublk_submit_sqe_async;
         let fd = self.raw_fd();
+        let tick = types::Timespec::new().sec(RECEIVE_TICK_S);
+        let target_io = libublk::UblkUringData::Target as u64;
         loop {
-            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build();
-            let r = libublk::uring_async::ublk_submit_sqe_async(sqe, libublk::UblkUringData::Target as u64).await;
-            if let Err(e) = r {
+            // PollAdd linked to a LinkTimeout: both are pushed before the
+            // ring is next submitted (zip polls them in order), so they stay
+            // adjacent. Either CQE may come first; both are awaited.
+            let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().flags(squeue::Flags::IO_LINK);
+            let timeout = opcode::LinkTimeout::new(&tick).build();
+            let (r, _) =
+                smol::future::zip(ublk_submit_sqe_async(poll, target_io), ublk_submit_sqe_async(timeout, target_io))
+                    .await;
+            // -ECANCELED: the tick ended the poll. Any other error would come
+            // back at once every time: no busy loop, give the queue up.
+            let refused = match r {
+                Ok(res) if res >= 0 || res == -libc::ECANCELED => None,
+                Ok(res) => Some(std::io::Error::from_raw_os_error(-res).to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = refused {
                 tracing::warn!("ublk ring refused the socket poll: {e}");
                 // Nothing would read the socket any more: fail the queue so
                 // every command in flight completes (with an unknown fate).
