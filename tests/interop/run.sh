@@ -78,7 +78,7 @@ CASES=(
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
     target-fio-verify target-pattern-ram target-fs target-disconnect-clean
-    target-unknown-nqn target-kill-mid-io)
+    target-unknown-nqn target-kill-mid-io target-ublk)
 
 # ------------------------------------------------------------------ helpers
 say() { printf '%s\n' "$*"; }
@@ -980,6 +980,9 @@ ref_case() {
     target-fs) gexec target 160 fs.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NFILES=24 ;;
     target-disconnect-clean) gexec target 80 disconnect.sh TADDR=$L PORT=4420 "NQNS=$SUBNQN_A $SUBNQN_B" ;;
     target-unknown-nqn) gexec target 80 negative.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A MODE=unknown-nqn ;;
+    # null_blk without discard behind the kernel target: no blkdiscard check
+    target-ublk) gexec target $((FIO_RUNTIME + 380)) ublk.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
+        RUNTIME="$FIO_RUNTIME" NFILES=12 DISCARD=none ;;
     target-kill-mid-io)
         gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start &&
             gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=disconnect &&

@@ -3,13 +3,22 @@
 # fio randrw crc32c verify at iodepth 32, blkdiscard reaches the target as Dataset
 # Management (t1's RAM namespaces read deallocated blocks as zeros), a 4 KiB-block
 # namespace, `nvmf list` (text, json), `nvmf disconnect DEV|--nqn`, SIGTERM.
-# env: TADDR PORT NQN NQN4K RUNTIME NFILES
+# env: TADDR PORT NQN NQN4K RUNTIME NFILES [DISCARD=zeros|none: whether the remote
+#      namespace deallocates to zeros (t1's RAM) or has no discard (the ref run's
+#      kernel target on null_blk): then step 5 and the DSM count are skipped]
 . /usr/share/lab/case.sh
 set -u
 B=/lab/files
 MNT=/mnt/ublk SUMS=/tmp/ublk.sha256 SEQ=0
 # the host's binary with the host's libssl/libcrypto/libgcc_s (guest glibc is newer)
 nvmf() { LD_LIBRARY_PATH=$B/nvmf-lib timeout 60 "$B/nvmf" "$@"; }
+# ufail MSG: the failure, with the tail of the current `nvmf connect` output
+ufail() {
+    echo "--- nvmf connect output ($LOG):"; tail -n 30 "$LOG" 2>/dev/null
+    echo "--- dd:"; cat /tmp/dd.err 2>/dev/null; echo "--- dmesg:"; dmesg | tail -n 15
+    fail "$@"
+}
+LOG=/dev/null
 cleanup_all
 modprobe ublk_drv || fail "modprobe ublk_drv"
 modprobe ext4 || fail "modprobe ext4"
@@ -49,45 +58,45 @@ ugone() {
 }
 
 echo "=== 1: connect, geometry"
-uconnect "$NQN" --namespace 1 || fail "connect"
+uconnect "$NQN" --namespace 1 || ufail "connect"
 b=${UDEV##*/}
 echo "  size $(cat /sys/block/$b/size) sectors, lbs $(cat /sys/block/$b/queue/logical_block_size)," \
     "max_hw_sectors_kb $(cat /sys/block/$b/queue/max_hw_sectors_kb), nr_requests $(cat /sys/block/$b/queue/nr_requests)," \
     "discard_max_bytes $(cat /sys/block/$b/queue/discard_max_bytes), write_cache $(cat /sys/block/$b/queue/write_cache)," \
     "hw queues $(ls /sys/block/$b/mq | wc -l)"
-[ "$(cat /sys/block/$b/size)" = 524288 ] || fail "size: want 524288 sectors (256 MiB)"
-[ "$(cat /sys/block/$b/queue/logical_block_size)" = 512 ] || fail "logical block size"
-[ "$(cat /sys/block/$b/queue/discard_max_bytes)" -gt 0 ] || fail "no discard"
+[ "$(cat /sys/block/$b/size)" = 524288 ] || ufail "size: want 524288 sectors (256 MiB)"
+[ "$(cat /sys/block/$b/queue/logical_block_size)" = 512 ] || ufail "logical block size"
+[ "$(cat /sys/block/$b/queue/discard_max_bytes)" -gt 0 ] || ufail "no discard"
 
 echo "=== 2: nvmf list"
 nvmf list | tee /tmp/list.txt
-grep -q "^$UDEV .*$NQN" /tmp/list.txt || fail "nvmf list: no $UDEV"
-nvmf list --output-format json >/tmp/list.json || fail "list json"
+grep -q "^$UDEV .*$NQN" /tmp/list.txt || ufail "nvmf list: no $UDEV"
+nvmf list --output-format json >/tmp/list.json || ufail "list json"
 grep -q "\"device\": \"$UDEV\"" /tmp/list.json && grep -q '"size_bytes": 268435456' /tmp/list.json &&
     grep -q '"block_size_bytes": 512' /tmp/list.json && grep -q '"nsid": 1' /tmp/list.json ||
-    { cat /tmp/list.json; fail "nvmf list json"; }
+    { cat /tmp/list.json; ufail "nvmf list json"; }
 
 echo "=== 3: ext4, $NFILES files, disconnect, connect, checksums"
-mkfs.ext4 -F -q -L ublkfs "$UDEV" || fail "mkfs.ext4"
+mkfs.ext4 -F -q -L ublkfs "$UDEV" || ufail "mkfs.ext4"
 mkdir -p "$MNT"
-mount -t ext4 "$UDEV" "$MNT" || fail "mount"
+mount -t ext4 "$UDEV" "$MNT" || ufail "mount"
 i=1
 while [ $i -le "$NFILES" ]; do
-    dd if=/dev/urandom of="$MNT/file$i" bs=64k count=$((i % 4 * 4 + 4)) 2>/dev/null || fail "write file$i"
+    dd if=/dev/urandom of="$MNT/file$i" bs=64k count=$((i % 4 * 4 + 4)) 2>/dev/null || ufail "write file$i"
     i=$((i + 1))
 done
 (cd "$MNT" && sha256sum file*) >"$SUMS"
 echo "  $(wc -l <"$SUMS") files; $(df -k "$MNT" | tail -n1)"
-umount "$MNT" || fail "umount"
-nvmf disconnect "$UDEV" || fail "nvmf disconnect $UDEV"
-ugone || fail "device not removed by nvmf disconnect"
+umount "$MNT" || ufail "umount"
+nvmf disconnect "$UDEV" || ufail "nvmf disconnect $UDEV"
+ugone || ufail "device not removed by nvmf disconnect"
 echo 3 >/proc/sys/vm/drop_caches
-uconnect "$NQN" --namespace 1 || fail "reconnect"
-e2fsck -fn "$UDEV" >/tmp/e2fsck.out 2>&1 || { cat /tmp/e2fsck.out; fail "e2fsck"; }
-mount -t ext4 "$UDEV" "$MNT" || fail "mount after reconnect"
-(cd "$MNT" && sha256sum -c "$SUMS") >/tmp/ublk.check 2>&1 || { grep -v ': OK$' /tmp/ublk.check; fail "checksum mismatch"; }
+uconnect "$NQN" --namespace 1 || ufail "reconnect"
+e2fsck -fn "$UDEV" >/tmp/e2fsck.out 2>&1 || { cat /tmp/e2fsck.out; ufail "e2fsck"; }
+mount -t ext4 "$UDEV" "$MNT" || ufail "mount after reconnect"
+(cd "$MNT" && sha256sum -c "$SUMS") >/tmp/ublk.check 2>&1 || { grep -v ': OK$' /tmp/ublk.check; ufail "checksum mismatch"; }
 echo "  verified: $(grep -c ': OK$' /tmp/ublk.check)/$(wc -l <"$SUMS") files match"
-umount "$MNT" || fail "umount 2"
+umount "$MNT" || ufail "umount 2"
 
 echo "=== 4: fio randrw verify, bsrange 4k-128k, iodepth 32, ${RUNTIME}s"
 timeout $((RUNTIME + 120)) fio --name=ublk-randrw --filename="$UDEV" --ioengine=libaio --direct=1 \
@@ -96,45 +105,50 @@ timeout $((RUNTIME + 120)) fio --name=ublk-randrw --filename="$UDEV" --ioengine=
     --runtime="$RUNTIME" --time_based --eta=never --group_reporting >/tmp/fio.out 2>&1
 rc=$?
 grep -vE '^ +(\||lat|clat|slat|bw)' /tmp/fio.out
-[ $rc = 0 ] || fail "fio rc=$rc"
-grep -qiE "verify: bad|verify failed|bad magic|type mismatch|crc32c: " /tmp/fio.out && fail "verify errors"
-grep -q 'err= 0' /tmp/fio.out || fail "fio reports errors"
+[ $rc = 0 ] || ufail "fio rc=$rc"
+grep -qiE "verify: bad|verify failed|bad magic|type mismatch|crc32c: " /tmp/fio.out && ufail "verify errors"
+grep -q 'err= 0' /tmp/fio.out || ufail "fio reports errors"
 # requests the block layer had in flight on the device while fio ran (inflight: reads writes)
 echo "  device inflight now: $(cat /sys/block/$b/inflight)"
 
-echo "=== 5: blkdiscard -> Dataset Management (deallocated blocks read as zeros)"
+DISCARD=${DISCARD:-zeros}
 dd if=/dev/urandom of=/tmp/rand1m bs=1M count=1 2>/dev/null
 dd if=/dev/zero of=/tmp/zero1m bs=1M count=1 2>/dev/null
-dd if=/tmp/rand1m of="$UDEV" bs=1M seek=200 count=1 conv=fsync 2>/dev/null || fail "write at 200 MiB"
+if [ "$DISCARD" = zeros ]; then
+echo "=== 5: blkdiscard -> Dataset Management (deallocated blocks read as zeros)"
+dd if=/tmp/rand1m of="$UDEV" bs=1M seek=200 count=1 conv=fsync 2>/dev/null || ufail "write at 200 MiB"
 echo 3 >/proc/sys/vm/drop_caches
-dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/rand1m || fail "pattern not written"
-blkdiscard -o $((200 << 20)) -l $((1 << 20)) "$UDEV" || fail "blkdiscard"
+dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/rand1m || ufail "pattern not written"
+blkdiscard -o $((200 << 20)) -l $((1 << 20)) "$UDEV" || ufail "blkdiscard"
 echo 3 >/proc/sys/vm/drop_caches
-dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/zero1m || fail "discarded range does not read as zeros"
+dd if="$UDEV" bs=1M skip=200 count=1 2>/dev/null | cmp - /tmp/zero1m || ufail "discarded range does not read as zeros"
 echo "  1 MiB at 200 MiB: pattern written, discarded, reads as zeros"
+else
+echo "=== 5: skipped (DISCARD=$DISCARD)"
+fi
 
 echo "=== 6: nvmf disconnect --nqn"
-nvmf disconnect --nqn "$NQN" || fail "nvmf disconnect --nqn"
-ugone || fail "device not removed by nvmf disconnect --nqn"
+nvmf disconnect --nqn "$NQN" || ufail "nvmf disconnect --nqn"
+ugone || ufail "device not removed by nvmf disconnect --nqn"
 # what this session's queues sent (one line per ublk queue, logged when it stopped)
 sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep 'most commands in flight' | sed 's/.*INFO [^ ]* //; s/^/  /'
 dsm=$(sed -n 's/.* \([0-9][0-9]*\) dataset management.*/\1/p' "$LOG" | awk '{ s += $1 } END { print s + 0 }')
 qd=$(sed -n 's/.*most commands in flight at once: \([0-9][0-9]*\).*/\1/p' "$LOG" | sort -n | tail -n 1)
 echo "  Dataset Management commands completed: $dsm; most NVMe commands in flight on one queue: ${qd:-?}"
-[ "$dsm" -ge 1 ] || fail "no Dataset Management command was sent"
-[ "${qd:-0}" -gt 1 ] || fail "the NVMe queue never had more than one command in flight"
-grep -qiE 'panicked|ERROR' "$LOG" && { cat "$LOG"; fail "errors in the nvmf connect log"; }
-[ -z "$(nvmf list --output-format json | grep '"device"')" ] || fail "nvmf list not empty"
+[ "$DISCARD" != zeros ] || [ "$dsm" -ge 1 ] || ufail "no Dataset Management command was sent"
+[ "${qd:-0}" -gt 1 ] || ufail "the NVMe queue never had more than one command in flight"
+grep -qiE 'panicked|ERROR' "$LOG" && { cat "$LOG"; ufail "errors in the nvmf connect log"; }
+[ -z "$(nvmf list --output-format json | grep '"device"')" ] || ufail "nvmf list not empty"
 
 echo "=== 7: 4 KiB blocks ($NQN4K namespace 1), SIGTERM"
-uconnect "$NQN4K" --namespace 1 || fail "connect 4k"
+uconnect "$NQN4K" --namespace 1 || ufail "connect 4k"
 b=${UDEV##*/}
-[ "$(cat /sys/block/$b/queue/logical_block_size)" = 4096 ] || fail "4k: logical block size $(cat /sys/block/$b/queue/logical_block_size)"
-[ "$(cat /sys/block/$b/size)" = 131072 ] || fail "4k: size $(cat /sys/block/$b/size)"
-dd if=/tmp/rand1m of="$UDEV" bs=1M seek=3 count=1 conv=fsync 2>/dev/null || fail "4k: write"
+[ "$(cat /sys/block/$b/queue/logical_block_size)" = 4096 ] || ufail "4k: logical block size $(cat /sys/block/$b/queue/logical_block_size)"
+[ "$(cat /sys/block/$b/size)" = 131072 ] || ufail "4k: size $(cat /sys/block/$b/size)"
+dd if=/tmp/rand1m of="$UDEV" bs=1M seek=3 count=1 conv=fsync 2>/tmp/dd.err || ufail "4k: write"
 echo 3 >/proc/sys/vm/drop_caches
-dd if="$UDEV" bs=1M skip=3 count=1 2>/dev/null | cmp - /tmp/rand1m || fail "4k: read back differs"
+dd if="$UDEV" bs=1M skip=3 count=1 2>/dev/null | cmp - /tmp/rand1m || ufail "4k: read back differs"
 kill -TERM $UPID
-ugone || fail "SIGTERM did not remove the device"
+ugone || ufail "SIGTERM did not remove the device"
 echo "  4 KiB-block device: 1 MiB round trip; SIGTERM removed it"
 echo "ublk: OK"
