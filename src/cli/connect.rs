@@ -21,6 +21,8 @@ use super::host::{ConnArgs, OutputFormat};
 const UBLK_CONTROL: &str = "/dev/ublk-control";
 /// How long `disconnect` waits for a server to remove its device.
 const DISCONNECT_WAIT_MS: u64 = 30_000;
+/// How long one device may take to appear (ADD_DEV, SET_PARAMS, START_DEV).
+const DEVICE_START_WAIT_MS: u64 = 30_000;
 /// How often the foreground `connect` looks for signals and ended devices.
 const SIGNAL_POLL_MS: i64 = 200;
 
@@ -129,16 +131,59 @@ pub fn connect(a: ConnectArgs) -> Result<()> {
     // (one per ublk queue), and a controller's queues serve one device.
     check_io_controller(&first)?;
     let mut spare = Some(first);
+    // One device at a time, each up before the next: a failure then stops
+    // only devices that exist.
     let mut served = Vec::new();
     for nsid in nsids {
-        let ctrl = match spare.take() {
-            Some(c) => c,
+        let started = match spare.take() {
+            Some(c) => Ok(c),
             None => Controller::connect(addr.as_str(), opts.clone())
-                .with_context(|| format!("connect to {} at {addr} for namespace {nsid}", a.nqn))?,
-        };
-        served.push(start_namespace(ctrl, nsid, &a.nqn, &addr)?);
+                .with_context(|| format!("connect to {} at {addr} for namespace {nsid}", a.nqn)),
+        }
+        .and_then(|ctrl| start_namespace(ctrl, nsid, &a.nqn, &addr))
+        .and_then(wait_started);
+        match started {
+            Ok(s) => served.push(s),
+            Err(e) => {
+                stop_all(&served);
+                let _ = run_until_stopped(&signals, served);
+                return Err(e);
+            }
+        }
     }
     run_until_stopped(&signals, served)
+}
+
+/// Wait until the device exists; its thread's error if it ended first.
+fn wait_started(s: Served) -> Result<Served> {
+    let deadline = Instant::now() + Duration::from_millis(DEVICE_START_WAIT_MS);
+    loop {
+        if s.dev_id.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(s);
+        }
+        if s.thread.is_finished() {
+            return match s.thread.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(anyhow::anyhow!("namespace {}: the device stopped before it started", s.nsid)),
+                Err(_) => Err(anyhow::anyhow!("namespace {}: the device thread panicked", s.nsid)),
+            };
+        }
+        if Instant::now() >= deadline {
+            bail!("namespace {}: no ublk device within {} s", s.nsid, DEVICE_START_WAIT_MS / 1000);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// STOP_DEV to every device that exists.
+fn stop_all(served: &[Served]) {
+    for s in served {
+        if let Some(id) = *s.dev_id.lock().unwrap_or_else(|p| p.into_inner()) {
+            if let Err(e) = nvmf_ublk::stop_device(id) {
+                tracing::warn!("/dev/ublkb{id}: stop: {e}");
+            }
+        }
+    }
 }
 
 /// The first controller must be an I/O controller with I/O queues.
@@ -218,13 +263,7 @@ fn run_until_stopped(signals: &StopSignals, mut served: Vec<Served>) -> Result<(
                 tracing::info!("signal {sig}: removing the devices");
             }
             stopping = true;
-            for s in &served {
-                if let Some(id) = *s.dev_id.lock().unwrap_or_else(|p| p.into_inner()) {
-                    if let Err(e) = nvmf_ublk::stop_device(id) {
-                        tracing::warn!("/dev/ublkb{id}: stop: {e}");
-                    }
-                }
-            }
+            stop_all(&served);
         }
         let mut i = 0;
         while i < served.len() {

@@ -2,7 +2,8 @@
 # (`nvmf connect` -> /dev/ublkbN): ext4 survives disconnect + connect (sha256),
 # fio randrw crc32c verify at iodepth 32, blkdiscard reaches the target as Dataset
 # Management (t1's RAM namespaces read deallocated blocks as zeros), a 4 KiB-block
-# namespace, `nvmf list` (text, json), `nvmf disconnect DEV|--nqn`, SIGTERM.
+# namespace, `nvmf list` (text, json), `nvmf disconnect DEV|--nqn`, SIGTERM, two
+# namespaces served by one `nvmf connect`.
 # env: TADDR PORT NQN NQN4K RUNTIME NFILES [DISCARD=zeros|none: whether the remote
 #      namespace deallocates to zeros (t1's RAM) or has no discard (the ref run's
 #      kernel target on null_blk): then step 5 and the DSM count are skipped]
@@ -151,4 +152,18 @@ dd if="$UDEV" bs=1M skip=3 count=1 2>/dev/null | cmp - /tmp/rand1m || ufail "4k:
 kill -TERM $UPID
 ugone || ufail "SIGTERM did not remove the device"
 echo "  4 KiB-block device: 1 MiB round trip; SIGTERM removed it"
+
+echo "=== 8: every namespace of $NQN4K (a controller each): two devices"
+uconnect "$NQN4K" || ufail "connect all namespaces"
+_i=0
+while [ "$(ls -d /sys/block/ublkb* 2>/dev/null | wc -l)" -lt 2 ]; do
+    [ $_i -ge 300 ] && ufail "no second device"
+    sleep 0.1; _i=$((_i + 1))
+done
+nvmf list | tee /tmp/list2.txt
+nvmf list --output-format json >/tmp/list2.json || ufail "list json"
+grep -q '"size_bytes": 67108864' /tmp/list2.json && grep -q '"size_bytes": 1099511627776' /tmp/list2.json &&
+    grep -q '"nsid": 2' /tmp/list2.json || { cat /tmp/list2.json; ufail "nvmf list: both namespaces"; }
+nvmf disconnect --nqn "$NQN4K" || ufail "nvmf disconnect --nqn (2 devices)"
+ugone || ufail "devices not removed"
 echo "ublk: OK"
