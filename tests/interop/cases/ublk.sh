@@ -141,8 +141,8 @@ echo "  Dataset Management commands completed: $dsm; most NVMe commands in fligh
 grep -qiE 'panicked|ERROR' "$LOG" && { cat "$LOG"; ufail "errors in the nvmf connect log"; }
 [ -z "$(nvmf list --output-format json | grep '"device"')" ] || ufail "nvmf list not empty"
 
-echo "=== 7: 4 KiB blocks ($NQN4K namespace 1), SIGTERM"
-uconnect "$NQN4K" --namespace 1 || ufail "connect 4k"
+echo "=== 7: 4 KiB blocks ($NQN4K namespace 1) with header and data digests, SIGTERM"
+uconnect "$NQN4K" --namespace 1 -g -G || ufail "connect 4k"
 b=${UDEV##*/}
 [ "$(cat /sys/block/$b/queue/logical_block_size)" = 4096 ] || ufail "4k: logical block size $(cat /sys/block/$b/queue/logical_block_size)"
 [ "$(cat /sys/block/$b/size)" = 131072 ] || ufail "4k: size $(cat /sys/block/$b/size)"
@@ -151,7 +151,7 @@ echo 3 >/proc/sys/vm/drop_caches
 dd if="$UDEV" bs=1M skip=3 count=1 2>/dev/null | cmp - /tmp/rand1m || ufail "4k: read back differs"
 kill -TERM $UPID
 ugone || ufail "SIGTERM did not remove the device"
-echo "  4 KiB-block device: 1 MiB round trip; SIGTERM removed it"
+echo "  4 KiB-block device with digests: 1 MiB round trip; SIGTERM removed it"
 
 echo "=== 8: every namespace of $NQN4K (a controller each): two devices"
 uconnect "$NQN4K" || ufail "connect all namespaces"
