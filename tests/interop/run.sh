@@ -58,7 +58,7 @@ CASES=(
     "target-auth|target|target:--config|180|c_target_auth"
     "target-tls|target|target:--config,--tls|300|c_target_tls"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
-    "target-ublk|target|target:--config connect:--namespace,--nqn disconnect:--nqn list:--output-format|420|c_target_ublk"
+    "target-ublk|target|target:--config,--tls connect:--namespace,--nqn,--tls-key disconnect:--nqn list:--output-format|480|c_target_ublk"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
@@ -484,8 +484,11 @@ c_target_fs() {
 c_target_ublk() {
     tenv; tneed t1 || return 1
     [ -x "$STATE/files/nvmf" ] || { echo "no nvmf binary for the guest"; return 1; }
-    gexec target $((FIO_RUNTIME + 380)) ublk.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
-        RUNTIME="$FIO_RUNTIME" NFILES=12
+    # t1's TLS listener and keys (tls_config): the TLS step uses host TH1
+    local kv=()
+    kv=($(grep -oE '^(TH1|TK1)=[^ ]*' "$STATE/tls.env"))
+    gexec target $((FIO_RUNTIME + 420)) ublk.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
+        RUNTIME="$FIO_RUNTIME" NFILES=12 PT="$PT" NQN_TLS=$SUBNQN_TLS "${kv[@]}"
 }
 c_target_disconnect_clean() {
     tenv; tneed t1 || return 1

@@ -4,7 +4,9 @@
 # Management (t1's RAM namespaces read deallocated blocks as zeros), a 4 KiB-block
 # namespace, `nvmf list` (text, json), `nvmf disconnect DEV|--nqn`, SIGTERM, two
 # namespaces served by one `nvmf connect`.
-# env: TADDR PORT NQN NQN4K RUNTIME NFILES [DISCARD=zeros|none: whether the remote
+# env: TADDR PORT NQN NQN4K RUNTIME NFILES [PT NQN_TLS TH1 TK1: t1's TLS listener, a
+#      subsystem on it, a host NQN and its PSK (interchange format, compat layout)]
+#      [DISCARD=zeros|none: whether the remote
 #      namespace deallocates to zeros (t1's RAM) or has no discard (the ref run's
 #      kernel target on null_blk): then step 5 and the DSM count are skipped]
 . /usr/share/lab/case.sh
@@ -31,8 +33,8 @@ uconnect() {
     _nqn=$1; shift
     SEQ=$((SEQ + 1))
     LOG=/tmp/ublk-connect-$SEQ.log
-    echo "+ nvmf connect -a $TADDR -s $PORT -n $_nqn $*"
-    LD_LIBRARY_PATH=$B/nvmf-lib "$B/nvmf" connect -a "$TADDR" -s "$PORT" -n "$_nqn" "$@" >>"$LOG" 2>&1 &
+    echo "+ nvmf connect -a $TADDR -s ${UPORT:-$PORT} -n $_nqn $(echo "$*" | sed 's/NVMeTLSkey-1:[^ ]*/<key>/g')"
+    LD_LIBRARY_PATH=$B/nvmf-lib "$B/nvmf" connect -a "$TADDR" -s "${UPORT:-$PORT}" -n "$_nqn" "$@" >>"$LOG" 2>&1 &
     UPID=$!
     _i=0
     while [ $_i -lt 600 ]; do
@@ -166,4 +168,20 @@ grep -q '"size_bytes": 67108864' /tmp/list2.json && grep -q '"size_bytes": 10995
     grep -q '"nsid": 2' /tmp/list2.json || { cat /tmp/list2.json; ufail "nvmf list: both namespaces"; }
 nvmf disconnect --nqn "$NQN4K" || ufail "nvmf disconnect --nqn (2 devices)"
 ugone || ufail "devices not removed"
+if [ -n "${PT:-}" ]; then
+    echo "=== 9: over TLS 1.3 (PSK, t1's TLS listener): fio randrw verify, iodepth 32, 10s"
+    UPORT=$PT uconnect "$NQN_TLS" -q "$TH1" --tls-key "$TK1" --tls-key-compat || ufail "connect over TLS"
+    timeout 130 fio --name=ublk-tls --filename="$UDEV" --ioengine=libaio --direct=1 \
+        --rw=randrw --rwmixread=50 --bsrange=4k-128k --iodepth=32 --size=64M \
+        --verify=crc32c --verify_fatal=1 --verify_backlog=512 \
+        --runtime=10 --time_based --eta=never --group_reporting >/tmp/fio-tls.out 2>&1
+    rc=$?
+    grep -E 'err=|IOPS' /tmp/fio-tls.out
+    [ $rc = 0 ] || { cat /tmp/fio-tls.out; ufail "fio over TLS rc=$rc"; }
+    grep -qiE "verify: bad|verify failed|bad magic|type mismatch|crc32c: " /tmp/fio-tls.out && ufail "verify errors over TLS"
+    grep -q 'err= 0' /tmp/fio-tls.out || ufail "fio reports errors over TLS"
+    nvmf disconnect --nqn "$NQN_TLS" || ufail "disconnect TLS"
+    ugone || ufail "TLS device not removed"
+    sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep 'most commands in flight' | sed 's/.*INFO [^ ]* //; s/^/  /'
+fi
 echo "ublk: OK"
