@@ -13,12 +13,16 @@ use nvmf_proto::Sqe;
 
 /// The kernel block layer counts in 512-byte sectors whatever the LBA size.
 pub const SECTOR_BYTES: u64 = 512;
+/// Largest logical block ublk accepts: the kernel refuses a logical block
+/// shift above PAGE_SHIFT (4 KiB pages on x86-64 and most arm64 kernels).
+pub const BLOCK_BYTES_MAX: u32 = 4096;
 /// Blocks one Read / Write / Write Zeroes carries at most (NLB: 16 bits, 0's based).
 pub const RW_BLOCKS_MAX: u32 = 65_536;
 /// Bytes of one Dataset Management range (context attributes, NLB, SLBA).
 pub const DSM_RANGE_BYTES: usize = 16;
 /// Largest I/O buffer per ublk tag: bounds the memory of a deep queue
-/// (depth x this) whatever MDTS allows; Linux's nvme-tcp default is the same.
+/// (depth x this) whatever MDTS allows; the host's default transfer limit
+/// (`TRANSFER_LEN_MAX_DEFAULT_BYTES`) is the same.
 pub const IO_BYTES_MAX_CAP: u32 = 1 << 20;
 
 /// ublk I/O operations (`UBLK_IO_OP_*` of `<linux/ublk_cmd.h>`).
@@ -57,10 +61,14 @@ pub struct Geometry {
 
 impl Geometry {
     /// From the namespace's block size and NSZE and the controller's transfer
-    /// limit; `None` for a block size the kernel cannot use (not a power of
-    /// two in 512..=4096... up to 64 KiB) or a zero-sized namespace.
+    /// limit; `None` for a block size ublk cannot take (not a power of two
+    /// from 512 B to [`BLOCK_BYTES_MAX`]), an empty namespace or a transfer
+    /// limit below one block.
     pub fn new(block_size_bytes: u32, capacity_blocks: u64, transfer_len_max_bytes: u32) -> Option<Geometry> {
-        if !block_size_bytes.is_power_of_two() || !(512..=65_536).contains(&block_size_bytes) || capacity_blocks == 0 {
+        if !block_size_bytes.is_power_of_two()
+            || !(SECTOR_BYTES as u32..=BLOCK_BYTES_MAX).contains(&block_size_bytes)
+            || capacity_blocks == 0
+        {
             return None;
         }
         let by_nlb = (RW_BLOCKS_MAX as u64 * block_size_bytes as u64).min(u32::MAX as u64) as u32;
@@ -394,6 +402,7 @@ mod tests {
     fn geometry_rejects_unusable_namespaces() {
         assert!(Geometry::new(0, 10, 1 << 20).is_none());
         assert!(Geometry::new(520, 10, 1 << 20).is_none());
+        assert!(Geometry::new(8192, 10, 1 << 20).is_none(), "above the page size");
         assert!(Geometry::new(4096, 0, 1 << 20).is_none());
         assert!(Geometry::new(4096, 10, 2048).is_none(), "MDTS below one block");
         assert_eq!(Geometry::new(512, 10, 8 << 20).unwrap().io_bytes_max, IO_BYTES_MAX_CAP);

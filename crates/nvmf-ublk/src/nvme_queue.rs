@@ -62,10 +62,6 @@ impl NvmeQueue {
         self.inflight_max.get()
     }
 
-    pub fn depth(&self) -> u16 {
-        self.conn.borrow().queue().config().queue_depth
-    }
-
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.conn.borrow().raw_fd()
     }
