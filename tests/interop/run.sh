@@ -59,6 +59,7 @@ CASES=(
     "target-tls|target|target:--config,--tls|300|c_target_tls"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
     "target-ublk|target|target:--config,--tls connect:--namespace,--nqn,--tls-key disconnect:--nqn list:--output-format|480|c_target_ublk"
+    "target-ublk-kill|target|target:--config connect:--namespace disconnect:--nqn|240|c_target_ublk_kill"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
@@ -489,6 +490,19 @@ c_target_ublk() {
     kv=($(grep -oE '^(TH1|TK1)=[^ ]*' "$STATE/tls.env"))
     gexec target $((FIO_RUNTIME + 420)) ublk.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
         RUNTIME="$FIO_RUNTIME" NFILES=12 PT="$PT" NQN_TLS=$SUBNQN_TLS "${kv[@]}"
+}
+c_target_ublk_kill() {
+    tenv; tneed t1 || return 1
+    [ -x "$STATE/files/nvmf" ] || { echo "no nvmf binary for the guest"; return 1; }
+    local pids
+    gexec target 90 ublk-kill.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A PHASE=start || return 1
+    pids=$(socat_pids "$PA" | tr '\n' ' ')
+    echo "socat processes carrying 10.0.2.100:$PA: ${pids:-none}"
+    [ -n "$pids" ] || return 1
+    # shellcheck disable=SC2086  # (one may have ended on its own meanwhile)
+    kill -KILL $pids 2>/dev/null || true
+    gexec target 150 ublk-kill.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A PHASE=finish || return 1
+    talive t1 || { echo "target died"; return 1; }
 }
 c_target_disconnect_clean() {
     tenv; tneed t1 || return 1
