@@ -120,6 +120,7 @@ pub fn connect(a: ConnectArgs) -> Result<()> {
     let addr = a.conn.addr(&a.trsvcid)?;
     let mut first =
         Controller::connect(addr.as_str(), opts.clone()).with_context(|| format!("connect to {} at {addr}", a.nqn))?;
+    check_io_controller(&first)?;
     let nsids = match a.namespace {
         Some(n) => vec![n],
         None => first.active_namespaces().context("active namespace list")?,
@@ -129,7 +130,6 @@ pub fn connect(a: ConnectArgs) -> Result<()> {
     }
     // One controller per namespace: a ublk device owns its NVMe I/O queues
     // (one per ublk queue), and a controller's queues serve one device.
-    check_io_controller(&first)?;
     let mut spare = Some(first);
     // One device at a time, each up before the next: a failure then stops
     // only devices that exist.
