@@ -165,6 +165,8 @@ vm_down() {
     local d=$LAB_CACHE/vm/$NVMF_INTEROP_NAME
     [ -f "$d/console.log" ] && tr -d '\r' <"$d/console.log" >"$LOGROOT/$1-console.log"
     [ -s "$d/guestfwd.log" ] && cp "$d/guestfwd.log" "$LOGROOT/$1-guestfwd.log"
+    # qemu's own messages (why it exited, when it did)
+    [ -s "$d/qemu.log" ] && cp "$d/qemu.log" "$LOGROOT/$1-qemu.log"
     "${VM[@]}" status >/dev/null 2>&1 || rm -rf "${LAB_CACHE:?}/vm/$NVMF_INTEROP_NAME"
 }
 # VM instances are per run (name suffix = this run's pid), so that two runs on one
