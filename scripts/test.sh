@@ -24,6 +24,19 @@ if ! pkg-config --exists openssl 2>/dev/null; then
     fi
 fi
 
+# The ublk block device (crates/nvmf-ublk) uses libublk, whose -sys crate runs
+# bindgen on the kernel's ublk header at build time: bindgen needs libclang.
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null; then
+    step "installing libclang-dev (bindgen, needed to build libublk for nvmf-ublk)"
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q libclang-dev ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libclang-dev; }
+    else
+        echo "libclang missing and not root: apt-get install libclang-dev" >&2
+        exit 1
+    fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

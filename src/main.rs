@@ -1,6 +1,6 @@
 //! `nvmf`: NVMe over TCP in user space. One binary for the target
 //! (`nvmf target`), the host tools (`discover`, `identify`, `read`, `write`,
-//! `perf`), live management (`ctl`) and nvme-cli's key tools
+//! `perf`), remote namespaces as block devices (`connect`, `disconnect`, `list`), live management (`ctl`) and nvme-cli's key tools
 //! (`gen-dhchap-key`, `check-dhchap-key`, `gen-tls-key`, `check-tls-key`).
 
 use clap::{Parser, Subcommand};
@@ -26,6 +26,12 @@ enum Cmd {
     Read(cli::host::ReadArgs),
     /// Write logical blocks from a file (or stdin).
     Write(cli::host::WriteArgs),
+    /// Connect to a subsystem and serve each namespace as a local block device (/dev/ublkbN, Linux ublk).
+    Connect(cli::connect::ConnectArgs),
+    /// Remove block devices made by `connect` (one device, or all of a subsystem with --nqn).
+    Disconnect(cli::connect::DisconnectArgs),
+    /// List the block devices `connect` serves.
+    List(cli::connect::ListArgs),
     /// Load generator (spdk_nvme_perf / fio style) with latency histograms.
     Perf(cli::perf::PerfArgs),
     /// Manage a running target (subsystems, namespaces, hosts, listeners, ANA, stats) over its RPC socket.
@@ -65,6 +71,9 @@ fn main() {
         Cmd::Identify(a) => cli::host::identify(a),
         Cmd::Read(a) => cli::host::read(a),
         Cmd::Write(a) => cli::host::write(a),
+        Cmd::Connect(a) => cli::connect::connect(a),
+        Cmd::Disconnect(a) => cli::connect::disconnect(a),
+        Cmd::List(a) => cli::connect::list(a),
         Cmd::Perf(a) => cli::perf::run(a),
         Cmd::Ctl(a) => cli::ctl::run(a),
         Cmd::GenDhchapKey(a) => cli::keys::gen_dhchap_key(a),

@@ -44,9 +44,9 @@ pub struct ConnArgs {
     /// Enable data digests (CRC32C).
     #[arg(short = 'G', long)]
     pub data_digest: bool,
-    /// I/O queues to open.
-    #[arg(short = 'i', long, default_value_t = 1)]
-    pub nr_io_queues: u16,
+    /// I/O queues to open (default 1; `connect`: one per CPU).
+    #[arg(short = 'i', long)]
+    pub nr_io_queues: Option<u16>,
     /// Entries per I/O queue (16..=1024).
     #[arg(short = 'Q', long, default_value_t = nvmf_host::options::QUEUE_SIZE_DEFAULT)]
     pub queue_size: u16,
@@ -184,7 +184,7 @@ impl AuthArgs {
 }
 
 impl ConnArgs {
-    fn options(&self, subnqn: &str, default_kato_s: u32) -> Result<ConnectOptions> {
+    pub(crate) fn options(&self, subnqn: &str, default_kato_s: u32) -> Result<ConnectOptions> {
         if !self.trtype.eq_ignore_ascii_case("tcp") {
             bail!("transport {:?} not supported (only tcp)", self.trtype);
         }
@@ -200,7 +200,7 @@ impl ConnArgs {
         }
         o.hdr_digest = self.hdr_digest;
         o.data_digest = self.data_digest;
-        o.nr_io_queues = self.nr_io_queues;
+        o.nr_io_queues = self.nr_io_queues.unwrap_or(1);
         o.queue_size = self.queue_size;
         o.kato_s = self.keep_alive_tmo.unwrap_or(default_kato_s);
         o.reconnect_delay_s = self.reconnect_delay;
@@ -211,7 +211,7 @@ impl ConnArgs {
         Ok(o)
     }
 
-    fn addr(&self, port: &str) -> Result<String> {
+    pub(crate) fn addr(&self, port: &str) -> Result<String> {
         let port: u16 = port.parse().with_context(|| format!("trsvcid {port:?} is not a port number"))?;
         // Bare IPv6 literals need brackets to carry a port.
         Ok(if self.traddr.contains(':') && !self.traddr.starts_with('[') {

@@ -1,5 +1,6 @@
 //! Subcommands. Each file owns its clap argument structs and a `run` function.
 
+pub mod connect;
 pub mod ctl;
 pub mod host;
 pub mod keys;

@@ -58,6 +58,8 @@ CASES=(
     "target-auth|target|target:--config|180|c_target_auth"
     "target-tls|target|target:--config,--tls|300|c_target_tls"
     "target-kill-mid-io|target|target:--config|180|c_target_kill_mid_io"
+    "target-ublk|target|target:--config,--tls connect:--namespace,--nqn,--tls-key disconnect:--nqn list:--output-format|480|c_target_ublk"
+    "target-ublk-kill|target|target:--config connect:--namespace disconnect:--nqn|240|c_target_ublk_kill"
     "mgmt-live-namespace|target|target:--rpc-socket ctl:--rpc-socket|240|c_mgmt_live_namespace"
     "mgmt-live-subsystem|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_live_subsystem"
     "mgmt-resize|target|target:--rpc-socket ctl:--rpc-socket|150|c_mgmt_resize"
@@ -77,7 +79,7 @@ CASES=(
 )
 REF_CASES=(target-discover target-connect-queues target-connect-digests target-identify
     target-fio-verify target-pattern-ram target-fs target-disconnect-clean
-    target-unknown-nqn target-kill-mid-io)
+    target-unknown-nqn target-kill-mid-io target-ublk)
 
 # ------------------------------------------------------------------ helpers
 say() { printf '%s\n' "$*"; }
@@ -163,6 +165,8 @@ vm_down() {
     local d=$LAB_CACHE/vm/$NVMF_INTEROP_NAME
     [ -f "$d/console.log" ] && tr -d '\r' <"$d/console.log" >"$LOGROOT/$1-console.log"
     [ -s "$d/guestfwd.log" ] && cp "$d/guestfwd.log" "$LOGROOT/$1-guestfwd.log"
+    # qemu's own messages (why it exited, when it did)
+    [ -s "$d/qemu.log" ] && cp "$d/qemu.log" "$LOGROOT/$1-qemu.log"
     "${VM[@]}" status >/dev/null 2>&1 || rm -rf "${LAB_CACHE:?}/vm/$NVMF_INTEROP_NAME"
 }
 # VM instances are per run (name suffix = this run's pid), so that two runs on one
@@ -272,6 +276,19 @@ log_errors() {
     sed 's/\x1b\[[0-9;]*m//g' "$LOGROOT/$1.log" | grep -nE '(^|[^A-Za-z])ERROR([^A-Za-z]|$)|panicked|RUST_BACKTRACE' || true
 }
 
+# nvmf_guest_files: nvmf itself for cases that run it in the guest (target-ublk),
+# stripped, with the host's libssl/libcrypto/libgcc_s beside it (the guest's glibc is
+# at least the host's; the guest runs it with LD_LIBRARY_PATH=/lab/files/nvmf-lib)
+nvmf_guest_files() {
+    [ -x "$NVMF" ] || return 0
+    mkdir -p "$STATE/files/nvmf-lib"
+    strip -o "$STATE/files/nvmf" "$NVMF" 2>/dev/null || cp "$NVMF" "$STATE/files/nvmf"
+    local l
+    for l in $(ldd "$NVMF" | awk '$3 ~ /^\// { print $3 }' | grep -E 'lib(ssl|crypto|gcc_s)\.'); do
+        cp -L "$l" "$STATE/files/nvmf-lib/"
+    done
+}
+
 # ------------------------------------------------------------------ group: target
 target_setup() {
     local try failed t
@@ -317,6 +334,7 @@ target_config() {
     [ -s "$STATE/files/pat8" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8"
     [ -s "$STATE/files/pat8b" ] || head -c $((8 << 20)) /dev/urandom >"$STATE/files/pat8b"
     printf '#!/bin/sh\necho "guest up: $(uname -r), $(nproc) vCPUs"\n' >"$STATE/target.boot.sh"
+    nvmf_guest_files
 
     # TOML for the main target (schema agreed with the target engineers; see README):
     # two subsystems, three namespaces: RAM 512 B, RAM 4 KiB blocks, null 1 TiB.
@@ -468,6 +486,28 @@ c_target_file_backend() {
 c_target_fs() {
     tenv; tneed t1 || return 1
     gexec target 160 fs.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NFILES=24
+}
+c_target_ublk() {
+    tenv; tneed t1 || return 1
+    [ -x "$STATE/files/nvmf" ] || { echo "no nvmf binary for the guest"; return 1; }
+    # t1's TLS listener and keys (tls_config): the TLS step uses host TH1
+    local kv=()
+    kv=($(grep -oE '^(TH1|TK1)=[^ ]*' "$STATE/tls.env"))
+    gexec target $((FIO_RUNTIME + 420)) ublk.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
+        RUNTIME="$FIO_RUNTIME" NFILES=12 PT="$PT" NQN_TLS=$SUBNQN_TLS "${kv[@]}"
+}
+c_target_ublk_kill() {
+    tenv; tneed t1 || return 1
+    [ -x "$STATE/files/nvmf" ] || { echo "no nvmf binary for the guest"; return 1; }
+    local pids
+    gexec target 90 ublk-kill.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A PHASE=start || return 1
+    pids=$(socat_pids "$PA" | tr '\n' ' ')
+    echo "socat processes carrying 10.0.2.100:$PA: ${pids:-none}"
+    [ -n "$pids" ] || return 1
+    # shellcheck disable=SC2086  # (one may have ended on its own meanwhile)
+    kill -KILL $pids 2>/dev/null || true
+    gexec target 150 ublk-kill.sh TADDR=$G PORT="$PA" NQN=$SUBNQN_A PHASE=finish || return 1
+    talive t1 || { echo "target died"; return 1; }
 }
 c_target_disconnect_clean() {
     tenv; tneed t1 || return 1
@@ -962,6 +1002,9 @@ ref_case() {
     target-fs) gexec target 160 fs.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NFILES=24 ;;
     target-disconnect-clean) gexec target 80 disconnect.sh TADDR=$L PORT=4420 "NQNS=$SUBNQN_A $SUBNQN_B" ;;
     target-unknown-nqn) gexec target 80 negative.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A MODE=unknown-nqn ;;
+    # null_blk without discard behind the kernel target: no blkdiscard check
+    target-ublk) gexec target $((FIO_RUNTIME + 380)) ublk.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN4K=$SUBNQN_B \
+        RUNTIME="$FIO_RUNTIME" NFILES=12 DISCARD=none ;;
     target-kill-mid-io)
         gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=start &&
             gexec target 60 killio.sh TADDR=$L PORT=4420 NQN=$SUBNQN_A NQN2=$SUBNQN_B PHASE=disconnect &&

@@ -100,6 +100,11 @@ impl QueueConn {
     pub fn queue_mut(&mut self) -> &mut HostQueue {
         &mut self.q
     }
+    /// The socket, for a driver that waits for it to become readable (poll,
+    /// io_uring) and then calls [`pump`](Self::pump) without waiting.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.sock.peer_addr().ok()
     }

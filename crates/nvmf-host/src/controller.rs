@@ -288,6 +288,14 @@ impl Controller {
     pub fn io_queue(&mut self, index: usize) -> Option<&mut QueueConn> {
         self.s.io.get_mut(index)
     }
+    /// Move the connected I/O queues out, for a driver that runs each one on
+    /// its own thread with many commands in flight (the ublk block device).
+    /// The controller keeps the admin queue and its keep-alive thread; its
+    /// own I/O helpers then have no queue, and a reconnect would bring up
+    /// new I/O queues the caller does not see.
+    pub fn take_io_queues(&mut self) -> Vec<QueueConn> {
+        std::mem::take(&mut self.s.io)
+    }
 
     // ------------------------------------------------------------ admin
 
