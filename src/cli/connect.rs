@@ -58,38 +58,6 @@ pub struct ListArgs {
     pub output_format: OutputFormat,
 }
 
-/// SIGINT + SIGTERM blocked before any thread starts (threads inherit the
-/// mask), then only received by `sigtimedwait` on the main thread.
-struct StopSignals {
-    set: libc::sigset_t,
-}
-
-impl StopSignals {
-    fn block() -> Result<StopSignals> {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls
-        // only touch the local set and this thread's mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if r != 0 {
-                bail!("cannot block SIGINT/SIGTERM: {}", std::io::Error::from_raw_os_error(r));
-            }
-            Ok(StopSignals { set })
-        }
-    }
-
-    /// A pending SIGINT/SIGTERM, waiting `ms` at most.
-    fn wait_ms(&self, ms: i64) -> Option<i32> {
-        let ts = libc::timespec { tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000 };
-        // SAFETY: valid set and timespec; no siginfo wanted.
-        let r = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
-        (r > 0).then_some(r)
-    }
-}
-
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -114,7 +82,7 @@ pub fn connect(a: ConnectArgs) -> Result<()> {
     }
     init_tracing();
     // Before the first controller's keep-alive thread exists.
-    let signals = StopSignals::block()?;
+    let signals = super::signals::StopSignals::block()?;
     let mut opts = a.conn.options(&a.nqn, nvmf_host::options::KATO_DEFAULT_S)?;
     opts.nr_io_queues = a.conn.nr_io_queues.unwrap_or_else(cpus);
     let addr = a.conn.addr(&a.trsvcid)?;
@@ -254,7 +222,7 @@ fn start_namespace(mut ctrl: Controller, nsid: u32, subnqn: &str, addr: &str) ->
 }
 
 /// Wait until every device has ended; a signal stops them all first.
-fn run_until_stopped(signals: &StopSignals, mut served: Vec<Served>) -> Result<()> {
+fn run_until_stopped(signals: &super::signals::StopSignals, mut served: Vec<Served>) -> Result<()> {
     let mut failed = 0;
     let mut stopping = false;
     while !served.is_empty() {

@@ -6,4 +6,5 @@ pub mod host;
 pub mod keys;
 pub mod perf;
 pub mod report;
+pub mod signals;
 pub mod target;

@@ -323,48 +323,7 @@ fn init_tracing(level: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT + SIGTERM, blocked in the calling thread (and so in every thread it
-/// spawns afterwards) so that they are only ever received by `sigwait`.
-struct ShutdownSignals {
-    set: libc::sigset_t,
-}
-
-impl ShutdownSignals {
-    fn block() -> anyhow::Result<ShutdownSignals> {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls
-        // only read/write the local set and the thread's signal mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if r != 0 {
-                bail!("cannot block SIGINT/SIGTERM: {}", std::io::Error::from_raw_os_error(r));
-            }
-            Ok(ShutdownSignals { set })
-        }
-    }
-
-    /// Wait for SIGINT or SIGTERM; returns the signal number.
-    fn wait(&self) -> i32 {
-        loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: set is a valid, initialised sigset_t.
-            if unsafe { libc::sigwait(&self.set, &mut sig) } == 0 {
-                return sig;
-            }
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
-}
+use super::signals::{signal_name, StopSignals};
 
 pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     let cfg = build_config(&a)?;
@@ -374,7 +333,7 @@ pub fn run(a: TargetArgs) -> anyhow::Result<()> {
     }
     init_tracing(a.log_level.as_deref())?;
     // Before any thread exists, so every engine thread inherits the mask.
-    let signals = ShutdownSignals::block()?;
+    let signals = StopSignals::block()?;
     let server = std::sync::Arc::new(nvmf_target::serve(&cfg)?);
     let mgmt = nvmf_target::mgmt::Mgmt::new(server.clone(), &cfg)?;
     let token = match &a.rpc_token_file {

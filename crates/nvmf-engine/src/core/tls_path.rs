@@ -117,24 +117,7 @@ impl Core {
                         // SAFETY: the handler's sink stays valid and untouched
                         // until on_sink_recv (no handler call between).
                         let sink = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                        let t = c.tls.as_mut().expect("checked above");
-                        let n = match t.open_land(sink) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                Self::tls_fail(ctx, c, idx, &e);
-                                return;
-                            }
-                        };
-                        if n < len {
-                            t.plain_pending = false;
-                        }
-                        if n == 0 {
-                            if t.session().is_some_and(|s| s.peer_closed()) {
-                                c.hard_close(ctx, idx, CloseReason::PeerClosed);
-                            }
-                            return;
-                        }
-                        ctx.stats.tls_bytes_decrypted += n as u64;
+                        let Some(n) = Self::tls_open(ctx, c, idx, sink) else { return };
                         ctx.stats.sink_recv_ops += 1;
                         let f = c.call(ctx, idx, |h, io| h.on_sink_recv(io, n));
                         c.apply(ctx, idx, f);
@@ -169,31 +152,38 @@ impl Core {
             // in its landing buffer, never in the receive buffer.
             let free = free.min(len_max);
             let tail = unsafe { std::slice::from_raw_parts_mut(ptr, free) };
-            let t = c.tls.as_mut().expect("checked above");
-            let n = match t.open_land(tail) {
-                Ok(n) => n,
-                Err(e) => {
-                    Self::tls_fail(ctx, c, idx, &e);
-                    return;
-                }
-            };
-            let peer_closed = t.session().is_some_and(|s| s.peer_closed());
-            if n < free {
-                // Every complete record landed so far is opened.
-                t.plain_pending = false;
-            }
-            if n == 0 {
-                if peer_closed {
-                    c.hard_close(ctx, idx, CloseReason::PeerClosed);
-                }
-                return;
-            }
-            ctx.stats.tls_bytes_decrypted += n as u64;
+            let Some(n) = Self::tls_open(ctx, c, idx, tail) else { return };
             c.rx.commit_decrypted(n);
             c.rx.reserve_bytes = 0;
             let f = c.call(ctx, idx, |h, io| h.on_recv(io));
             c.apply(ctx, idx, f);
         }
+    }
+
+    /// Open the landed records into `dst` (the handler's sink or the rx
+    /// tail). Returns the plaintext bytes written, or None when there are
+    /// none (the connection failed, closed, or waits for more ciphertext).
+    fn tls_open(ctx: &mut CoreCtx, c: &mut Conn, idx: u32, dst: &mut [u8]) -> Option<usize> {
+        let t = c.tls.as_mut()?;
+        let n = match t.open_land(dst) {
+            Ok(n) => n,
+            Err(e) => {
+                Self::tls_fail(ctx, c, idx, &e);
+                return None;
+            }
+        };
+        if n < dst.len() {
+            // Every complete record landed so far is opened.
+            t.plain_pending = false;
+        }
+        if n == 0 {
+            if t.session().is_some_and(|s| s.peer_closed()) {
+                c.hard_close(ctx, idx, CloseReason::PeerClosed);
+            }
+            return None;
+        }
+        ctx.stats.tls_bytes_decrypted += n as u64;
+        Some(n)
     }
 
     /// The previous batch is sent: make the next one, all ciphertext, in the
