@@ -11,6 +11,11 @@
 //! Each queue authenticates (DH-HMAC-CHAP) right after its Connect when the
 //! controller or the options ask for it ([`crate::auth`]).
 //!
+//! Longer than the project's ~800 lines for now: bring-up, reconnect and the
+//! blocking I/O helpers still share the `Admin` state here. Issue 14 moves
+//! bring-up, keep-alive and reconnect into one sans-IO controller session;
+//! this file then shrinks to the blocking wrapper.
+//!
 //! Threads: a keep-alive thread (control plane) shares the admin queue with
 //! the caller through a mutex; it sends Keep Alive every KATO/2 and, between
 //! those, picks up Asynchronous Event completions and forwards them to
